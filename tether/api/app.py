@@ -1,0 +1,41 @@
+"""The ASGI app factory. The lifespan owns the Node; nothing opens at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import tether
+from tether.api import errors, health, v1
+from tether.api.limits import BodyLimit
+from tether.config import Settings
+from tether.node import Node
+from tether.runtime.tools import ToolRegistry
+
+
+def create_app(settings: Settings | None = None, tools: ToolRegistry | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        the_node = Node(settings, tools)
+        await the_node.start()
+        app.state.node = the_node
+        try:
+            yield
+        finally:
+            await the_node.stop()
+
+    app = FastAPI(
+        title="Tether",
+        version=tether.__version__,
+        description="Stateful agent execution: sessions, turns, live streams, control.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(v1.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,143 @@
+"""Wire schemas of the native API: what goes in and out over HTTP, apart from domain records."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tether import domain
+
+T = TypeVar("T")
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputMessage(_In):
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=1_000_000)
+
+
+Input = str | list[InputMessage]
+
+
+class SessionCreate(_In):
+    agent_id: str = Field(description="an agent id, or an agent's name", max_length=128)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    input: Input | None = Field(default=None, description="optional first turn")
+
+
+class TurnCreate(_In):
+    input: Input
+    on_busy: domain.OnBusy = domain.OnBusy.ENQUEUE
+    stream: bool = Field(default=False, description="answer with the turn's SSE stream")
+
+
+class AgentPatch(_In):
+    """Fields to change; the rest are kept."""
+
+    name: str | None = None
+    instructions: str | None = None
+    model: domain.ModelSpec | None = None
+    tools: list[domain.ToolSpec] | None = None
+    max_steps: int | None = None
+    turn_timeout_s: float | None = None
+    interrupt_ttl_s: float | None = None
+    on_expire: Literal["deny", "fail"] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class AgentOut(domain.AgentSpec):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    created_at: str
+    updated_at: str
+
+
+class TurnRefOut(BaseModel):
+    id: str
+    status: domain.TurnStatus
+
+
+class SessionOut(BaseModel):
+    id: str
+    agent_id: str
+    status: domain.SessionStatus
+    metadata: dict[str, Any]
+    last_turn: TurnRefOut | None
+    last_event_seq: int
+    created_at: str
+    updated_at: str
+    closed_at: str | None
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class TurnOut(BaseModel):
+    id: str
+    session_id: str
+    seq: int
+    status: domain.TurnStatus
+    input: list[dict[str, Any]]
+    on_busy: str
+    attempt: int
+    step: int
+    usage: dict[str, int]
+    reason: str | None
+    error: ErrorInfo | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class SessionCreated(SessionOut):
+    turn: TurnOut | None = None
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class MessageOut(BaseModel):
+    id: str
+    session_id: str
+    turn_id: str
+    seq: int
+    role: str
+    content: str | None
+    tool_calls: list[ToolCallOut]
+    tool_call_id: str | None
+    name: str | None
+    status: str
+    created_at: str
+
+
+class EventOut(BaseModel):
+    seq: int
+    type: str
+    session_id: str
+    turn_id: str | None
+    created_at: str
+    data: dict[str, Any]
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    next_cursor: str | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,239 @@
+"""The native API, /v1 (DESIGN §7). Routes are thin: parse, call the service, render."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from tether import domain, errors, ids, streaming, views
+from tether.api import schemas, sse
+from tether.api.deps import int_cursor, node, service, tenant
+from tether.node import Node
+from tether.service import Service
+
+router = APIRouter(prefix="/v1")
+
+Svc = Annotated[Service, Depends(service)]
+Tenant = Annotated[str, Depends(tenant)]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": schemas.ErrorOut} for status in (400, 404, 409, 413, 422)
+}
+
+
+def _input(value: schemas.Input) -> str | list[dict[str, Any]]:
+    return value if isinstance(value, str) else [m.model_dump() for m in value]
+
+
+# --- agents ----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/agents", status_code=201, response_model=schemas.AgentOut, responses=_ERRORS, tags=["agents"]
+)
+async def create_agent(body: domain.AgentSpec, svc: Svc, tenant: Tenant) -> dict[str, Any]:
+    return views.agent(await svc.create_agent(tenant, body))
+
+
+@router.get("/agents", response_model=schemas.Page[schemas.AgentOut], tags=["agents"])
+async def list_agents(
+    svc: Svc, tenant: Tenant, limit: Limit = 50, cursor: str | None = None
+) -> dict[str, Any]:
+    page = await svc.list_agents(tenant, limit, cursor)
+    return {"data": [views.agent(a) for a in page.items], "next_cursor": page.next_cursor}
+
+
+@router.get(
+    "/agents/{agent_id}", response_model=schemas.AgentOut, responses=_ERRORS, tags=["agents"]
+)
+async def get_agent(agent_id: str, svc: Svc, tenant: Tenant) -> dict[str, Any]:
+    return views.agent(await svc.get_agent(tenant, agent_id))
+
+
+@router.patch(
+    "/agents/{agent_id}", response_model=schemas.AgentOut, responses=_ERRORS, tags=["agents"]
+)
+async def update_agent(
+    agent_id: str, body: schemas.AgentPatch, svc: Svc, tenant: Tenant
+) -> dict[str, Any]:
+    changes = body.model_dump(mode="json", exclude_unset=True)
+    return views.agent(await svc.update_agent(tenant, agent_id, changes))
+
+
+@router.delete("/agents/{agent_id}", status_code=204, responses=_ERRORS, tags=["agents"])
+async def delete_agent(agent_id: str, svc: Svc, tenant: Tenant) -> Response:
+    await svc.delete_agent(tenant, agent_id)
+    return Response(status_code=204)
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+
+@router.post(
+    "/sessions",
+    status_code=201,
+    response_model=schemas.SessionCreated,
+    responses=_ERRORS,
+    tags=["sessions"],
+)
+async def create_session(body: schemas.SessionCreate, svc: Svc, tenant: Tenant) -> dict[str, Any]:
+    session, turn = await svc.create_session(
+        tenant, body.agent_id, body.metadata, _input(body.input) if body.input else None
+    )
+    return {**views.session(session), "turn": views.turn(turn) if turn else None}
+
+
+@router.get(
+    "/sessions",
+    response_model=schemas.Page[schemas.SessionOut],
+    responses=_ERRORS,
+    tags=["sessions"],
+)
+async def list_sessions(
+    svc: Svc,
+    tenant: Tenant,
+    limit: Limit = 50,
+    cursor: str | None = None,
+    status: domain.SessionStatus | None = None,
+    agent_id: str | None = None,
+) -> dict[str, Any]:
+    page = await svc.list_sessions(tenant, limit, cursor, status, agent_id)
+    return {"data": [views.session(s) for s in page.items], "next_cursor": page.next_cursor}
+
+
+@router.get(
+    "/sessions/{session_id}",
+    response_model=schemas.SessionOut,
+    responses=_ERRORS,
+    tags=["sessions"],
+)
+async def get_session(session_id: str, svc: Svc, tenant: Tenant) -> dict[str, Any]:
+    return views.session(await svc.get_session(tenant, session_id))
+
+
+@router.delete(
+    "/sessions/{session_id}",
+    response_model=schemas.SessionOut,
+    responses=_ERRORS,
+    tags=["sessions"],
+)
+async def close_session(session_id: str, svc: Svc, tenant: Tenant) -> dict[str, Any]:
+    """Close the session: no new turns; queued turns are cancelled; it stays readable."""
+    return views.session(await svc.close_session(tenant, session_id))
+
+
+# --- turns -----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/sessions/{session_id}/turns",
+    status_code=202,
+    response_model=schemas.TurnOut,
+    responses={
+        **_ERRORS,
+        200: {
+            "description": "the turn's events (SSE) when stream=true",
+            "content": {"text/event-stream": {}},
+        },
+    },
+    tags=["turns"],
+)
+async def create_turn(
+    session_id: str,
+    body: schemas.TurnCreate,
+    svc: Svc,
+    tenant: Tenant,
+    the_node: Annotated[Node, Depends(node)],
+    accept: Annotated[str | None, Header()] = None,
+) -> Any:
+    stream = body.stream or "text/event-stream" in (accept or "")
+    before = (await svc.get_session(tenant, session_id)).last_event_seq if stream else 0
+    turn = await svc.start_turn(tenant, session_id, _input(body.input), body.on_busy)
+    if not stream:
+        return JSONResponse(views.turn(turn), status_code=202)
+    frames = streaming.follow(svc.store, svc.bus, session_id, before, turn_id=turn.id)
+    return sse.response(frames, ping_s=the_node.settings.sse_ping_s, until_terminal=True)
+
+
+@router.get(
+    "/sessions/{session_id}/turns",
+    response_model=schemas.Page[schemas.TurnOut],
+    responses=_ERRORS,
+    tags=["turns"],
+)
+async def list_turns(
+    session_id: str, svc: Svc, tenant: Tenant, limit: Limit = 50, cursor: str | None = None
+) -> dict[str, Any]:
+    page = await svc.list_turns(tenant, session_id, limit, int_cursor(cursor))
+    return {"data": [views.turn(t) for t in page.items], "next_cursor": page.next_cursor}
+
+
+@router.get(
+    "/sessions/{session_id}/turns/{turn_id}",
+    response_model=schemas.TurnOut,
+    responses=_ERRORS,
+    tags=["turns"],
+)
+async def get_turn(session_id: str, turn_id: str, svc: Svc, tenant: Tenant) -> dict[str, Any]:
+    return views.turn(await svc.get_turn(tenant, session_id, turn_id))
+
+
+# --- transcript and events -------------------------------------------------------------------
+
+
+@router.get(
+    "/sessions/{session_id}/messages",
+    response_model=schemas.Page[schemas.MessageOut],
+    responses=_ERRORS,
+    tags=["sessions"],
+)
+async def list_messages(
+    session_id: str, svc: Svc, tenant: Tenant, limit: Limit = 100, cursor: str | None = None
+) -> dict[str, Any]:
+    page = await svc.list_messages(tenant, session_id, limit, int_cursor(cursor))
+    return {"data": [views.message(m) for m in page.items], "next_cursor": page.next_cursor}
+
+
+@router.get(
+    "/sessions/{session_id}/events",
+    response_model=schemas.Page[schemas.EventOut],
+    responses={
+        **_ERRORS,
+        200: {
+            "content": {"text/event-stream": {}, "application/json": {}},
+            "description": "SSE, or a JSON page with stream=false",
+        },
+    },
+    tags=["sessions"],
+)
+async def session_events(
+    request: Request,
+    session_id: str,
+    svc: Svc,
+    tenant: Tenant,
+    the_node: Annotated[Node, Depends(node)],
+    after: Annotated[int | None, Query(ge=0)] = None,
+    stream: bool = True,
+    limit: Limit = 500,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> Any:
+    """Every event after `after` (or the `Last-Event-ID` header), then live ones (SSE);
+    `stream=false` answers one JSON page instead."""
+    if after is None and last_event_id is not None:
+        if not last_event_id.strip().isdigit():
+            raise errors.InvalidRequest(f"invalid Last-Event-ID {last_event_id!r}")
+        after = int(last_event_id)
+    after = after or 0
+    await svc.get_session(tenant, ids.check_session(session_id))
+    if not stream:
+        items = await svc.events_after(tenant, session_id, after, limit)
+        more = len(items) == limit
+        return {
+            "data": [e.as_dict() for e in items],
+            "next_cursor": str(items[-1].seq) if more else None,
+        }
+    frames = streaming.follow(svc.store, svc.bus, session_id, after)
+    return sse.response(frames, ping_s=the_node.settings.sse_ping_s)

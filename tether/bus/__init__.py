@@ -1,0 +1,6 @@
+"""The bus wakes things up and carries live deltas. State is the truth; the bus only signals."""
+
+from tether.bus.base import Bus, Delta, Subscription
+from tether.bus.local import LocalBus
+
+__all__ = ["Bus", "Delta", "LocalBus", "Subscription"]

@@ -1,0 +1,84 @@
+"""What every bus offers. A lost signal must never lose data: readers fall back to the store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from tether import domain
+
+
+@dataclass(slots=True, frozen=True)
+class Delta:
+    """A piece of an assistant message in flight: `text` starts at char `offset`."""
+
+    session_id: str
+    turn_id: str
+    message_id: str
+    offset: int
+    text: str
+
+
+Item = list[domain.Event] | Delta
+
+
+class Subscription:
+    """A session's live feed for one reader: committed events and deltas, in publish order.
+
+    A reader that falls `max_pending` items behind is marked `lagged` and loses its queued
+    items; it must catch up from the store (events are durable, deltas are not)."""
+
+    def __init__(self, session_id: str, max_pending: int = 10_000):
+        self.session_id = session_id
+        self.max_pending = max_pending
+        self.lagged = False
+        self._items: deque[Item] = deque()
+        self._ready = asyncio.Event()
+
+    def put(self, item: Item) -> None:
+        if len(self._items) >= self.max_pending:
+            self._items.clear()
+            self.lagged = True
+        else:
+            self._items.append(item)
+        self._ready.set()
+
+    async def get_all(self) -> list[Item]:
+        """Everything published since the last call; waits for at least one item (or lag)."""
+        if not self._items and not self.lagged:
+            self._ready.clear()
+            await self._ready.wait()
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+
+class Bus(Protocol):
+    def publish_events(self, session_id: str, events: list[domain.Event]) -> None: ...
+
+    def publish_delta(self, delta: Delta) -> None: ...
+
+    def subscribe(self, session_id: str) -> Subscription: ...
+
+    def unsubscribe(self, sub: Subscription) -> None: ...
+
+    def partial(self, session_id: str) -> Delta | None:
+        """The text of the message in flight so far, as one delta from offset 0."""
+        ...
+
+    def notify_work(self) -> None:
+        """Turns became runnable."""
+        ...
+
+    async def wait_for_work(self, max_wait_s: float) -> None: ...
+
+    def signal_stop(self, turn_id: str) -> None:
+        """A stop was written for this turn: wake its executor."""
+        ...
+
+    def on_stop(self, callback: Callable[[str], None] | None) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,80 @@
+"""The in-process bus of embedded mode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable
+
+from tether import domain
+from tether.bus.base import Delta, Subscription
+
+_ENDS_MESSAGE = frozenset(
+    {
+        domain.EventType.MESSAGE_COMPLETED,
+        domain.EventType.TURN_COMPLETED,
+        domain.EventType.TURN_FAILED,
+        domain.EventType.TURN_CANCELLED,
+    }
+)
+
+
+class LocalBus:
+    def __init__(self) -> None:
+        self._subs: defaultdict[str, set[Subscription]] = defaultdict(set)
+        self._partials: dict[str, tuple[Delta, list[str]]] = {}
+        self._work = asyncio.Event()
+        self._stop_callback: Callable[[str], None] | None = None
+
+    def publish_events(self, session_id: str, events: list[domain.Event]) -> None:
+        if session_id in self._partials and any(e.type in _ENDS_MESSAGE for e in events):
+            del self._partials[session_id]
+        for sub in self._subs.get(session_id, ()):
+            sub.put(events)
+
+    def publish_delta(self, delta: Delta) -> None:
+        current = self._partials.get(delta.session_id)
+        if current is None or current[0].message_id != delta.message_id:
+            self._partials[delta.session_id] = (delta, [delta.text])
+        else:
+            current[1].append(delta.text)
+        for sub in self._subs.get(delta.session_id, ()):
+            sub.put(delta)
+
+    def subscribe(self, session_id: str) -> Subscription:
+        sub = Subscription(session_id)
+        self._subs[session_id].add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.session_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.session_id]
+
+    def partial(self, session_id: str) -> Delta | None:
+        current = self._partials.get(session_id)
+        if current is None:
+            return None
+        first, texts = current
+        return Delta(session_id, first.turn_id, first.message_id, first.offset, "".join(texts))
+
+    def notify_work(self) -> None:
+        self._work.set()
+
+    async def wait_for_work(self, max_wait_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work.wait(), max_wait_s)
+        self._work.clear()
+
+    def signal_stop(self, turn_id: str) -> None:
+        if self._stop_callback:
+            self._stop_callback(turn_id)
+
+    def on_stop(self, callback: Callable[[str], None] | None) -> None:
+        self._stop_callback = callback
+
+    async def close(self) -> None:
+        self._subs.clear()

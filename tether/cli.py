@@ -1,0 +1,127 @@
+"""The `tether` command: a thin shell over the server and the client."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tether.config import Settings
+
+app = typer.Typer(
+    help="Tether: stateful agent execution.", no_args_is_help=True, add_completion=False
+)
+console = Console()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where the SQLite store lives")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="concurrent turn executors (0: API only)")
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option(help="store URL (default: SQLite in data dir)")
+    ] = None,
+    agents_file: Annotated[Path | None, typer.Option(help="YAML agent definitions to load")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning…")] = None,
+) -> None:
+    """Run the server: API, workers and the demo agent, on a local SQLite file by default."""
+    import uvicorn
+
+    from tether.api import create_app
+
+    overrides = {
+        key: value
+        for key, value in {
+            "host": host,
+            "port": port,
+            "data_dir": data_dir,
+            "workers": workers,
+            "store_url": store,
+            "agents_file": agents_file,
+            "log_level": log_level,
+        }.items()
+        if value is not None
+    }
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    console.print(
+        f"[bold]tether[/] serving on http://{settings.host}:{settings.port} "
+        f"(store: {settings.resolved_store_url}, workers: {settings.workers})"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+@app.command()
+def chat(
+    url: Annotated[
+        str, typer.Option(help="server URL", envvar="TETHER_URL")
+    ] = "http://127.0.0.1:8700",
+    agent: Annotated[str, typer.Option(help="agent id or name for a new session")] = "demo",
+    session: Annotated[str | None, typer.Option(help="continue this session")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="TETHER_API_KEY")] = None,
+) -> None:
+    """Converse with an agent in the terminal, with the live stream."""
+    from tether.client import Client, TetherAPIError
+
+    with Client(url, api_key) as client:
+        try:
+            sid = session or client.create_session(agent)["id"]
+        except TetherAPIError as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(1) from exc
+        console.print(f"[dim]session {sid} (Ctrl-D to quit)[/]")
+        while True:
+            try:
+                text = console.input("[bold cyan]you>[/] ")
+            except (EOFError, KeyboardInterrupt):
+                console.print()
+                return
+            if not text.strip():
+                continue
+            try:
+                _stream_reply(client, sid, text)
+            except TetherAPIError as exc:
+                console.print(f"[red]{exc}[/]")
+
+
+def _stream_reply(client: object, sid: str, text: str) -> None:
+    from tether.client import Client
+
+    assert isinstance(client, Client)
+    console.print("[bold green]agent>[/] ", end="")
+    for event in client.stream_turn(sid, text):
+        kind, data = event["type"], event.get("data", {})
+        if kind == "message.delta":
+            console.print(data["delta"], end="", markup=False, highlight=False)
+        elif kind == "tool.started":
+            console.print(f"\n[dim]  ↳ {data['name']}({data['arguments']})[/]")
+        elif kind == "tool.completed":
+            console.print(f"[dim]  ↳ {data['name']}: {data['outcome']}[/]", end="\n       ")
+        elif kind in ("turn.failed", "turn.cancelled"):
+            turn = data["turn"]
+            console.print(f"\n[red]turn {turn['status']}: {turn['reason']}[/]")
+    console.print()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

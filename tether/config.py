@@ -1,0 +1,49 @@
+"""One Settings object. Nothing else in the package reads the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of a Tether process: env vars `TETHER_<NAME>` or CLI flags."""
+
+    model_config = SettingsConfigDict(env_prefix="TETHER_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8700
+    data_dir: Path = Path("./tether-data")
+    store_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default is a SQLite file in data_dir"
+    )
+    zone: str = Field(default="local", pattern=r"^[a-z0-9-]{1,32}$")
+
+    workers: int = Field(default=128, ge=0, description="concurrent turn executors")
+    lease_ttl_s: float = Field(default=15.0, gt=0)
+    poll_interval_s: float = Field(default=1.0, gt=0, description="worker backstop poll")
+    reaper_interval_s: float = Field(default=2.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    sse_ping_s: float = Field(default=15.0, gt=0)
+    demo_agent: bool = True
+    agents_file: Path | None = None
+    log_level: str = "info"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def resolved_store_url(self) -> str:
+        if self.store_url:
+            return self.store_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'tether.db').resolve()}"
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self.lease_ttl_s / 3

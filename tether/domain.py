@@ -1,0 +1,306 @@
+"""Records, status enums and the transition rules of DESIGN §2."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class TurnStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({TurnStatus.COMPLETED, TurnStatus.FAILED, TurnStatus.CANCELLED})
+# A turn in one of these holds its session: no other turn of the session may start.
+ACTIVE = frozenset({TurnStatus.RUNNING, TurnStatus.CANCELLING, TurnStatus.WAITING})
+UNFINISHED = ACTIVE | {TurnStatus.QUEUED}
+
+# from -> allowed targets. Terminal states have no exits: the first terminal write wins.
+TRANSITIONS: dict[TurnStatus, frozenset[TurnStatus]] = {
+    TurnStatus.QUEUED: frozenset({TurnStatus.RUNNING, TurnStatus.CANCELLED}),
+    TurnStatus.RUNNING: frozenset(
+        {
+            TurnStatus.COMPLETED,
+            TurnStatus.FAILED,
+            TurnStatus.CANCELLING,
+            TurnStatus.CANCELLED,
+            TurnStatus.WAITING,
+            TurnStatus.QUEUED,  # lease expired: back to the queue, resume from checkpoint
+        }
+    ),
+    TurnStatus.CANCELLING: frozenset({TurnStatus.CANCELLED}),
+    TurnStatus.WAITING: frozenset({TurnStatus.QUEUED, TurnStatus.CANCELLED, TurnStatus.FAILED}),
+    TurnStatus.COMPLETED: frozenset(),
+    TurnStatus.FAILED: frozenset(),
+    TurnStatus.CANCELLED: frozenset(),
+}
+
+
+def sources_of(target: TurnStatus) -> tuple[TurnStatus, ...]:
+    """The states from which `target` may be written: the guard of a guarded update."""
+    return tuple(src for src, targets in TRANSITIONS.items() if target in targets)
+
+
+class SessionStatus(enum.StrEnum):
+    IDLE = "idle"
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    CLOSED = "closed"
+
+
+def derive_session_status(
+    closed: bool, active: TurnStatus | None, has_queued: bool
+) -> SessionStatus:
+    """Session status from its turns: `active` is the status of its active turn, if any."""
+    if active in (TurnStatus.RUNNING, TurnStatus.CANCELLING):
+        return SessionStatus.RUNNING
+    if active is TurnStatus.WAITING:
+        return SessionStatus.WAITING
+    if has_queued:
+        return SessionStatus.QUEUED
+    return SessionStatus.CLOSED if closed else SessionStatus.IDLE
+
+
+class OnBusy(enum.StrEnum):
+    ENQUEUE = "enqueue"
+    REJECT = "reject"
+
+
+class EventType(enum.StrEnum):
+    TURN_QUEUED = "turn.queued"
+    TURN_STARTED = "turn.started"
+    MESSAGE_DELTA = "message.delta"
+    MESSAGE_COMPLETED = "message.completed"
+    TOOL_STARTED = "tool.started"
+    TOOL_COMPLETED = "tool.completed"
+    INTERRUPT_CREATED = "interrupt.created"
+    INTERRUPT_RESOLVED = "interrupt.resolved"
+    INTERRUPT_EXPIRED = "interrupt.expired"
+    TURN_CANCELLING = "turn.cancelling"
+    TURN_COMPLETED = "turn.completed"
+    TURN_FAILED = "turn.failed"
+    TURN_CANCELLED = "turn.cancelled"
+    SESSION_UPDATED = "session.updated"
+
+
+TERMINAL_EVENT = {
+    TurnStatus.COMPLETED: EventType.TURN_COMPLETED,
+    TurnStatus.FAILED: EventType.TURN_FAILED,
+    TurnStatus.CANCELLED: EventType.TURN_CANCELLED,
+}
+
+
+# --- agent definitions ----------------------------------------------------------------------
+
+
+class ScriptedToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScriptedStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = ""
+    tool_calls: list[ScriptedToolCall] = Field(default_factory=list)
+
+
+class ModelSpec(BaseModel):
+    """Which model runs the agent. `scripted` needs no LLM; `openai` is any Chat Completions API."""
+
+    model_config = ConfigDict(extra="forbid")
+    provider: Literal["scripted", "openai"] = "scripted"
+    # openai-compatible
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    # scripted
+    steps: list[ScriptedStep] = Field(default_factory=list)
+    reply: str = "echo"
+    tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    token_delay_ms: float = Field(default=0, ge=0, le=60_000)
+    fail: str | None = Field(default=None, description="scripted: fail the model call with this")
+
+    @model_validator(mode="after")
+    def _provider_fields(self) -> ModelSpec:
+        if self.provider == "openai" and not self.model:
+            raise ValueError("model.model is required for provider 'openai'")
+        return self
+
+
+class ToolPolicy(enum.StrEnum):
+    AUTO = "auto"
+    APPROVE = "approve"
+    DENY = "deny"
+
+
+class ToolSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    policy: ToolPolicy = ToolPolicy.AUTO
+
+
+class AgentSpec(BaseModel):
+    """The body of an agent definition (DESIGN §7)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    instructions: str = ""
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    tools: list[ToolSpec] = Field(default_factory=list)
+    max_steps: int = Field(default=20, ge=1, le=10_000)
+    turn_timeout_s: float = Field(default=600, gt=0, le=7 * 24 * 3600)
+    interrupt_ttl_s: float | None = Field(default=None, gt=0)
+    on_expire: Literal["deny", "fail"] = "deny"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- stored records ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Agent:
+    id: str
+    tenant_id: str
+    spec: AgentSpec
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(slots=True)
+class TurnRef:
+    id: str
+    status: TurnStatus
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    tenant_id: str
+    agent_id: str
+    status: SessionStatus
+    metadata: dict[str, Any]
+    last_turn: TurnRef | None
+    last_event_seq: int
+    created_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model_calls: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.model_calls += other.model_calls
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "model_calls": self.model_calls,
+        }
+
+
+@dataclass(slots=True)
+class TurnError:
+    code: str
+    message: str
+
+
+@dataclass(slots=True)
+class Turn:
+    id: str
+    session_id: str
+    tenant_id: str
+    seq: int
+    status: TurnStatus
+    input: list[dict[str, Any]]
+    on_busy: str
+    attempt: int
+    step: int
+    usage: Usage
+    run_time_s: float
+    reason: str | None
+    error: TurnError | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    # the lease: who runs it, until when, with which fencing token
+    worker_id: str | None = None
+    claim_token: str | None = None
+    lease_expires_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "arguments": self.arguments}
+
+
+class MessageStatus(enum.StrEnum):
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(slots=True)
+class Message:
+    id: str
+    session_id: str
+    turn_id: str
+    seq: int
+    role: Literal["user", "assistant", "tool", "system"]
+    content: str | None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
+    status: MessageStatus = MessageStatus.COMPLETED
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(slots=True)
+class Event:
+    session_id: str
+    seq: int
+    type: EventType
+    turn_id: str | None
+    data: dict[str, Any]
+    created_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "type": self.type.value,
+            "session_id": self.session_id,
+            "turn_id": self.turn_id,
+            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
+            "data": self.data,
+        }

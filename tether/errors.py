@@ -1,0 +1,112 @@
+"""One exception root. Each error has a stable `code`; api/errors.py maps families to HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TetherError(Exception):
+    """Something went wrong in Tether."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None):
+        super().__init__(message or (self.__doc__ or self.code).strip())
+        self.message = message or (self.__doc__ or self.code).strip()
+        self.details = details
+
+
+# --- the caller asked for something malformed (400 / 422) ---------------------------------
+
+
+class InvalidRequest(TetherError):
+    """The request is invalid."""
+
+    code = "invalid_request"
+
+
+class InvalidId(InvalidRequest):
+    """The id is not well formed."""
+
+    code = "invalid_id"
+
+
+class InvalidAgent(InvalidRequest):
+    """The agent definition is invalid."""
+
+    code = "invalid_agent"
+
+
+# --- the target does not exist (404) ------------------------------------------------------
+
+
+class NotFound(TetherError):
+    """No such object."""
+
+    code = "not_found"
+
+
+# --- the target exists but is not in a state that allows this (409) -----------------------
+
+
+class Conflict(TetherError):
+    """The object is not in a state that allows this."""
+
+    code = "conflict"
+
+
+class SessionBusy(Conflict):
+    """The session has an active turn and on_busy is `reject`."""
+
+    code = "session_busy"
+
+
+class SessionClosed(Conflict):
+    """The session is closed and accepts no new turns."""
+
+    code = "session_closed"
+
+
+class AlreadyExists(Conflict):
+    """An object with that name already exists."""
+
+    code = "already_exists"
+
+
+# --- the service cannot answer now (503) --------------------------------------------------
+
+
+class Unavailable(TetherError):
+    """The service is temporarily unavailable."""
+
+    code = "unavailable"
+
+
+# --- control flow inside a worker: never reach a client -----------------------------------
+
+
+class LeaseLost(TetherError):
+    """This worker no longer holds the turn: another holder or a terminal state won."""
+
+    code = "lease_lost"
+
+
+# --- how a turn ended badly: recorded on the turn, not raised to clients ------------------
+
+
+class TurnFailure(TetherError):
+    """The turn failed."""
+
+    code = "turn_failed"
+
+
+class ModelError(TurnFailure):
+    """The model provider failed."""
+
+    code = "model_error"
+
+
+class MaxStepsExceeded(TurnFailure):
+    """The turn used all its steps without a final answer."""
+
+    code = "max_steps"

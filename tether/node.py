@@ -1,0 +1,122 @@
+"""One Tether process: store, bus, service, and, unless `workers=0`, workers and a reaper."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+from sqlalchemy.engine import make_url
+
+from tether import domain, errors
+from tether.bus import Bus, LocalBus
+from tether.config import Settings
+from tether.runtime.tools import ToolRegistry, builtin_registry
+from tether.service import DEFAULT_TENANT, Service
+from tether.store import Store, open_store
+from tether.worker import Reaper, Worker
+
+log = logging.getLogger("tether")
+
+DEMO_AGENT = domain.AgentSpec(
+    name="demo",
+    instructions="Tether's demo agent: the scripted model, no LLM and no API key needed.",
+    model=domain.ModelSpec(
+        provider="scripted",
+        steps=[
+            domain.ScriptedStep(
+                text="Let me check the clock first.",
+                tool_calls=[domain.ScriptedToolCall(name="get_time")],
+            )
+        ],
+        reply=(
+            "Hello from Tether! I am the demo agent on the scripted model, so every word you "
+            "see is a live token streamed over SSE, no LLM involved. Stop me mid-sentence, "
+            "resume the stream from any event id, or define your own agent with POST /v1/agents."
+        ),
+        token_delay_ms=40,
+    ),
+    tools=[domain.ToolSpec(name="get_time"), domain.ToolSpec(name="sleep")],
+)
+
+
+class DataDirLocked(errors.TetherError):
+    """Another Tether process is using this data directory."""
+
+    code = "data_dir_locked"
+
+
+class Node:
+    def __init__(self, settings: Settings, tools: ToolRegistry | None = None):
+        self.settings = settings
+        self.tools = tools or builtin_registry()
+        self.bus: Bus
+        self.store: Store
+        self.service: Service
+        self.worker: Worker | None = None
+        self.reaper: Reaper | None = None
+        self._lock_file: IO[Any] | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return make_url(self.settings.resolved_store_url).get_backend_name() == "sqlite"
+
+    async def start(self) -> None:
+        settings = self.settings
+        if self.embedded:
+            self._lock_data_dir(settings.data_dir)
+        self.bus = LocalBus()
+        self.store = await open_store(
+            settings.resolved_store_url, on_commit=self.bus.publish_events
+        )
+        self.service = Service(self.store, self.bus, self.tools, settings.zone)
+        if self.embedded:
+            # we hold the data dir: every lease in the store belongs to a dead process
+            await self.store.expire_all_leases()
+        if settings.demo_agent:
+            await self.service.upsert_agent(DEFAULT_TENANT, DEMO_AGENT)
+        if settings.agents_file:
+            for spec in load_agents_file(settings.agents_file):
+                await self.service.upsert_agent(DEFAULT_TENANT, spec)
+        if settings.workers > 0:
+            self.reaper = Reaper(self.store, self.bus, settings)
+            await self.reaper.reap_once()
+            await self.reaper.start()
+            self.worker = Worker(self.store, self.bus, self.tools, settings)
+            await self.worker.start()
+
+    async def stop(self) -> None:
+        if self.worker:
+            await self.worker.stop()
+        if self.reaper:
+            await self.reaper.stop()
+        await self.bus.close()
+        await self.store.close()
+        if self._lock_file:
+            self._lock_file.close()
+
+    def _lock_data_dir(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(data_dir / "tether.lock", "a+")  # noqa: SIM115 - held for the process life
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            lock.close()
+            raise DataDirLocked(f"another tether process is using {data_dir}") from exc
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lock_file = lock
+
+
+def load_agents_file(path: Path) -> list[domain.AgentSpec]:
+    """A YAML file holding one agent definition or a list of them."""
+    loaded = yaml.safe_load(path.read_text())
+    items = loaded if isinstance(loaded, list) else [loaded]
+    try:
+        return [domain.AgentSpec.model_validate(item) for item in items]
+    except ValueError as exc:
+        raise errors.InvalidAgent(f"{path}: {exc}") from exc

@@ -1,0 +1,53 @@
+"""The scripted model: deterministic turns of any shape, no LLM needed (DESIGN §7).
+
+The step it plays is the number of assistant messages since the last user message, so a turn
+resumed from a checkpoint continues the script where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+
+from tether import domain, errors, ids
+from tether.runtime.model import Finished, ModelEvent, ModelRequest, TextDelta, UsageReport
+
+
+def _tokens(text: str, count: int | None) -> list[str]:
+    words = text.split(" ")
+    if count is None:
+        return [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)] if text else []
+    cycle = itertools.cycle(w for w in words if w) if text.strip() else itertools.repeat("token")
+    return [next(cycle) + " " for _ in range(count)]
+
+
+class ScriptedModel:
+    def __init__(self, spec: domain.ModelSpec):
+        self.spec = spec
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        if self.spec.fail:
+            raise errors.ModelError(self.spec.fail)
+        last_user = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=-1)
+        step = sum(1 for m in request.messages[last_user + 1 :] if m.role == "assistant")
+        if step < len(self.spec.steps):
+            scripted = self.spec.steps[step]
+            tokens = _tokens(scripted.text, None)
+        else:
+            scripted = None
+            reply = self.spec.reply
+            if reply == "echo":
+                reply = request.messages[last_user].content or "" if last_user >= 0 else ""
+            tokens = _tokens(reply, self.spec.tokens)
+        delay = self.spec.token_delay_ms / 1000
+        for token in tokens:
+            if delay:
+                await asyncio.sleep(delay)
+            yield TextDelta(token)
+        if scripted and scripted.tool_calls:
+            for call in scripted.tool_calls:
+                yield domain.ToolCall(f"call_{ids.new_ulid()}", call.name, dict(call.arguments))
+        prompt_chars = sum(len(m.content or "") for m in request.messages)
+        yield UsageReport(input_tokens=prompt_chars // 4 + 1, output_tokens=len(tokens))
+        yield Finished("tool_calls" if scripted and scripted.tool_calls else "stop")

@@ -1,0 +1,124 @@
+"""Tools: async Python functions whose JSON-schema parameters come from their type hints."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+
+@dataclass(slots=True, frozen=True)
+class ToolContext:
+    """Handed to a tool that declares a parameter of this type."""
+
+    session_id: str
+    turn_id: str
+    tool_call_id: str
+
+
+class ToolArgumentsError(ValueError):
+    """The model called a tool with arguments that do not match its schema."""
+
+
+@dataclass(slots=True)
+class Tool:
+    name: str
+    description: str
+    fn: Callable[..., Awaitable[Any]]
+    arguments: type[BaseModel]
+    context_param: str | None
+    idempotent: bool
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        schema = self.arguments.model_json_schema()
+        schema.pop("title", None)
+        return schema
+
+    def spec(self) -> dict[str, Any]:
+        """The function spec offered to the model."""
+        return {"name": self.name, "description": self.description, "parameters": self.parameters}
+
+    async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        try:
+            parsed = self.arguments.model_validate(arguments)
+        except ValidationError as exc:
+            raise ToolArgumentsError(str(exc)) from exc
+        kwargs = {name: getattr(parsed, name) for name in type(parsed).model_fields}
+        if self.context_param:
+            kwargs[self.context_param] = ctx
+        result = await self.fn(**kwargs)
+        return result if isinstance(result, str) else json.dumps(result, default=str)
+
+
+class ToolRegistry:
+    def __init__(self) -> None:
+        self._tools: dict[str, Tool] = {}
+
+    def register(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        idempotent: bool = False,
+    ) -> Tool:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"tool {fn.__name__} must be an async function")
+        hints = get_type_hints(fn)
+        fields: dict[str, Any] = {}
+        context_param = None
+        for param in inspect.signature(fn).parameters.values():
+            annotation = hints.get(param.name, Any)
+            if annotation is ToolContext:
+                context_param = param.name
+                continue
+            default = ... if param.default is inspect.Parameter.empty else param.default
+            fields[param.name] = (annotation, default)
+        tool_name = name or fn.__name__
+        arguments = create_model(
+            f"{tool_name}_arguments", __config__=ConfigDict(extra="forbid"), **fields
+        )
+        tool = Tool(
+            name=tool_name,
+            description=(description or inspect.getdoc(fn) or "").strip(),
+            fn=fn,
+            arguments=arguments,
+            context_param=context_param,
+            idempotent=idempotent,
+        )
+        self._tools[tool.name] = tool
+        return tool
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+
+# --- built-in tools -------------------------------------------------------------------------
+
+
+async def sleep(seconds: float) -> str:
+    """Wait for the given number of seconds (cancellable), then say so."""
+    await asyncio.sleep(max(0.0, seconds))
+    return f"slept {seconds} seconds"
+
+
+async def get_time() -> str:
+    """The current UTC time, ISO 8601."""
+    return datetime.now(UTC).isoformat()
+
+
+def builtin_registry() -> ToolRegistry:
+    registry = ToolRegistry()
+    registry.register(sleep, idempotent=True)
+    registry.register(get_time, idempotent=True)
+    return registry

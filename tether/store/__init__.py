@@ -1,0 +1,25 @@
+"""Storage: one schema, one Store, a small file per dialect."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import make_url
+
+from tether import errors
+from tether.store import migrations
+from tether.store.base import Claim, CommitHook, Finish, LeaseState, Page, Store
+
+__all__ = ["Claim", "CommitHook", "Finish", "LeaseState", "Page", "Store", "open_store"]
+
+
+async def open_store(url: str, on_commit: CommitHook | None = None) -> Store:
+    """Connect, apply migrations, and return the Store for `url`."""
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        from tether.store import sqlite
+
+        engine = sqlite.create_engine(url)
+        store = Store(engine, serialize_writes=True, lock_rows=False, on_commit=on_commit)
+    else:
+        raise errors.InvalidRequest(f"unsupported store URL {url!r} (sqlite+aiosqlite:// only)")
+    await migrations.upgrade(engine)
+    return store

@@ -1,0 +1,203 @@
+"""The one SQLAlchemy Core schema, shared by the SQLite and PostgreSQL dialects.
+
+Alembic migrations (store/migrations) are the history; this file is the present. A test
+checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, whatever the database keeps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        # SQLite compares datetimes as text: keep one naive ISO format there.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("spec", Json, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("deleted_at", UTCDateTime),
+    # names are unique among live agents of a tenant; deleted ones keep their rows
+    Index(
+        "ux_agents_tenant_name",
+        "tenant_id",
+        "name",
+        unique=True,
+        sqlite_where=text("deleted_at IS NULL"),
+        postgresql_where=text("deleted_at IS NULL"),
+    ),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("agent_id", String(40), ForeignKey("agents.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("metadata", Json, nullable=False),
+    Column("last_turn_id", String(40)),
+    Column("last_turn_status", String(16)),
+    # per-session counters, bumped in the same transaction as the rows they number
+    Column("last_event_seq", Integer, nullable=False, server_default="0"),
+    Column("last_message_seq", Integer, nullable=False, server_default="0"),
+    Column("last_turn_seq", Integer, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("closed_at", UTCDateTime),
+    Index("ix_sessions_tenant_created", "tenant_id", "created_at", "id"),
+    Index("ix_sessions_status", "status"),
+)
+
+turns = Table(
+    "turns",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id"), nullable=False),
+    Column("tenant_id", String(64), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("input", Json, nullable=False),
+    Column("on_busy", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("step", Integer, nullable=False, server_default="0"),
+    Column("usage", Json, nullable=False),
+    Column("run_time_s", Float, nullable=False, server_default="0"),
+    Column("reason", String(64)),
+    Column("error", Json),
+    Column("stop", Json, doc="a requested stop: {mode, reason}; durable before any wake-up"),
+    Column("worker_id", String(128)),
+    Column("claim_token", String(40)),
+    Column("lease_expires_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    UniqueConstraint("session_id", "seq"),
+    Index("ix_turns_session_status", "session_id", "status", "seq"),
+    Index("ix_turns_status_created", "status", "created_at"),
+    Index("ix_turns_status_lease", "status", "lease_expires_at"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id"), nullable=False),
+    Column("turn_id", String(40), ForeignKey("turns.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("content", Text),
+    Column("tool_calls", Json),
+    Column("tool_call_id", String(128)),
+    Column("name", String(128)),
+    Column("status", String(16), nullable=False),
+    Column("hidden", Boolean, nullable=False, server_default="0", doc="rolled back"),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("session_id", "seq"),
+    Index("ix_messages_turn", "turn_id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("session_id", String(64), ForeignKey("sessions.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("turn_id", String(40)),
+    Column("data", Json, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("session_id", "seq"),
+)
+
+interrupts = Table(
+    "interrupts",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("session_id", String(64), ForeignKey("sessions.id"), nullable=False),
+    Column("turn_id", String(40), ForeignKey("turns.id"), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("tool_call_id", String(128)),
+    Column("tool_name", String(128)),
+    Column("request", Json, nullable=False),
+    Column("response", Json),
+    Column("status", String(16), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("resolved_at", UTCDateTime),
+    Column("resolved_by", String(128)),
+    Column("expires_at", UTCDateTime),
+    Index("ix_interrupts_session_status", "session_id", "status"),
+    Index("ix_interrupts_status_expires", "status", "expires_at"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("name", String(128)),
+    Column("prefix", String(32), nullable=False),
+    Column("key_hash", String(128), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
+)

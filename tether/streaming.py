@@ -1,0 +1,151 @@
+"""Following a session's events: durable backlog from the store, then the live feed.
+
+Transport-agnostic: SSE (native and compat surfaces) and WebSockets build on `follow`.
+Durable events arrive exactly once and in seq order; deltas carry the seq of the last durable
+event before them (their resume point) and the char offset of their text, so a reader that
+reconnects gets the in-flight message's text so far as one coalesced delta.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from tether import domain
+from tether.bus import Bus, Delta
+from tether.store import Store
+
+_PAGE = 500
+
+
+@dataclass(slots=True)
+class Frame:
+    """One thing to send: `seq` is the SSE id (the last durable seq at this point)."""
+
+    seq: int
+    type: str
+    payload: dict[str, Any]
+    turn_id: str | None
+    terminal: bool = False  # a turn's terminal event
+
+
+def _event_frame(event: domain.Event) -> Frame:
+    return Frame(
+        event.seq,
+        event.type.value,
+        event.as_dict(),
+        event.turn_id,
+        terminal=event.type in _TERMINAL_TYPES,
+    )
+
+
+_TERMINAL_TYPES = frozenset(domain.TERMINAL_EVENT.values())
+
+
+def _delta_frame(seq: int, delta: Delta) -> Frame:
+    return Frame(
+        seq,
+        domain.EventType.MESSAGE_DELTA.value,
+        {
+            "seq": seq,
+            "type": domain.EventType.MESSAGE_DELTA.value,
+            "session_id": delta.session_id,
+            "turn_id": delta.turn_id,
+            "data": {"message_id": delta.message_id, "offset": delta.offset, "delta": delta.text},
+        },
+        delta.turn_id,
+    )
+
+
+async def follow(
+    store: Store, bus: Bus, session_id: str, after: int, *, turn_id: str | None = None
+) -> AsyncIterator[Frame]:
+    """Every event of the session after `after`, then live ones, forever (the caller stops).
+    With `turn_id`, only that turn's events and deltas."""
+    sub = bus.subscribe(session_id)  # before reading the backlog, so nothing falls between
+    cursor = after
+    sent: dict[str, int] = {}  # message_id -> chars already sent
+
+    async def backlog() -> AsyncIterator[Frame]:
+        nonlocal cursor
+        while True:
+            page = await store.events_after(session_id, cursor, _PAGE)
+            for event in page:
+                cursor = event.seq
+                yield _event_frame(event)
+            if len(page) < _PAGE:
+                return
+
+    def fresh(delta: Delta) -> Delta | None:
+        """The part of `delta` not yet sent."""
+        done = sent.get(delta.message_id, 0)
+        end = delta.offset + len(delta.text)
+        if end <= done:
+            return None
+        if delta.offset < done:
+            delta = Delta(
+                delta.session_id,
+                delta.turn_id,
+                delta.message_id,
+                done,
+                delta.text[done - delta.offset :],
+            )
+        sent[delta.message_id] = end
+        return delta
+
+    def wanted(frame_turn: str | None) -> bool:
+        return turn_id is None or frame_turn == turn_id
+
+    try:
+        async for frame in backlog():
+            if wanted(frame.turn_id):
+                yield frame
+        partial = bus.partial(session_id)
+        if partial and (part := fresh(partial)) and wanted(part.turn_id):
+            yield _delta_frame(cursor, part)
+        while True:
+            items = await sub.get_all()
+            if sub.lagged:
+                sub.lagged = False
+                items = []  # dropped: catch up on durable events from the store
+                async for frame in backlog():
+                    if wanted(frame.turn_id):
+                        yield frame
+            pending: Delta | None = None  # consecutive deltas coalesce into one frame
+            for item in items:
+                if isinstance(item, Delta):
+                    if not wanted(item.turn_id) or not (part := fresh(item)):
+                        continue
+                    if pending and pending.message_id == part.message_id:
+                        pending = Delta(
+                            pending.session_id,
+                            pending.turn_id,
+                            pending.message_id,
+                            pending.offset,
+                            pending.text + part.text,
+                        )
+                    else:
+                        if pending:
+                            yield _delta_frame(cursor, pending)
+                        pending = part
+                    continue
+                if pending:
+                    yield _delta_frame(cursor, pending)
+                    pending = None
+                if item and item[0].seq > cursor + 1:
+                    # a commit we have not been told of yet (out-of-order publish): fill the gap
+                    async for frame in backlog():
+                        if wanted(frame.turn_id):
+                            yield frame
+                for event in item:
+                    if event.seq <= cursor:
+                        continue
+                    cursor = event.seq
+                    frame = _event_frame(event)
+                    if wanted(frame.turn_id):
+                        yield frame
+            if pending:
+                yield _delta_frame(cursor, pending)
+    finally:
+        bus.unsubscribe(sub)

@@ -1,0 +1,291 @@
+"""Workers: claim -> run -> heartbeat -> stop on cancel -> release.
+
+The same code runs as tasks inside `tether serve` (embedded) and in `tether worker` processes
+(cluster). A turn is held under a lease with a claim token; every write carries the token, so a
+worker that lost its lease can no longer change anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tether import domain, errors, ids, metrics
+from tether.bus import Bus, Delta
+from tether.config import Settings
+from tether.domain import EventType, TurnStatus
+from tether.runtime import loop, providers
+from tether.runtime.tools import ToolRegistry
+from tether.store import Claim, Finish, Store
+
+log = logging.getLogger("tether.worker")
+
+
+@dataclass(eq=False)
+class _Execution:
+    """One claimed turn being run: the loop's TurnIO, fenced by the claim token."""
+
+    worker: Worker
+    claim: Claim
+    started: float = field(default_factory=time.monotonic)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def turn(self) -> domain.Turn:
+        return self.claim.turn
+
+    def _run_time(self) -> float:
+        return self.turn.run_time_s + (time.monotonic() - self.started)
+
+    def delta(self, message_id: str, offset: int, text: str) -> None:
+        self.worker.bus.publish_delta(
+            Delta(self.turn.session_id, self.turn.id, message_id, offset, text)
+        )
+
+    async def model_step(self, message: domain.Message, usage: domain.Usage) -> None:
+        await self.worker.store.checkpoint(
+            self.turn,
+            self.claim.token,
+            new_messages=[message],
+            step_done=True,
+            usage=usage,
+            run_time_s=self._run_time(),
+        )
+
+    async def tools_started(self, calls: Sequence[domain.ToolCall]) -> None:
+        await self.worker.store.checkpoint(
+            self.turn,
+            self.claim.token,
+            tool_events=[
+                (
+                    EventType.TOOL_STARTED,
+                    {"tool_call_id": c.id, "name": c.name, "arguments": c.arguments},
+                )
+                for c in calls
+            ],
+        )
+
+    async def tool_results(
+        self, results: Sequence[domain.Message], outcomes: Sequence[str]
+    ) -> None:
+        await self.worker.store.checkpoint(
+            self.turn,
+            self.claim.token,
+            new_messages=results,
+            tool_events=[
+                (
+                    EventType.TOOL_COMPLETED,
+                    {"tool_call_id": r.tool_call_id, "name": r.name, "outcome": outcome},
+                )
+                for r, outcome in zip(results, outcomes, strict=True)
+            ],
+            step_done=True,
+            run_time_s=self._run_time(),
+        )
+
+    async def complete(self, message: domain.Message, usage: domain.Usage) -> None:
+        await self.finish(Finish(TurnStatus.COMPLETED), [message], usage, step_done=True)
+
+    async def finish(
+        self,
+        finish: Finish,
+        new_messages: Sequence[domain.Message] = (),
+        usage: domain.Usage | None = None,
+        *,
+        step_done: bool = False,
+    ) -> None:
+        await self.worker.store.checkpoint(
+            self.turn,
+            self.claim.token,
+            new_messages=new_messages,
+            step_done=step_done,
+            usage=usage,
+            run_time_s=self._run_time(),
+            finish=finish,
+        )
+        metrics.TURNS_FINISHED.labels(status=finish.status.value).inc()
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        tools: ToolRegistry,
+        settings: Settings,
+        *,
+        concurrency: int | None = None,
+    ):
+        self.store = store
+        self.bus = bus
+        self.tools = tools
+        self.settings = settings
+        self.concurrency = settings.workers if concurrency is None else concurrency
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.new_ulid()[-8:]}"
+        self._running: dict[str, _Execution] = {}  # by claim token
+        self._tasks: list[asyncio.Task[None]] = []
+        self._agents: dict[str, tuple[domain.Agent, loop.Agent]] = {}
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="tether-claim"),
+            asyncio.create_task(self._heartbeat_loop(), name="tether-heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop claiming, cancel running turns and hand them back for another worker."""
+        self._stopping.set()
+        self.bus.notify_work()
+        for task in self._tasks:
+            task.cancel()
+        executions = list(self._running.values())
+        for execution in executions:
+            if execution.task:
+                execution.task.cancel()
+        await asyncio.gather(
+            *self._tasks, *(e.task for e in executions if e.task), return_exceptions=True
+        )
+
+    @property
+    def busy(self) -> int:
+        return len(self._running)
+
+    # --- claiming ------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._running)
+            claimed = 0
+            if free > 0:
+                try:
+                    claims = await self.store.claim(
+                        self.id, min(free, 64), self.settings.lease_ttl_s
+                    )
+                except Exception:
+                    log.exception("claim failed")
+                    claims = []
+                for claim in claims:
+                    self._start(claim)
+                claimed = len(claims)
+            if claimed and claimed < free:
+                continue  # there may be more; a full batch means we are saturated
+            await self.bus.wait_for_work(self.settings.poll_interval_s)
+
+    def _start(self, claim: Claim) -> None:
+        execution = _Execution(self, claim)
+        self._running[claim.token] = execution
+        execution.task = asyncio.create_task(self._execute(execution), name=claim.turn.id)
+        metrics.TURNS_STARTED.inc()
+
+    async def _agent(self, agent_id: str) -> tuple[domain.Agent, loop.Agent]:
+        record = await self.store.agent_by_id(agent_id)
+        cached = self._agents.get(agent_id)
+        if cached and cached[0].updated_at == record.updated_at:
+            return cached
+        runnable = loop.Agent(record.spec, providers.model_for(record.spec.model), self.tools)
+        self._agents[agent_id] = (record, runnable)
+        return record, runnable
+
+    async def _execute(self, execution: _Execution) -> None:
+        turn = execution.turn
+        try:
+            record, agent = await self._agent(execution.claim.agent_id)
+            transcript = await self.store.transcript(turn.session_id)
+            budget = max(0.0, record.spec.turn_timeout_s - turn.run_time_s)
+            try:
+                async with asyncio.timeout(budget):
+                    await loop.run_turn(execution, turn, transcript, agent)
+            except TimeoutError:
+                await execution.finish(Finish(TurnStatus.CANCELLED, reason="turn_timeout"))
+        except errors.LeaseLost:
+            log.info("turn %s: lease lost, abandoning", turn.id)
+        except errors.TurnFailure as exc:
+            await self._fail(execution, exc.code, exc.message)
+        except asyncio.CancelledError:
+            if self._stopping.is_set():
+                await self._hand_back(execution)
+            raise
+        except Exception as exc:
+            log.exception("turn %s crashed", turn.id)
+            await self._fail(execution, "internal_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            self._running.pop(execution.claim.token, None)
+            # the session's next queued turn, or a waiting one elsewhere, may now run
+            self.bus.notify_work()
+
+    async def _fail(self, execution: _Execution, code: str, message: str) -> None:
+        with contextlib.suppress(errors.LeaseLost):
+            await execution.finish(
+                Finish(TurnStatus.FAILED, reason=code, error=domain.TurnError(code, message))
+            )
+
+    async def _hand_back(self, execution: _Execution) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.store.release(execution.turn, execution.claim.token))
+
+    # --- leases --------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            held = dict(self._running)
+            if not held:
+                continue
+            try:
+                states = await self.store.heartbeat(held, self.settings.lease_ttl_s)
+            except Exception:
+                log.exception("heartbeat failed")
+                continue
+            for token, execution in held.items():
+                if token not in states and execution.task and not execution.task.done():
+                    log.warning("turn %s: lease lost", execution.turn.id)
+                    execution.task.cancel()
+
+
+class Reaper:
+    """Returns expired leases (DESIGN §2). Any node may run one; recovery is conditional on the
+    lease still being expired, so concurrent reapers are harmless."""
+
+    def __init__(self, store: Store, bus: Bus, settings: Settings):
+        self.store = store
+        self.bus = bus
+        self.settings = settings
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="tether-reaper")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def reap_once(self) -> int:
+        now = domain.utcnow()
+        recovered = 0
+        for session_id, turn_id in await self.store.expired_leases(now):
+            outcome = await self.store.recover_lease(
+                session_id, turn_id, self.settings.max_attempts, now
+            )
+            if outcome is not None:
+                recovered += 1
+                log.warning("turn %s: lease expired -> %s", turn_id, outcome.value)
+        if recovered:
+            self.bus.notify_work()
+        return recovered
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.reap_once()
+            except Exception:
+                log.exception("reaper failed")
+            await asyncio.sleep(self.settings.reaper_interval_s)
