@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -36,7 +36,7 @@ def serve(
 
     from tether.api import create_app
 
-    overrides = {
+    overrides: dict[str, Any] = {
         key: value
         for key, value in {
             "host": host,

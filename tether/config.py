@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     def resolved_store_url(self) -> str:
         if self.store_url:
             return self.store_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'tether.db').resolve()}"
+        return f"sqlite:///{(self.data_dir / 'tether.db').resolve()}"
 
     @property
     def heartbeat_interval_s(self) -> float:

@@ -6,6 +6,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether.api.errors import error_response
 
+# A chunked body found too large is discarded (never kept) up to this much before we answer,
+# so the client reads the 413 rather than a reset mid-upload; beyond it we just close.
+_DRAIN_LIMIT = 64 << 20
+
 
 class BodyLimit:
     def __init__(self, app: ASGIApp, max_bytes: int):
@@ -37,6 +41,7 @@ class BodyLimit:
                 break
             size += len(message.get("body", b""))
             if size > self.max_bytes:
+                await self._discard_rest(receive, message)
                 await self._refuse(scope, receive, send)
                 return
             chunks.append(message)
@@ -47,6 +52,15 @@ class BodyLimit:
             return chunks.pop(0) if chunks else await receive()
 
         await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _discard_rest(receive: Receive, message: Message) -> None:
+        drained = 0
+        while message.get("more_body", False) and drained < _DRAIN_LIMIT:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            drained += len(message.get("body", b""))
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(

@@ -81,7 +81,7 @@ async def delete_agent(agent_id: str, svc: Svc, tenant: Tenant) -> Response:
 )
 async def create_session(body: schemas.SessionCreate, svc: Svc, tenant: Tenant) -> dict[str, Any]:
     session, turn = await svc.create_session(
-        tenant, body.agent_id, body.metadata, _input(body.input) if body.input else None
+        tenant, body.agent_id, body.metadata, _input(body.input) if body.input is not None else None
     )
     return {**views.session(session), "turn": views.turn(turn) if turn else None}
 

@@ -6,9 +6,9 @@ from sqlalchemy.engine import make_url
 
 from tether import errors
 from tether.store import migrations
-from tether.store.base import Claim, CommitHook, Finish, LeaseState, Page, Store
+from tether.store.base import Claim, CommitHook, Finish, LeaseState, Page, Runner, Store
 
-__all__ = ["Claim", "CommitHook", "Finish", "LeaseState", "Page", "Store", "open_store"]
+__all__ = ["Claim", "CommitHook", "Finish", "LeaseState", "Page", "Runner", "Store", "open_store"]
 
 
 async def open_store(url: str, on_commit: CommitHook | None = None) -> Store:
@@ -17,9 +17,8 @@ async def open_store(url: str, on_commit: CommitHook | None = None) -> Store:
     if backend == "sqlite":
         from tether.store import sqlite
 
-        engine = sqlite.create_engine(url)
-        store = Store(engine, serialize_writes=True, lock_rows=False, on_commit=on_commit)
-    else:
-        raise errors.InvalidRequest(f"unsupported store URL {url!r} (sqlite+aiosqlite:// only)")
-    await migrations.upgrade(engine)
-    return store
+        engine = sqlite.engine_for(url)
+        with engine.begin() as conn:
+            migrations.upgrade(conn)
+        return Store(sqlite.SQLiteRunner(engine), lock_rows=False, on_commit=on_commit)
+    raise errors.InvalidRequest(f"unsupported store URL {url!r} (sqlite:///path only, for now)")

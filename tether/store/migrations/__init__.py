@@ -7,7 +7,6 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 HERE = Path(__file__).parent
 
@@ -19,9 +18,6 @@ def config(connection: Connection | None = None) -> Config:
     return cfg
 
 
-async def upgrade(engine: AsyncEngine) -> None:
-    def run(connection: Connection) -> None:
-        command.upgrade(config(connection), "head")
-
-    async with engine.begin() as conn:
-        await conn.run_sync(run)
+def upgrade(connection: Connection) -> None:
+    """Bring the schema to head (synchronous: async dialects call it through run_sync)."""
+    command.upgrade(config(connection), "head")

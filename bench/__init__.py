@@ -1,0 +1,1 @@
+"""Tether benchmarks: `python -m bench --help`."""

@@ -1,0 +1,231 @@
+"""Run Tether's benchmarks: `python -m bench [--only throughput,streams,first_token] [--quick]`.
+
+Each benchmark starts its own `tether serve` process and drives it from a separate client
+process; figures go to stdout and to bench/results/<name>-<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import profile, scenarios
+from bench.scenarios import in_client_process
+from bench.server import Server, raise_fd_limit, wait_for_quiet
+
+RESULTS = Path(__file__).parent / "results"
+BENCHMARKS = ("throughput", "streams", "first_token")
+OTHER_LOAD_WARN = 15.0  # % of a core used by other processes during a run
+CLIENT_BOUND_WARN = 85.0  # % of a core used by the load client
+
+
+@dataclass(frozen=True)
+class Sizes:
+    clients: int = 32
+    short_tokens: int = 20
+    warmup_s: float = 3.0
+    duration_s: float = 20.0
+    turns_per_session: int = 20
+    stream_counts: tuple[int, ...] = (500, 1000)
+    stream_tokens: int = 200
+    stream_delay_ms: float = 20.0
+    ttft_samples: int = 200
+    ttft_warmup: int = 10
+    ttft_pause_s: float = 0.02
+
+
+FULL = Sizes()
+QUICK = Sizes(warmup_s=1.0, duration_s=3.0, stream_counts=(50, 100), ttft_samples=30)
+
+
+Spy = Callable[[str], Path | None]  # benchmark name -> where py-spy should write, if profiling
+
+
+def with_server_stats(result: dict[str, Any], server: Server) -> dict[str, Any]:
+    start, end = result.pop("window")
+    return {**result, **server.stats(start, end)}
+
+
+def run_throughput(s: Sizes, spy: Spy) -> dict[str, Any]:
+    with Server(workers=128, profile=spy("throughput")) as server:
+        args = (s.clients, s.short_tokens, s.warmup_s, s.duration_s, s.turns_per_session)
+        timeout = s.warmup_s + s.duration_s + 120
+        result = in_client_process(scenarios.throughput, server.port, *args, timeout=timeout)
+        return with_server_stats(result, server)
+
+
+def run_streams(s: Sizes, spy: Spy) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for count in s.stream_counts:
+        with Server(workers=count + 100, profile=spy(f"streams-{count}")) as server:
+            timeout = 120 + s.stream_tokens * s.stream_delay_ms / 1000
+            args = (count, s.stream_tokens, s.stream_delay_ms, timeout)
+            result = in_client_process(scenarios.streams, server.port, *args, timeout=timeout + 60)
+            out[str(count)] = with_server_stats(result, server)
+    return out
+
+
+def run_first_token(s: Sizes, spy: Spy) -> dict[str, Any]:
+    with Server(workers=128, profile=spy("first_token")) as server:
+        args = (s.ttft_samples, s.ttft_warmup, s.short_tokens, s.ttft_pause_s)
+        result = in_client_process(scenarios.first_token, server.port, *args, timeout=300)
+        return with_server_stats(result, server)
+
+
+RUNNERS: dict[str, Callable[[Sizes, Spy], dict[str, Any]]] = {
+    "throughput": run_throughput,
+    "streams": run_streams,
+    "first_token": run_first_token,
+}
+
+
+def caveats(r: dict[str, Any]) -> list[str]:
+    """Warnings: something besides this server and client kept the machine busy, or the
+    client itself was near a full core (then it, not the server, may be the bottleneck)."""
+    client = r.get("client_cpu_percent", 0)
+    other = r["machine_cpu_percent"] - r["server_cpu_percent"] - client
+    out = []
+    if other >= OTHER_LOAD_WARN:
+        out.append(f"  WARNING: other processes used ~{other:.0f}% CPU meanwhile; figures skewed")
+    if client >= CLIENT_BOUND_WARN:
+        out.append(f"  WARNING: client CPU {client}%: the client may be the bottleneck")
+    return out
+
+
+def summary(name: str, r: dict[str, Any]) -> list[str]:
+    if name == "throughput":
+        cpu = f"server CPU {r['server_cpu_percent']}%, peak RSS {r['server_peak_rss_mb']} MB"
+        return [
+            f"short-turn throughput ({r['clients']} clients, {r['tokens_per_turn']} tokens, "
+            f"{r['duration_s']:g} s): {r['turns_per_s']} turns/s",
+            f"  latency p50 {r['latency_p50_ms']} ms, p99 {r['latency_p99_ms']} ms, "
+            f"max {r['latency_max_ms']} ms",
+            f"  not completed {r['not_completed']}, errors {r['errors']}; {cpu}; "
+            f"client CPU {r['client_cpu_percent']}%",
+            *caveats(r),
+        ]
+    if name == "first_token":
+        return [
+            f"time to first token ({r['samples']} sequential turns, idle server): "
+            f"p50 {r['first_token_p50_ms']} ms, p99 {r['first_token_p99_ms']} ms",
+            f"  whole turn p50 {r['turn_latency_p50_ms']} ms, p99 {r['turn_latency_p99_ms']} ms; "
+            f"not completed {r['not_completed']}; server CPU {r['server_cpu_percent']}%",
+            *caveats(r),
+        ]
+    lines = []
+    for count, x in r.items():
+        lines += [
+            f"{count} concurrent streams ({x['tokens_per_stream']} tokens at "
+            f"{x['token_delay_ms']:g} ms): completed {x['completed']}/{x['streams']}, "
+            f"errors {x['errors']}",
+            f"  inter-token p50 {x['inter_token_p50_ms']} ms, p99 {x['inter_token_p99_ms']} ms, "
+            f"max {x['inter_token_max_ms']} ms; {x['tokens_per_frame']} tokens/frame",
+            f"  first token p50 {x['first_token_p50_ms']} ms, p99 {x['first_token_p99_ms']} ms; "
+            f"stream duration p50 {x['stream_duration_p50_ms']} ms "
+            f"(ideal {x['ideal_stream_duration_ms']:g}), max {x['stream_duration_max_ms']} ms",
+            f"  server peak RSS {x['server_peak_rss_mb']} MB (idle {x['server_idle_rss_mb']} MB), "
+            f"server CPU {x['server_cpu_percent']}%, client CPU {x['client_cpu_percent']}%",
+            *caveats(x),
+        ]
+    return lines
+
+
+def code_version() -> dict[str, str]:
+    """Which tether was measured: the commit, and a digest of tether/ as it is on disk
+    (the working tree may differ from the commit)."""
+    root = Path(__file__).parent.parent
+    digest = hashlib.sha256()
+    for path in sorted((root / "tether").rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except OSError:
+        head = ""
+    return {"commit": head or "unknown", "tether_tree_sha256": digest.hexdigest()[:16]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--name", default=None, help="results file prefix (default: full/quick)")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=120,
+        metavar="S",
+        help="before each benchmark, wait up to S seconds for other load to end (default 120)",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="record the server with py-spy (skews figures)"
+    )
+    args = parser.parse_args(argv)
+    chosen = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = set(chosen) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {BENCHMARKS}")
+    sizes = QUICK if args.quick else FULL
+    name = args.name or ("quick" if args.quick else "full")
+
+    # SIGTERM too should unwind through the `with Server` blocks, which kill the server
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    raise_fd_limit()
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    report: dict[str, Any] = {
+        "name": name,
+        "timestamp": stamp,
+        "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "code": code_version(),
+        "sizes": asdict(sizes),
+        "machine_busy_before_percent": {},
+        "results": {},
+    }
+    spy_dir = RESULTS / f"{name}-{stamp}-profile"
+
+    def spy(label: str) -> Path | None:
+        return spy_dir / f"{label}.txt" if args.profile else None
+
+    for bench in chosen:
+        if args.wait_quiet > 0:
+            busy = wait_for_quiet(args.wait_quiet, OTHER_LOAD_WARN)
+            report["machine_busy_before_percent"][bench] = busy
+            if busy >= OTHER_LOAD_WARN:
+                print(f"machine still busy ({busy}% CPU) after {args.wait_quiet:g} s; running")
+        print(f"running {bench}…", flush=True)
+        began = time.monotonic()
+        report["results"][bench] = result = RUNNERS[bench](sizes, spy)
+        print("\n".join(summary(bench, result)), f"\n  ({time.monotonic() - began:.0f} s)")
+        for stacks in sorted(spy_dir.glob(f"{bench}*.txt")) if args.profile else []:
+            print("\n".join(profile.report(stacks)))
+        print()
+
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}-{stamp}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""`tether serve` as a separate process on a temp data dir, with RSS and CPU sampled from /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+SAMPLE_S = 0.1
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def raise_fd_limit() -> None:
+    """1,000 streams need over 2,000 sockets between client and server; children inherit this."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks[:8]) - idle) / _TICK
+
+
+def wait_for_quiet(max_wait_s: float, busy_below: float = 20.0) -> float:
+    """Wait (at most `max_wait_s`) until the machine's CPU use over one second is under
+    `busy_below` % of a core: other work would skew the figures. Returns the last reading."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        t0, busy0 = time.monotonic(), _machine_busy_s()
+        time.sleep(1.0)
+        busy = 100 * (_machine_busy_s() - busy0) / (time.monotonic() - t0)
+        if busy < busy_below or time.monotonic() >= deadline:
+            return round(busy, 1)
+
+
+class Server:
+    """Usage: `with Server(workers=128) as server: ...`; the process is killed on exit."""
+
+    def __init__(
+        self, workers: int, profile: Path | None = None, ready_timeout_s: float = 30.0
+    ) -> None:
+        self.workers = workers
+        self.profile = profile  # py-spy collapsed stacks of the whole run go here
+        self.ready_timeout_s = ready_timeout_s
+        self.port = free_port()
+        self.data_dir = Path(tempfile.mkdtemp(prefix="tether-bench-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.spy: subprocess.Popen[bytes] | None = None
+        # (monotonic, server CPU s, RSS kB, whole machine's busy CPU s)
+        self.samples: list[tuple[float, float, int, float]] = []
+        self.hwm_kb = 0
+        self.idle_rss_kb = 0
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample_loop, daemon=True)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def __enter__(self) -> Server:
+        tether = Path(sys.executable).parent / "tether"
+        cmd = [str(tether), "serve", "--data-dir", str(self.data_dir)]
+        cmd += ["--port", str(self.port), "--workers", str(self.workers)]
+        env = {**os.environ, "TETHER_LOG_LEVEL": "warning"}
+        log = (self.data_dir / "server.log").open("wb")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.idle_rss_kb = self._status().get("VmRSS", 0)
+        self._sampler.start()
+        if self.profile:
+            self._start_spy(self.profile)
+        return self
+
+    def _start_spy(self, output: Path) -> None:
+        spy = Path(sys.executable).parent / "py-spy"
+        if not spy.exists():
+            raise RuntimeError(f"--profile needs py-spy: {sys.executable} -m pip install py-spy")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [str(spy), "record", "--pid", str(self.pid), "--rate", "200", "--format", "raw"]
+        self.spy = subprocess.Popen([*cmd, "--output", str(output)], stdout=subprocess.DEVNULL)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        if self._sampler.is_alive():
+            self._sampler.join(2)
+        if self.spy and self.spy.poll() is None:
+            self.spy.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+            try:
+                self.spy.wait(30)
+            except subprocess.TimeoutExpired:
+                self.spy.kill()
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if kind is not None:
+            sys.stderr.write(f"--- server log (tail) ---\n{self.log_tail()}\n")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return (self.data_dir / "server.log").read_text(errors="replace")[-chars:]
+        return ""
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        url = f"http://127.0.0.1:{self.port}/readyz"
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.log_tail()}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {self.ready_timeout_s} s")
+
+    # --- /proc sampling ------------------------------------------------------------------------
+
+    def _status(self) -> dict[str, int]:
+        """VmRSS and VmHWM in kB."""
+        out: dict[str, int] = {}
+        with contextlib.suppress(OSError), open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, value = line.split(":")
+                    out[key] = int(value.split()[0])
+        return out
+
+    def _cpu_s(self) -> float:
+        """User + system CPU seconds of the server, all threads."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+
+    def _sample_loop(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            try:
+                status, cpu = self._status(), self._cpu_s()
+            except OSError:
+                return  # the server is gone
+            self.hwm_kb = max(self.hwm_kb, status.get("VmHWM", 0))
+            self.samples.append((time.monotonic(), cpu, status.get("VmRSS", 0), _machine_busy_s()))
+
+    def peak_rss_mb(self, since: float = 0.0) -> float:
+        rss = [kb for t, _, kb, _ in self.samples if t >= since]
+        return round(max(rss, default=0) / 1024, 1)
+
+    def cpu_percent(self, start: float, end: float, machine: bool = False) -> float:
+        """CPU use over [start, end] (100 = one core) of the server or, with `machine`, of the
+        whole machine (to spot other load), from the samples inside the window."""
+        inside = [(t, m if machine else c) for t, c, _, m in self.samples if start <= t <= end]
+        if len(inside) < 2:
+            return float("nan")
+        (t0, c0), (t1, c1) = inside[0], inside[-1]
+        return round(100 * (c1 - c0) / (t1 - t0), 1)
+
+    def stats(self, start: float, end: float) -> dict[str, float]:
+        return {
+            "server_cpu_percent": self.cpu_percent(start, end),
+            "machine_cpu_percent": self.cpu_percent(start, end, machine=True),
+            "server_idle_rss_mb": round(self.idle_rss_kb / 1024, 1),
+            "server_peak_rss_mb": self.peak_rss_mb(),
+            "server_vm_hwm_mb": round(self.hwm_kb / 1024, 1),
+        }
