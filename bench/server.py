@@ -35,11 +35,11 @@ def raise_fd_limit() -> None:
 
 
 def _machine_busy_s() -> float:
-    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat."""
+    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat: user, nice,
+    system, irq and softirq (not steal: time the hypervisor gave to someone else)."""
     with open("/proc/stat") as f:
         ticks = [int(x) for x in f.readline().split()[1:]]
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    return (sum(ticks[:8]) - idle) / _TICK
+    return sum(ticks[i] for i in (0, 1, 2, 5, 6)) / _TICK
 
 
 def wait_for_quiet(max_wait_s: float, busy_below: float = 20.0) -> float:
