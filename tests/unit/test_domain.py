@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+
+from tether import domain, errors, ids
+from tether.domain import SessionStatus, TurnStatus
+
+
+def test_terminal_states_absorb() -> None:
+    for status in domain.TERMINAL:
+        assert domain.TRANSITIONS[status] == frozenset()
+        assert status.terminal
+
+
+def test_completed_only_from_running() -> None:
+    # never completed once a stop was requested (cancelling) or while queued/waiting
+    assert domain.sources_of(TurnStatus.COMPLETED) == (TurnStatus.RUNNING,)
+    assert set(domain.sources_of(TurnStatus.CANCELLED)) == {
+        TurnStatus.QUEUED,
+        TurnStatus.RUNNING,
+        TurnStatus.CANCELLING,
+        TurnStatus.WAITING,
+    }
+
+
+@pytest.mark.parametrize(
+    ("closed", "active", "queued", "expected"),
+    [
+        (False, None, False, SessionStatus.IDLE),
+        (True, None, False, SessionStatus.CLOSED),
+        (False, None, True, SessionStatus.QUEUED),
+        (False, TurnStatus.RUNNING, True, SessionStatus.RUNNING),
+        (False, TurnStatus.CANCELLING, False, SessionStatus.RUNNING),
+        (True, TurnStatus.RUNNING, False, SessionStatus.RUNNING),
+        (False, TurnStatus.WAITING, True, SessionStatus.WAITING),
+    ],
+)
+def test_session_status_is_derived(
+    closed: bool, active: TurnStatus | None, queued: bool, expected: SessionStatus
+) -> None:
+    assert domain.derive_session_status(closed, active, queued) is expected
+
+
+def test_ids() -> None:
+    sid = ids.new_session_id("eu-1")
+    assert ids.check_session(sid) == sid
+    assert ids.zone_of(sid) == "eu-1"
+    assert ids.check("turn", ids.new("turn"))
+    for bad in [
+        "",
+        "x.local",
+        f"{ids.new_ulid().upper()}.local",
+        f"{ids.new_ulid()}.",
+        f"{ids.new_ulid()}.UPPER",
+        f"{ids.new_ulid()}.{'z' * 33}",
+    ]:
+        with pytest.raises(errors.InvalidId):
+            ids.check_session(bad)
+    with pytest.raises(errors.InvalidId):
+        ids.check("turn", ids.new("msg"))
+
+
+def test_agent_spec_validation() -> None:
+    with pytest.raises(ValueError, match=r"model\.model is required"):
+        domain.AgentSpec.model_validate({"name": "x", "model": {"provider": "openai"}})
+    with pytest.raises(ValueError, match="Extra inputs"):
+        domain.AgentSpec.model_validate({"name": "x", "modle": {}})
