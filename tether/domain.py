@@ -83,6 +83,18 @@ def derive_session_status(
 class OnBusy(enum.StrEnum):
     ENQUEUE = "enqueue"
     REJECT = "reject"
+    INTERRUPT = "interrupt"  # stop the active turn (mode interrupt), then run the new one
+    ROLLBACK = "rollback"  # stop the active turn (mode rollback), then run the new one
+
+
+class StopMode(enum.StrEnum):
+    INTERRUPT = "interrupt"  # keep what happened; partial text marked interrupted
+    ROLLBACK = "rollback"  # remove the turn's messages from the transcript
+
+
+class StopScope(enum.StrEnum):
+    TURN = "turn"  # the active turn; queued turns then proceed
+    ALL = "all"  # also cancel the queued turns
 
 
 class EventType(enum.StrEnum):

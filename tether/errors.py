@@ -91,6 +91,12 @@ class LeaseLost(TetherError):
     code = "lease_lost"
 
 
+class StopRequested(TetherError):
+    """A stop was requested for this turn: end it `cancelled`, recording what happened."""
+
+    code = "stop_requested"
+
+
 # --- how a turn ended badly: recorded on the turn, not raised to clients ------------------
 
 

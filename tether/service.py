@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 from tether import domain, errors, ids
-from tether.bus import Bus
+from tether.bus import Bus, Subscription
 from tether.runtime.tools import ToolRegistry
 from tether.store import Page, Store
 
@@ -19,6 +22,16 @@ def normalize_input(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not value:
         raise errors.InvalidRequest("input must not be empty")
     return [{"role": item["role"], "content": item["content"]} for item in value]
+
+
+@dataclass(slots=True)
+class StopResult:
+    turn: domain.Turn | None  # the stopped turn (final, or still `cancelling`), if any
+    session: domain.Session
+
+    @property
+    def confirmed(self) -> bool:
+        return self.turn is None or self.turn.status.terminal
 
 
 class Service:
@@ -118,11 +131,59 @@ class Service:
         input: str | list[dict[str, Any]],
         on_busy: domain.OnBusy = domain.OnBusy.ENQUEUE,
     ) -> domain.Turn:
-        turn = await self.store.create_turn(
+        turn, to_wake = await self.store.create_turn(
             tenant, ids.check_session(session_id), normalize_input(input), on_busy
         )
+        for turn_id in to_wake:
+            self.bus.signal_stop(turn_id)
         self.bus.notify_work()
         return turn
+
+    async def stop(
+        self,
+        tenant: str,
+        session_id: str,
+        *,
+        turn_id: str | None = None,
+        mode: domain.StopMode = domain.StopMode.INTERRUPT,
+        scope: domain.StopScope = domain.StopScope.TURN,
+        reason: str = "client_cancelled",
+        wait_s: float = 5.0,
+    ) -> StopResult:
+        """Stop the session's active turn (or `turn_id`). The stop is written first; the bus
+        only wakes the executor. Waits up to `wait_s` for the executor to confirm."""
+        session_id = ids.check_session(session_id)
+        if turn_id is not None:
+            ids.check("turn", turn_id)
+        sub = self.bus.subscribe(session_id)  # before the write: the confirmation cannot slip by
+        try:
+            turn, to_wake = await self.store.request_stop(
+                tenant, session_id, turn_id, mode, scope, reason
+            )
+            for wake in to_wake:
+                self.bus.signal_stop(wake)
+            self.bus.notify_work()  # a cancelled head of queue lets the next turn run
+            if turn is not None and not turn.status.terminal and wait_s > 0:
+                turn = await self._await_end(sub, tenant, turn, wait_s)
+        finally:
+            self.bus.unsubscribe(sub)
+        return StopResult(turn, await self.store.get_session(tenant, session_id))
+
+    async def _await_end(
+        self, sub: Subscription, tenant: str, turn: domain.Turn, wait_s: float
+    ) -> domain.Turn:
+        ended = {e.value for e in domain.TERMINAL_EVENT.values()}
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                while True:
+                    items = await sub.get_all()
+                    if sub.lagged or any(
+                        isinstance(item, list)
+                        and any(e.turn_id == turn.id and e.type in ended for e in item)
+                        for item in items
+                    ):
+                        break
+        return await self.store.get_turn(tenant, turn.session_id, turn.id)
 
     async def get_turn(self, tenant: str, session_id: str, turn_id: str) -> domain.Turn:
         return await self.store.get_turn(

@@ -35,6 +35,20 @@ class _Execution:
     claim: Claim
     started: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
+    progress: loop.Progress = field(default_factory=loop.Progress)
+    stop_requested: bool = False
+    lease_lost: bool = False
+    entered: bool = False  # the task is inside _execute, where cancellation is handled
+
+    def request_stop(self) -> None:
+        """Stop at once: cancel the loop wherever it is (model stream, tools)."""
+        if self.stop_requested:
+            return
+        self.stop_requested = True
+        # A task cancelled before its first step never runs its body: leave it to see the
+        # flag when it enters instead.
+        if self.entered and self.task and not self.task.done():
+            self.task.cancel("stop requested")
 
     @property
     def turn(self) -> domain.Turn:
@@ -57,6 +71,7 @@ class _Execution:
             usage=usage,
             run_time_s=self._run_time(),
         )
+        self.progress.reset()
 
     async def tools_started(self, calls: Sequence[domain.ToolCall]) -> None:
         await self.worker.store.checkpoint(
@@ -88,9 +103,45 @@ class _Execution:
             step_done=True,
             run_time_s=self._run_time(),
         )
+        self.progress.reset()
 
     async def complete(self, message: domain.Message, usage: domain.Usage) -> None:
         await self.finish(Finish(TurnStatus.COMPLETED), [message], usage, step_done=True)
+
+    async def end_stopped(self, reason: str | None) -> None:
+        """End the turn `cancelled`, recording what the step in flight got done: partial text
+        kept and marked interrupted, finished tool calls kept, running ones `interrupted`;
+        calls never started get `not_run` results from the store. `reason` None means the
+        requested stop's own reason (and its mode: a rollback removes the turn's messages)."""
+        progress = self.progress
+        kept: list[domain.Message] = []
+        outcomes: list[tuple[EventType, dict[str, object]]] = []
+        if progress.message_id and (progress.text or progress.tool_calls):
+            kept.append(loop.partial_message(self.turn, progress, domain.MessageStatus.INTERRUPTED))
+        for run in progress.tools:
+            if run.result is not None:
+                kept.append(run.result)
+            elif run.outcome == "running":
+                run.outcome = "interrupted"
+                kept.append(
+                    loop.tool_result(
+                        self.turn, run.call, "Tool call interrupted: the turn was stopped."
+                    )
+                )
+            else:
+                continue  # not started: the store closes it as not_run
+            outcomes.append(
+                (
+                    EventType.TOOL_COMPLETED,
+                    {"tool_call_id": run.call.id, "name": run.call.name, "outcome": run.outcome},
+                )
+            )
+        await self.finish(
+            Finish(TurnStatus.CANCELLED, reason=reason),
+            kept,
+            progress.usage,
+            tool_events=outcomes,
+        )
 
     async def finish(
         self,
@@ -99,11 +150,13 @@ class _Execution:
         usage: domain.Usage | None = None,
         *,
         step_done: bool = False,
+        tool_events: Sequence[tuple[EventType, dict[str, object]]] = (),
     ) -> None:
         await self.worker.store.checkpoint(
             self.turn,
             self.claim.token,
             new_messages=new_messages,
+            tool_events=tool_events,
             step_done=step_done,
             usage=usage,
             run_time_s=self._run_time(),
@@ -129,11 +182,13 @@ class Worker:
         self.concurrency = settings.workers if concurrency is None else concurrency
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.new_ulid()[-8:]}"
         self._running: dict[str, _Execution] = {}  # by claim token
+        self._by_turn: dict[str, _Execution] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._agents: dict[str, tuple[domain.Agent, loop.Agent]] = {}
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
+        self.bus.on_stop(self._on_stop)
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="tether-claim"),
             asyncio.create_task(self._heartbeat_loop(), name="tether-heartbeat"),
@@ -142,6 +197,7 @@ class Worker:
     async def stop(self) -> None:
         """Stop claiming, cancel running turns and hand them back for another worker."""
         self._stopping.set()
+        self.bus.on_stop(None)
         self.bus.notify_work()
         for task in self._tasks:
             task.cancel()
@@ -181,8 +237,21 @@ class Worker:
     def _start(self, claim: Claim) -> None:
         execution = _Execution(self, claim)
         self._running[claim.token] = execution
+        self._by_turn[claim.turn.id] = execution
         execution.task = asyncio.create_task(self._execute(execution), name=claim.turn.id)
+        # a done callback, not a finally: it runs even for a task cancelled before it started
+        execution.task.add_done_callback(lambda _: self._forget(execution))
         metrics.TURNS_STARTED.inc()
+
+    def _forget(self, execution: _Execution) -> None:
+        self._running.pop(execution.claim.token, None)
+        self._by_turn.pop(execution.turn.id, None)
+        self.bus.notify_work()  # a slot is free, and the session's next turn may run
+
+    def _on_stop(self, turn_id: str) -> None:
+        execution = self._by_turn.get(turn_id)
+        if execution is not None:
+            execution.request_stop()
 
     async def _agent(self, agent_id: str) -> tuple[domain.Agent, loop.Agent]:
         record = await self.store.agent_by_id(agent_id)
@@ -195,30 +264,40 @@ class Worker:
 
     async def _execute(self, execution: _Execution) -> None:
         turn = execution.turn
+        execution.entered = True
         try:
-            record, agent = await self._agent(execution.claim.agent_id)
-            transcript = await self.store.transcript(turn.session_id)
-            budget = max(0.0, record.spec.turn_timeout_s - turn.run_time_s)
             try:
+                if execution.stop_requested:
+                    raise errors.StopRequested("stopped before it started")
+                record, agent = await self._agent(execution.claim.agent_id)
+                transcript = await self.store.transcript(turn.session_id)
+                budget = max(0.0, record.spec.turn_timeout_s - turn.run_time_s)
                 async with asyncio.timeout(budget):
-                    await loop.run_turn(execution, turn, transcript, agent)
+                    await loop.run_turn(execution, turn, transcript, agent, execution.progress)
+            except asyncio.CancelledError:
+                if not execution.stop_requested or self._stopping.is_set():
+                    raise
+                # our own stop, not a shutdown: finish the turn instead of dying with it
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                await execution.end_stopped(None)
+            except errors.StopRequested:  # a write found the stop before the wake-up did
+                await execution.end_stopped(None)
             except TimeoutError:
-                await execution.finish(Finish(TurnStatus.CANCELLED, reason="turn_timeout"))
+                await execution.end_stopped("turn_timeout")
         except errors.LeaseLost:
             log.info("turn %s: lease lost, abandoning", turn.id)
+        except errors.StopRequested:
+            # the stop landed between our timeout and our write: the stop's terms win
+            await execution.end_stopped(None)
         except errors.TurnFailure as exc:
             await self._fail(execution, exc.code, exc.message)
         except asyncio.CancelledError:
-            if self._stopping.is_set():
+            if self._stopping.is_set() and not execution.lease_lost:
                 await self._hand_back(execution)
             raise
         except Exception as exc:
             log.exception("turn %s crashed", turn.id)
             await self._fail(execution, "internal_error", f"{type(exc).__name__}: {exc}")
-        finally:
-            self._running.pop(execution.claim.token, None)
-            # the session's next queued turn, or a waiting one elsewhere, may now run
-            self.bus.notify_work()
 
     async def _fail(self, execution: _Execution, code: str, message: str) -> None:
         with contextlib.suppress(errors.LeaseLost):
@@ -244,9 +323,13 @@ class Worker:
                 log.exception("heartbeat failed")
                 continue
             for token, execution in held.items():
-                if token not in states and execution.task and not execution.task.done():
+                state = states.get(token)
+                if state is None and execution.task and not execution.task.done():
                     log.warning("turn %s: lease lost", execution.turn.id)
+                    execution.lease_lost = True
                     execution.task.cancel()
+                elif state is not None and state.status is TurnStatus.CANCELLING:
+                    execution.request_stop()  # the backstop for a lost wake-up
 
 
 class Reaper:

@@ -35,6 +35,23 @@ class TurnCreate(_In):
     stream: bool = Field(default=False, description="answer with the turn's SSE stream")
 
 
+class StopRequest(_In):
+    mode: domain.StopMode = domain.StopMode.INTERRUPT
+    scope: domain.StopScope = domain.StopScope.TURN
+    wait: float = Field(default=5.0, ge=0, le=60, description="seconds to wait for confirmation")
+    reason: str = Field(
+        default="client_cancelled", min_length=1, max_length=64, pattern=r"^[a-z0-9_.-]+$"
+    )
+
+
+class TurnStopRequest(_In):
+    mode: domain.StopMode = domain.StopMode.INTERRUPT
+    wait: float = Field(default=5.0, ge=0, le=60)
+    reason: str = Field(
+        default="client_cancelled", min_length=1, max_length=64, pattern=r"^[a-z0-9_.-]+$"
+    )
+
+
 class AgentPatch(_In):
     """Fields to change; the rest are kept."""
 
@@ -97,6 +114,14 @@ class TurnOut(BaseModel):
 
 class SessionCreated(SessionOut):
     turn: TurnOut | None = None
+
+
+class StopOut(BaseModel):
+    """200: the stop is confirmed (or there was nothing to stop); 202: still `cancelling`,
+    and the stop stays in force."""
+
+    turn: TurnOut | None
+    session: SessionOut
 
 
 class ToolCallOut(BaseModel):

@@ -11,7 +11,7 @@ from tether import domain, errors, ids, streaming, views
 from tether.api import schemas, sse
 from tether.api.deps import int_cursor, node, service, tenant
 from tether.node import Node
-from tether.service import Service
+from tether.service import Service, StopResult
 
 router = APIRouter(prefix="/v1")
 
@@ -179,6 +179,61 @@ async def list_turns(
 )
 async def get_turn(session_id: str, turn_id: str, svc: Svc, tenant: Tenant) -> dict[str, Any]:
     return views.turn(await svc.get_turn(tenant, session_id, turn_id))
+
+
+# --- control -------------------------------------------------------------------------------
+
+_STOP_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    202: {"model": schemas.StopOut, "description": "not yet confirmed: the turn is cancelling"},
+}
+
+
+def _stop_answer(result: StopResult) -> JSONResponse:
+    body = {
+        "turn": views.turn(result.turn) if result.turn else None,
+        "session": views.session(result.session),
+    }
+    return JSONResponse(body, status_code=200 if result.confirmed else 202)
+
+
+@router.post(
+    "/sessions/{session_id}/interrupt",
+    response_model=schemas.StopOut,
+    responses=_STOP_RESPONSES,
+    tags=["control"],
+)
+async def interrupt_session(
+    session_id: str, svc: Svc, tenant: Tenant, body: schemas.StopRequest | None = None
+) -> JSONResponse:
+    """Stop the session's active turn (`scope=all`: and its queued turns). Idempotent."""
+    body = body or schemas.StopRequest()
+    result = await svc.stop(
+        tenant, session_id, mode=body.mode, scope=body.scope, reason=body.reason, wait_s=body.wait
+    )
+    return _stop_answer(result)
+
+
+@router.post(
+    "/sessions/{session_id}/turns/{turn_id}/cancel",
+    response_model=schemas.StopOut,
+    responses=_STOP_RESPONSES,
+    tags=["control"],
+)
+async def cancel_turn(
+    session_id: str,
+    turn_id: str,
+    svc: Svc,
+    tenant: Tenant,
+    body: schemas.TurnStopRequest | None = None,
+) -> JSONResponse:
+    """Stop this turn: queued or waiting, it is cancelled at once; running, its executor is
+    stopped; finished, nothing changes. Idempotent."""
+    body = body or schemas.TurnStopRequest()
+    result = await svc.stop(
+        tenant, session_id, turn_id=turn_id, mode=body.mode, reason=body.reason, wait_s=body.wait
+    )
+    return _stop_answer(result)
 
 
 # --- transcript and events -------------------------------------------------------------------

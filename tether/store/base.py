@@ -94,7 +94,8 @@ class _SessionWrite:
         self._message_seq: int = row.last_message_seq
         self.turn_seq: int = row.last_turn_seq
         self.events: list[domain.Event] = []
-        self._messages: list[domain.Message] = []
+        self.pending_messages: list[domain.Message] = []  # inserted at flush
+        self.rolled_back: set[str] = set()  # turns whose messages leave the transcript
 
     def event(self, type: EventType, turn_id: str | None, data: dict[str, Any]) -> None:
         self._event_seq += 1
@@ -126,7 +127,7 @@ class _SessionWrite:
             status=status,
             created_at=self.now,
         )
-        self._messages.append(msg)
+        self.pending_messages.append(msg)
         self.event(EventType.MESSAGE_COMPLETED, turn_id, {"message": views.message(msg)})
         return msg
 
@@ -145,8 +146,14 @@ class _SessionWrite:
                     "last_turn": {"id": last.id, "status": last.status} if last else None,
                 },
             )
-        if self._messages:
-            self.conn.execute(insert(messages), [records.message_values(m) for m in self._messages])
+        if self.pending_messages:
+            self.conn.execute(
+                insert(messages),
+                [
+                    records.message_values(m, hidden=m.turn_id in self.rolled_back)
+                    for m in self.pending_messages
+                ],
+            )
         if self.events:
             self.conn.execute(
                 insert(events),
@@ -373,7 +380,9 @@ class Store:
         await self._write(tx)
         turn = None
         if first_input is not None:
-            turn = await self.create_turn(tenant_id, session_id, first_input, domain.OnBusy.ENQUEUE)
+            turn, _ = await self.create_turn(
+                tenant_id, session_id, first_input, domain.OnBusy.ENQUEUE
+            )
         return await self.get_session(tenant_id, session_id), turn
 
     async def get_session(self, tenant_id: str, session_id: str) -> domain.Session:
@@ -422,12 +431,20 @@ class Store:
         session_id: str,
         input: list[dict[str, Any]],
         on_busy: domain.OnBusy,
-    ) -> domain.Turn:
-        def body(sw: _SessionWrite) -> domain.Turn:
+    ) -> tuple[domain.Turn, list[str]]:
+        """Queue a turn. With on_busy interrupt/rollback, the turns ahead of it are stopped in
+        the same transaction; answers the new turn and the running turns whose executors
+        must be woken to stop."""
+
+        def body(sw: _SessionWrite) -> tuple[domain.Turn, list[str]]:
             if sw.closed:
                 raise errors.SessionClosed(f"session {session_id} is closed")
+            to_wake: list[str] = []
             if on_busy is domain.OnBusy.REJECT and self._has_unfinished(sw):
                 raise errors.SessionBusy(f"session {session_id} has an active turn")
+            if on_busy in (domain.OnBusy.INTERRUPT, domain.OnBusy.ROLLBACK):
+                mode = domain.StopMode(on_busy.value)
+                to_wake = self._stop_all(sw, mode, "superseded_by_new_turn")
             sw.turn_seq += 1
             turn = domain.Turn(
                 id=ids.new("turn"),
@@ -449,7 +466,7 @@ class Store:
             )
             sw.conn.execute(insert(turns), _turn_values(turn))
             sw.event(EventType.TURN_QUEUED, turn.id, {"turn": views.turn(turn)})
-            return turn
+            return turn, to_wake
 
         return await self._session_write(session_id, body, tenant_id)
 
@@ -462,16 +479,14 @@ class Store:
         ).first()
         return row is not None
 
-    @staticmethod
-    def _cancel_queued(sw: _SessionWrite, reason: str) -> None:
+    def _cancel_queued(self, sw: _SessionWrite, reason: str) -> None:
         rows = sw.conn.execute(
-            update(turns)
+            select(turns)
             .where(turns.c.session_id == sw.id, turns.c.status == TurnStatus.QUEUED.value)
-            .values(status=TurnStatus.CANCELLED.value, reason=reason, finished_at=sw.now)
-            .returning(*turns.c)
+            .order_by(turns.c.seq)
         ).all()
-        for row in sorted(rows, key=lambda r: r.seq):
-            sw.event(EventType.TURN_CANCELLED, row.id, {"turn": views.turn(records.turn(row))})
+        for row in rows:
+            self._stop_turn(sw, records.turn(row), domain.StopMode.INTERRUPT, reason)
 
     async def get_turn(self, tenant_id: str, session_id: str, turn_id: str) -> domain.Turn:
         row = await self._read(
@@ -500,6 +515,125 @@ class Store:
             return conn.execute(query).all()
 
         return _page(await self._read(tx), limit, records.turn, lambda t: str(t.seq))
+
+    # --- control: stop, interrupt, rollback (DESIGN §3) ---------------------------------------
+
+    async def request_stop(
+        self,
+        tenant_id: str,
+        session_id: str,
+        turn_id: str | None,
+        mode: domain.StopMode,
+        scope: domain.StopScope,
+        reason: str,
+    ) -> tuple[domain.Turn | None, list[str]]:
+        """Write a stop. The target is `turn_id`, or the session's active turn, or else the
+        head of its queue. A queued or waiting turn is cancelled at once; a running one
+        becomes `cancelling` and its executor must be woken (the ids answered). Stopping a
+        finished turn or an idle session changes nothing."""
+
+        def body(sw: _SessionWrite) -> tuple[domain.Turn | None, list[str]]:
+            if turn_id is not None:
+                row = sw.conn.execute(
+                    select(turns).where(turns.c.id == turn_id, turns.c.session_id == sw.id)
+                ).first()
+                if row is None:
+                    raise errors.NotFound(f"turn {turn_id} not found")
+                target: domain.Turn | None = records.turn(row)
+            else:
+                target = self._target_of(sw)
+            to_wake: list[str] = []
+            if target is not None and (wake := self._stop_turn(sw, target, mode, reason)):
+                to_wake.append(wake)
+            if scope is domain.StopScope.ALL:
+                to_wake += self._stop_all(sw, mode, reason)
+            if target is not None:
+                row = sw.conn.execute(select(turns).where(turns.c.id == target.id)).first()
+                assert row is not None
+                target = records.turn(row)
+            return target, to_wake
+
+        return await self._session_write(session_id, body, tenant_id)
+
+    @staticmethod
+    def _target_of(sw: _SessionWrite) -> domain.Turn | None:
+        """The session's active turn, or else the head of its queue."""
+        rows = sw.conn.execute(
+            select(turns)
+            .where(turns.c.session_id == sw.id, turns.c.status.in_(_UNFINISHED))
+            .order_by(turns.c.seq)
+        ).all()
+        active = [r for r in rows if r.status in _ACTIVE]
+        chosen = active[0] if active else (rows[0] if rows else None)
+        return records.turn(chosen) if chosen is not None else None
+
+    def _stop_all(self, sw: _SessionWrite, mode: domain.StopMode, reason: str) -> list[str]:
+        """Stop every unfinished turn of the session; answers the executors to wake."""
+        rows = sw.conn.execute(
+            select(turns)
+            .where(turns.c.session_id == sw.id, turns.c.status.in_(_UNFINISHED))
+            .order_by(turns.c.seq)
+        ).all()
+        woken = [self._stop_turn(sw, records.turn(r), mode, reason) for r in rows]
+        return [w for w in woken if w]
+
+    def _stop_turn(
+        self, sw: _SessionWrite, turn: domain.Turn, mode: domain.StopMode, reason: str
+    ) -> str | None:
+        """Stop one turn inside a session write; answers its id if an executor must act."""
+        stop = {"mode": mode.value, "reason": reason}
+        if turn.status is TurnStatus.RUNNING:
+            row = sw.conn.execute(
+                update(turns)
+                .where(turns.c.id == turn.id, turns.c.status == TurnStatus.RUNNING.value)
+                .values(status=TurnStatus.CANCELLING.value, stop=stop)
+                .returning(*turns.c)
+            ).first()
+            assert row is not None
+            sw.event(
+                EventType.TURN_CANCELLING, turn.id, {"turn": views.turn(records.turn(row)), **stop}
+            )
+            return turn.id
+        if turn.status is TurnStatus.CANCELLING:
+            return turn.id  # already stopping: wake it again, the first stop's terms stand
+        if turn.status in (TurnStatus.QUEUED, TurnStatus.WAITING):
+            # no executor holds it: it ends here
+            row = sw.conn.execute(
+                update(turns)
+                .where(turns.c.id == turn.id, turns.c.status == turn.status.value)
+                .values(
+                    status=TurnStatus.CANCELLED.value,
+                    stop=stop,
+                    reason=reason,
+                    finished_at=sw.now,
+                    claim_token=None,
+                    lease_expires_at=None,
+                )
+                .returning(*turns.c)
+            ).first()
+            assert row is not None
+            self._ended(sw, row)
+        return None
+
+    def _ended(self, sw: _SessionWrite, row: Row[Any]) -> None:
+        """A turn reached a terminal state in this transaction: make its transcript valid
+        for the next model call (or remove it, for a rollback), then say so."""
+        ended = records.turn(row)
+        rolled_back = (
+            ended.status is TurnStatus.CANCELLED
+            and (row.stop or {}).get("mode") == domain.StopMode.ROLLBACK.value
+        )
+        if rolled_back:
+            sw.conn.execute(
+                update(messages).where(messages.c.turn_id == ended.id).values(hidden=True)
+            )
+            sw.rolled_back.add(ended.id)  # and those written in this transaction
+        elif ended.status is not TurnStatus.COMPLETED:
+            self._close_dangling_tool_calls(sw, ended.id)
+        data: dict[str, Any] = {"turn": views.turn(ended)}
+        if rolled_back:
+            data["rolled_back"] = True
+        sw.event(domain.TERMINAL_EVENT[ended.status], ended.id, data)
 
     # --- messages and events -------------------------------------------------------------------
 
@@ -682,6 +816,13 @@ class Store:
                 update(turns).where(and_(*guard)).values(values).returning(*turns.c)
             ).first()
             if row is None:
+                held = sw.conn.execute(
+                    select(turns.c.status).where(
+                        turns.c.id == turn.id, turns.c.claim_token == token
+                    )
+                ).scalar()
+                if held == TurnStatus.CANCELLING.value:
+                    raise errors.StopRequested(f"turn {turn.id} is being stopped")
                 raise errors.LeaseLost(f"turn {turn.id} is no longer held by this worker")
             for m in new_messages:
                 sw.message(
@@ -697,10 +838,15 @@ class Store:
             for type_, data in tool_events:
                 sw.event(type_, turn.id, data)
             if finish is not None:
-                ended = records.turn(row)
-                if finish.status is not TurnStatus.COMPLETED:
-                    self._close_dangling_tool_calls(sw, ended.id)
-                sw.event(domain.TERMINAL_EVENT[finish.status], turn.id, {"turn": views.turn(ended)})
+                if finish.reason is None:  # a requested stop: its reason, recorded with it
+                    stop_reason = (row.stop or {}).get("reason", "client_cancelled")
+                    row = sw.conn.execute(
+                        update(turns)
+                        .where(turns.c.id == turn.id)
+                        .values(reason=stop_reason)
+                        .returning(*turns.c)
+                    ).one()
+                self._ended(sw, row)
 
         await self._session_write(turn.session_id, body)
 
@@ -714,21 +860,25 @@ class Store:
             .order_by(messages.c.seq)
         ).all()
         answered = {r.tool_call_id for r in rows if r.role == "tool"}
-        for r in rows:
-            for call in r.tool_calls or []:
-                if call["id"] not in answered:
-                    sw.message(
-                        turn_id,
-                        "tool",
-                        "Tool call not run: the turn ended before it ran.",
-                        tool_call_id=call["id"],
-                        name=call["name"],
-                    )
-                    sw.event(
-                        EventType.TOOL_COMPLETED,
-                        turn_id,
-                        {"tool_call_id": call["id"], "name": call["name"], "outcome": "not_run"},
-                    )
+        answered |= {m.tool_call_id for m in sw.pending_messages if m.role == "tool"}
+        calls = [c for r in rows for c in r.tool_calls or []]
+        calls += [c.as_dict() for m in sw.pending_messages for c in m.tool_calls]
+        for call in calls:
+            if call["id"] in answered:
+                continue
+            answered.add(call["id"])
+            sw.message(
+                turn_id,
+                "tool",
+                "Tool call not run: the turn ended before it ran.",
+                tool_call_id=call["id"],
+                name=call["name"],
+            )
+            sw.event(
+                EventType.TOOL_COMPLETED,
+                turn_id,
+                {"tool_call_id": call["id"], "name": call["name"], "outcome": "not_run"},
+            )
 
     async def release(self, turn: domain.Turn, token: str) -> bool:
         """Hand a running turn back to the queue (graceful shutdown). The attempt it used is
@@ -820,14 +970,11 @@ class Store:
                 .returning(*turns.c)
             ).first()
             assert updated is not None
-            ended = records.turn(updated)
             if target is TurnStatus.QUEUED:
-                sw.event(
-                    EventType.TURN_QUEUED, turn_id, {"turn": views.turn(ended), "resumed": True}
-                )
+                resumed = views.turn(records.turn(updated))
+                sw.event(EventType.TURN_QUEUED, turn_id, {"turn": resumed, "resumed": True})
             else:
-                self._close_dangling_tool_calls(sw, turn_id)
-                sw.event(domain.TERMINAL_EVENT[target], turn_id, {"turn": views.turn(ended)})
+                self._ended(sw, updated)
             return target
 
         return await self._session_write(session_id, body)

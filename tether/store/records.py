@@ -79,7 +79,7 @@ def message(row: Row[Any]) -> domain.Message:
     )
 
 
-def message_values(m: domain.Message) -> dict[str, Any]:
+def message_values(m: domain.Message, *, hidden: bool = False) -> dict[str, Any]:
     return {
         "id": m.id,
         "session_id": m.session_id,
@@ -91,7 +91,7 @@ def message_values(m: domain.Message) -> dict[str, Any]:
         "tool_call_id": m.tool_call_id,
         "name": m.name,
         "status": m.status.value,
-        "hidden": False,
+        "hidden": hidden,
         "created_at": m.created_at,
     }
 
