@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "code": code_version(),
+        "code": {},
         "sizes": asdict(sizes),
         "machine_busy_before_percent": {},
         "attempts": {},
@@ -221,11 +221,13 @@ def main(argv: list[str] | None = None) -> int:
                 if busy >= OTHER_LOAD_WARN:
                     print(f"machine still busy ({busy}% CPU) after {args.wait_quiet:g} s")
             print(f"running {bench}…", flush=True)
+            code = code_version()
             began = time.monotonic()
             report["results"][bench] = result = RUNNERS[bench](sizes, spy)
             lines = summary(bench, result)
             print("\n".join(lines), f"\n  ({time.monotonic() - began:.0f} s)")
             report["attempts"][bench] = attempt + 1
+            report["code"][bench] = code  # tether/ may be edited between benchmarks
             if not any("other processes" in line for line in lines):
                 break
         for stacks in sorted(spy_dir.glob(f"{bench}*.txt")) if args.profile else []:

@@ -131,7 +131,9 @@ async def _throughput(
         await asyncio.sleep(end - time.monotonic())
         return time.process_time() - cpu0
 
-    *_, client_cpu = await asyncio.gather(*(client(c) for c in conns), cpu_window())
+    window = asyncio.create_task(cpu_window())
+    await asyncio.gather(*(client(c) for c in conns))
+    client_cpu = await window
     ok = [s for s in counted if _ok(s, tokens)]
     return {
         "clients": clients,
