@@ -112,7 +112,7 @@ async def test_turn_timeout_cancels(api: Api) -> None:
     done = await api.wait_turn(sid, (await api.turn(sid))["id"])
     assert done["status"] == "cancelled" and done["reason"] == "turn_timeout"
     msgs = await api.messages(sid)
-    assert msgs[-1]["role"] == "tool" and "not run" in msgs[-1]["content"]
+    assert msgs[-1]["role"] == "tool" and "interrupted" in msgs[-1]["content"]
 
 
 async def test_fifo_and_reject(api: Api, client: httpx.AsyncClient) -> None:
