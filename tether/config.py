@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,6 +30,11 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     sse_ping_s: float = Field(default=15.0, gt=0)
+    openai_api_key: SecretStr | None = Field(
+        default=None, description="default key for provider 'openai' (else OPENAI_API_KEY)"
+    )
+    openai_base_url: str | None = None
+    provider_timeout_s: float = Field(default=120.0, gt=0)
     demo_agent: bool = True
     agents_file: Path | None = None
     log_level: str = "info"
@@ -43,6 +49,15 @@ class Settings(BaseSettings):
         if self.store_url:
             return self.store_url
         return f"sqlite:///{(self.data_dir / 'tether.db').resolve()}"
+
+    def provider_api_key(self, env_var: str | None) -> str | None:
+        """A model provider's key: from the agent's `api_key_env`, else this config, else the
+        conventional OPENAI_API_KEY. The only other place the environment is read."""
+        if env_var:
+            return os.environ.get(env_var)
+        if self.openai_api_key:
+            return self.openai_api_key.get_secret_value()
+        return os.environ.get("OPENAI_API_KEY")
 
     @property
     def heartbeat_interval_s(self) -> float:

@@ -104,15 +104,42 @@ class TurnFailure(TetherError):
     """The turn failed."""
 
     code = "turn_failed"
+    reason = "turn_failed"  # the turn's reason code; `code` may be more specific
 
 
 class ModelError(TurnFailure):
     """The model provider failed."""
 
     code = "model_error"
+    reason = "model_error"
+
+
+class ProviderRejected(ModelError):
+    """The model provider refused the request (4xx)."""
+
+    code = "provider_rejected"
+
+
+class ProviderUnavailable(ModelError):
+    """The model provider failed to answer (5xx or connection error)."""
+
+    code = "provider_unavailable"
+
+
+class ProviderTimeout(ModelError):
+    """The model provider did not answer in time."""
+
+    code = "provider_timeout"
+
+
+class ProviderBadResponse(ModelError):
+    """The model provider's answer could not be understood."""
+
+    code = "provider_bad_response"
 
 
 class MaxStepsExceeded(TurnFailure):
     """The turn used all its steps without a final answer."""
 
     code = "max_steps"
+    reason = "max_steps"

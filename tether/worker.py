@@ -208,6 +208,8 @@ class Worker:
         await asyncio.gather(
             *self._tasks, *(e.task for e in executions if e.task), return_exceptions=True
         )
+        for _, agent in self._agents.values():
+            await agent.model.aclose()
 
     @property
     def busy(self) -> int:
@@ -258,7 +260,10 @@ class Worker:
         cached = self._agents.get(agent_id)
         if cached and cached[0].updated_at == record.updated_at:
             return cached
-        runnable = loop.Agent(record.spec, providers.model_for(record.spec.model), self.tools)
+        if cached:
+            await cached[1].model.aclose()
+        model = providers.model_for(record.spec.model, self.settings)
+        runnable = loop.Agent(record.spec, model, self.tools)
         self._agents[agent_id] = (record, runnable)
         return record, runnable
 
@@ -290,7 +295,7 @@ class Worker:
             # the stop landed between our timeout and our write: the stop's terms win
             await execution.end_stopped(None)
         except errors.TurnFailure as exc:
-            await self._fail(execution, exc.code, exc.message)
+            await self._fail(execution, exc.reason, exc.message, exc.code)
         except asyncio.CancelledError:
             if self._stopping.is_set() and not execution.lease_lost:
                 await self._hand_back(execution)
@@ -299,11 +304,12 @@ class Worker:
             log.exception("turn %s crashed", turn.id)
             await self._fail(execution, "internal_error", f"{type(exc).__name__}: {exc}")
 
-    async def _fail(self, execution: _Execution, code: str, message: str) -> None:
-        with contextlib.suppress(errors.LeaseLost):
-            await execution.finish(
-                Finish(TurnStatus.FAILED, reason=code, error=domain.TurnError(code, message))
-            )
+    async def _fail(
+        self, execution: _Execution, reason: str, message: str, code: str | None = None
+    ) -> None:
+        error = domain.TurnError(code or reason, message)
+        with contextlib.suppress(errors.LeaseLost, errors.StopRequested):
+            await execution.finish(Finish(TurnStatus.FAILED, reason=reason, error=error))
 
     async def _hand_back(self, execution: _Execution) -> None:
         with contextlib.suppress(Exception):

@@ -41,3 +41,7 @@ class Model(Protocol):
         """Stream one model response. Closing the iterator early must release the call
         (for HTTP providers: drop the connection so no more tokens are produced)."""
         ...
+
+    async def aclose(self) -> None:
+        """Release the provider's connections."""
+        ...

@@ -26,6 +26,9 @@ class ScriptedModel:
     def __init__(self, spec: domain.ModelSpec):
         self.spec = spec
 
+    async def aclose(self) -> None:
+        pass
+
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
         if self.spec.fail:
             raise errors.ModelError(self.spec.fail)
