@@ -31,10 +31,22 @@ class InvalidId(InvalidRequest):
     code = "invalid_id"
 
 
-class InvalidAgent(InvalidRequest):
+class Unprocessable(InvalidRequest):
+    """The request is well formed but cannot be processed as it is (422)."""
+
+    code = "unprocessable"
+
+
+class InvalidAgent(Unprocessable):
     """The agent definition is invalid."""
 
     code = "invalid_agent"
+
+
+class IdempotencyKeyReused(Unprocessable):
+    """This Idempotency-Key was used with another request."""
+
+    code = "idempotency_key_reused"
 
 
 # --- the target does not exist (404) ------------------------------------------------------
@@ -65,6 +77,12 @@ class SessionClosed(Conflict):
     """The session is closed and accepts no new turns."""
 
     code = "session_closed"
+
+
+class IdempotencyKeyInFlight(Conflict):
+    """A request with this Idempotency-Key is still being processed."""
+
+    code = "idempotency_key_in_flight"
 
 
 class AlreadyExists(Conflict):

@@ -16,7 +16,7 @@ from tether import errors
 log = logging.getLogger("tether.api")
 
 _STATUS: list[tuple[type[errors.TetherError], int]] = [
-    (errors.InvalidAgent, 422),
+    (errors.Unprocessable, 422),
     (errors.InvalidRequest, 400),
     (errors.NotFound, 404),
     (errors.Conflict, 409),

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from tether import metrics
 from tether.streaming import Frame
+
+
+class Stream(EventSourceResponse):
+    """An SSE answer; `replay` says how to stream it again (for Idempotency-Key repeats)."""
+
+    replay: dict[str, Any] | None = None
 
 
 def _encode(frame: Frame) -> ServerSentEvent:
@@ -20,8 +27,12 @@ def _encode(frame: Frame) -> ServerSentEvent:
 
 
 def response(
-    frames: AsyncIterator[Frame], *, ping_s: float, until_terminal: bool = False
-) -> EventSourceResponse:
+    frames: AsyncIterator[Frame],
+    *,
+    ping_s: float,
+    until_terminal: bool = False,
+    replay: dict[str, Any] | None = None,
+) -> Stream:
     async def events() -> AsyncIterator[ServerSentEvent]:
         metrics.SSE_CONNECTIONS.inc()
         try:
@@ -33,8 +44,10 @@ def response(
             metrics.SSE_CONNECTIONS.dec()
             await frames.aclose()  # type: ignore[attr-defined]
 
-    return EventSourceResponse(
+    stream = Stream(
         events(),
         ping=int(max(1, ping_s)),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    stream.replay = replay
+    return stream

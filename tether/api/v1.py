@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from tether import domain, errors, ids, streaming, views
-from tether.api import schemas, sse
+from tether.api import idempotency, schemas, sse
 from tether.api.deps import int_cursor, node, service, tenant
 from tether.node import Node
 from tether.service import Service, StopResult
+from tether.store.idempotency import IdempotencyKeys
 
 router = APIRouter(prefix="/v1")
 
@@ -24,6 +26,21 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def _idempotent(
+    request: Request,
+    svc: Service,
+    tenant: str,
+    handler: Callable[[], Awaitable[Response]],
+    replay_stream: Callable[[dict[str, Any]], Response] | None = None,
+) -> Response:
+    def no_stream(_: dict[str, Any]) -> Response:
+        raise AssertionError("this route never streams")
+
+    return await idempotency.idempotent(
+        request, tenant, IdempotencyKeys(svc.store), handler, replay_stream or no_stream
+    )
+
+
 def _input(value: schemas.Input) -> str | list[dict[str, Any]]:
     return value if isinstance(value, str) else [m.model_dump() for m in value]
 
@@ -34,8 +51,13 @@ def _input(value: schemas.Input) -> str | list[dict[str, Any]]:
 @router.post(
     "/agents", status_code=201, response_model=schemas.AgentOut, responses=_ERRORS, tags=["agents"]
 )
-async def create_agent(body: domain.AgentSpec, svc: Svc, tenant: Tenant) -> dict[str, Any]:
-    return views.agent(await svc.create_agent(tenant, body))
+async def create_agent(
+    request: Request, body: domain.AgentSpec, svc: Svc, tenant: Tenant
+) -> Response:
+    async def handler() -> Response:
+        return JSONResponse(views.agent(await svc.create_agent(tenant, body)), status_code=201)
+
+    return await _idempotent(request, svc, tenant, handler)
 
 
 @router.get("/agents", response_model=schemas.Page[schemas.AgentOut], tags=["agents"])
@@ -79,11 +101,16 @@ async def delete_agent(agent_id: str, svc: Svc, tenant: Tenant) -> Response:
     responses=_ERRORS,
     tags=["sessions"],
 )
-async def create_session(body: schemas.SessionCreate, svc: Svc, tenant: Tenant) -> dict[str, Any]:
-    session, turn = await svc.create_session(
-        tenant, body.agent_id, body.metadata, _input(body.input) if body.input is not None else None
-    )
-    return {**views.session(session), "turn": views.turn(turn) if turn else None}
+async def create_session(
+    request: Request, body: schemas.SessionCreate, svc: Svc, tenant: Tenant
+) -> Response:
+    async def handler() -> Response:
+        first = _input(body.input) if body.input is not None else None
+        session, turn = await svc.create_session(tenant, body.agent_id, body.metadata, first)
+        answer = {**views.session(session), "turn": views.turn(turn) if turn else None}
+        return JSONResponse(answer, status_code=201)
+
+    return await _idempotent(request, svc, tenant, handler)
 
 
 @router.get(
@@ -142,6 +169,7 @@ async def close_session(session_id: str, svc: Svc, tenant: Tenant) -> dict[str, 
     tags=["turns"],
 )
 async def create_turn(
+    request: Request,
     session_id: str,
     body: schemas.TurnCreate,
     svc: Svc,
@@ -150,12 +178,27 @@ async def create_turn(
     accept: Annotated[str | None, Header()] = None,
 ) -> Any:
     stream = body.stream or "text/event-stream" in (accept or "")
-    before = (await svc.get_session(tenant, session_id)).last_event_seq if stream else 0
-    turn = await svc.start_turn(tenant, session_id, _input(body.input), body.on_busy)
-    if not stream:
-        return JSONResponse(views.turn(turn), status_code=202)
-    frames = streaming.follow(svc.store, svc.bus, session_id, before, turn_id=turn.id)
-    return sse.response(frames, ping_s=the_node.settings.sse_ping_s, until_terminal=True)
+    ping_s = the_node.settings.sse_ping_s
+
+    async def handler() -> Response:
+        before = (await svc.get_session(tenant, session_id)).last_event_seq if stream else 0
+        turn = await svc.start_turn(tenant, session_id, _input(body.input), body.on_busy)
+        if not stream:
+            return JSONResponse(views.turn(turn), status_code=202)
+        replay = {"session_id": session_id, "after": before, "turn_id": turn.id}
+        return _turn_stream(svc, replay, ping_s)
+
+    return await _idempotent(
+        request, svc, tenant, handler, lambda replay: _turn_stream(svc, replay, ping_s)
+    )
+
+
+def _turn_stream(svc: Service, replay: dict[str, Any], ping_s: float) -> Response:
+    """A turn's events from just before it was queued until it ends."""
+    frames = streaming.follow(
+        svc.store, svc.bus, replay["session_id"], replay["after"], turn_id=replay["turn_id"]
+    )
+    return sse.response(frames, ping_s=ping_s, until_terminal=True, replay=replay)
 
 
 @router.get(

@@ -201,3 +201,16 @@ api_keys = Table(
     Column("last_used_at", UTCDateTime),
     Column("revoked_at", UTCDateTime),
 )
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("tenant_id", String(64), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("fingerprint", String(64), nullable=False, doc="sha256 of method, path and body"),
+    Column("status_code", Integer, doc="null while the first request is in flight"),
+    Column("response", Json),
+    Column("created_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "key"),
+    Index("ix_idempotency_keys_created", "created_at"),
+)
