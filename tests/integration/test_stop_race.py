@@ -1,0 +1,55 @@
+"""A stop racing the turn's completion: exactly one terminal state, never `completed` after a
+confirmed stop."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import settings_for
+from tether import domain
+from tether.node import Node
+
+TRIALS = 1000
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    node = Node(settings_for(tmp_path, workers=8))
+    await node.start()
+    yield node
+    await node.stop()
+
+
+async def test_stop_racing_completion(node: Node) -> None:
+    svc = node.service
+    rng = random.Random(1)
+    agent = await svc.create_agent(
+        "default", domain.AgentSpec(name="racer", model=domain.ModelSpec(reply="a b c", tokens=3))
+    )
+    outcomes = {"completed": 0, "cancelled": 0}
+    for trial in range(TRIALS):
+        session, turn = await svc.create_session("default", agent.id, input=f"t{trial}")
+        assert turn is not None
+        for _ in range(rng.randint(0, 12)):  # land the stop at a different point each time
+            await asyncio.sleep(0)
+        result = await svc.stop("default", session.id, turn_id=turn.id, wait_s=5)
+        assert result.turn is not None
+        assert result.confirmed, f"trial {trial}: stop not confirmed"
+        final = await svc.get_turn("default", session.id, turn.id)
+        assert final.status == result.turn.status, "the confirmed state is the final state"
+        assert final.status in (domain.TurnStatus.COMPLETED, domain.TurnStatus.CANCELLED)
+        events = await svc.events_after("default", session.id, 0, 1000)
+        terminal = [e for e in events if e.type in domain.TERMINAL_EVENT.values()]
+        assert len(terminal) == 1, f"trial {trial}: {len(terminal)} terminal events"
+        kinds = [e.type for e in events]
+        if domain.EventType.TURN_CANCELLING in kinds:
+            assert final.status is domain.TurnStatus.CANCELLED, "never completed after a stop"
+        outcomes[final.status.value] += 1
+    # both sides of the race were exercised
+    assert outcomes["completed"] > 20, outcomes
+    assert outcomes["cancelled"] > 20, outcomes
