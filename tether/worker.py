@@ -77,6 +77,8 @@ class _Execution:
         await self.worker.store.checkpoint(
             self.turn,
             self.claim.token,
+            usage=self.progress.usage,
+            run_time_s=self._run_time(),
             tool_events=[
                 (
                     EventType.TOOL_STARTED,
@@ -101,6 +103,7 @@ class _Execution:
                 for r, outcome in zip(results, outcomes, strict=True)
             ],
             step_done=True,
+            usage=self.progress.usage,
             run_time_s=self._run_time(),
         )
         self.progress.reset()
@@ -158,7 +161,7 @@ class _Execution:
             new_messages=new_messages,
             tool_events=tool_events,
             step_done=step_done,
-            usage=usage,
+            usage=usage or self.progress.usage,
             run_time_s=self._run_time(),
             finish=finish,
         )

@@ -18,13 +18,25 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, Row, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    String,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from tether import domain, errors, ids, views
 from tether.domain import EventType, TurnStatus, utcnow
 from tether.store import records
-from tether.store.schema import agents, events, messages, sessions, turns
+from tether.store.schema import Json, UTCDateTime, agents, events, messages, sessions, turns
 
 T = TypeVar("T")
 CommitHook = Callable[[str, list[domain.Event]], None]
@@ -71,11 +83,74 @@ class Finish:
     error: domain.TurnError | None = None
 
 
+def _status_in(statuses: Iterable[str]) -> ColumnElement[bool]:
+    """`status IN (...)` for a fixed set, as plain equalities: an IN list is re-expanded at
+    every execution, equalities are compiled once."""
+    return or_(*(turns.c.status == s for s in statuses))
+
+
+_IS_UNFINISHED = _status_in(_UNFINISHED)
+_IS_ACTIVE = _status_in(_ACTIVE)
+_IS_HELD = _status_in(_HELD)
+
 # Hot statements, built once: building a statement costs more than SQLite takes to run it.
 _SESSION_TURNS = select(turns.c.id, turns.c.status, turns.c.seq).where(
     turns.c.session_id == bindparam("sid"),
-    or_(turns.c.status.in_(_UNFINISHED), turns.c.seq == bindparam("last_seq")),
+    or_(_IS_UNFINISHED, turns.c.seq == bindparam("last_seq")),
 )  # the unfinished turns of a session and its last one
+_SESSION_BUSY = (
+    select(turns.c.id).where(turns.c.session_id == bindparam("sid"), _IS_ACTIVE).limit(1)
+)
+_CLAIM_TURN = (
+    update(turns)
+    .where(turns.c.id == bindparam("tid"), turns.c.status == TurnStatus.QUEUED.value)
+    .values(
+        status=TurnStatus.RUNNING.value,
+        attempt=turns.c.attempt + 1,
+        worker_id=bindparam("worker"),
+        claim_token=bindparam("token"),
+        lease_expires_at=bindparam("lease"),
+        started_at=func.coalesce(turns.c.started_at, bindparam("now", type_=UTCDateTime)),
+    )
+    .returning(*turns.c)
+)
+_STEP = (
+    update(turns)
+    .where(
+        turns.c.id == bindparam("tid"),
+        turns.c.claim_token == bindparam("token"),
+        turns.c.status == TurnStatus.RUNNING.value,
+    )
+    .values(
+        step=turns.c.step + bindparam("step_inc"),
+        usage=bindparam("usage", type_=Json),
+        run_time_s=bindparam("run_time"),
+    )
+)
+_FINISH = {
+    target: update(turns)
+    .where(
+        turns.c.id == bindparam("tid"),
+        turns.c.claim_token == bindparam("token"),
+        _status_in(s.value for s in domain.sources_of(target)),
+    )
+    .values(
+        status=target.value,
+        step=turns.c.step + bindparam("step_inc"),
+        usage=bindparam("usage", type_=Json),
+        run_time_s=bindparam("run_time"),
+        reason=func.coalesce(bindparam("reason", type_=String), turns.c.reason),
+        error=bindparam("error", type_=Json),
+        finished_at=bindparam("now", type_=UTCDateTime),
+        claim_token=None,
+        lease_expires_at=None,
+    )
+    .returning(*turns.c)
+    for target in domain.TERMINAL
+}
+_HELD_BY = select(turns.c.status).where(
+    turns.c.id == bindparam("tid"), turns.c.claim_token == bindparam("token")
+)
 _UPDATE_SESSION = update(sessions).where(sessions.c.id == bindparam("sid"))  # SET from params
 _SESSION_BY_ID = select(sessions).where(sessions.c.id == bindparam("sid"))
 
@@ -473,9 +548,7 @@ class Store:
     @staticmethod
     def _has_unfinished(sw: _SessionWrite) -> bool:
         row = sw.conn.execute(
-            select(turns.c.id)
-            .where(turns.c.session_id == sw.id, turns.c.status.in_(_UNFINISHED))
-            .limit(1)
+            select(turns.c.id).where(turns.c.session_id == sw.id, _IS_UNFINISHED).limit(1)
         ).first()
         return row is not None
 
@@ -559,9 +632,7 @@ class Store:
     def _target_of(sw: _SessionWrite) -> domain.Turn | None:
         """The session's active turn, or else the head of its queue."""
         rows = sw.conn.execute(
-            select(turns)
-            .where(turns.c.session_id == sw.id, turns.c.status.in_(_UNFINISHED))
-            .order_by(turns.c.seq)
+            select(turns).where(turns.c.session_id == sw.id, _IS_UNFINISHED).order_by(turns.c.seq)
         ).all()
         active = [r for r in rows if r.status in _ACTIVE]
         chosen = active[0] if active else (rows[0] if rows else None)
@@ -570,9 +641,7 @@ class Store:
     def _stop_all(self, sw: _SessionWrite, mode: domain.StopMode, reason: str) -> list[str]:
         """Stop every unfinished turn of the session; answers the executors to wake."""
         rows = sw.conn.execute(
-            select(turns)
-            .where(turns.c.session_id == sw.id, turns.c.status.in_(_UNFINISHED))
-            .order_by(turns.c.seq)
+            select(turns).where(turns.c.session_id == sw.id, _IS_UNFINISHED).order_by(turns.c.seq)
         ).all()
         woken = [self._stop_turn(sw, records.turn(r), mode, reason) for r in rows]
         return [w for w in woken if w]
@@ -719,26 +788,18 @@ class Store:
     def _claim_one(
         sw: _SessionWrite, turn_id: str, agent_id: str, worker_id: str, lease_ttl_s: float
     ) -> Claim | None:
-        busy = sw.conn.execute(
-            select(turns.c.id)
-            .where(turns.c.session_id == sw.id, turns.c.status.in_(_ACTIVE))
-            .limit(1)
-        ).first()
-        if busy is not None:
+        if sw.conn.execute(_SESSION_BUSY, {"sid": sw.id}).first() is not None:
             return None
         token = secrets.token_hex(16)
         row = sw.conn.execute(
-            update(turns)
-            .where(turns.c.id == turn_id, turns.c.status == TurnStatus.QUEUED.value)
-            .values(
-                status=TurnStatus.RUNNING.value,
-                attempt=turns.c.attempt + 1,
-                worker_id=worker_id,
-                claim_token=token,
-                lease_expires_at=sw.now + timedelta(seconds=lease_ttl_s),
-                started_at=func.coalesce(turns.c.started_at, sw.now),
-            )
-            .returning(*turns.c)
+            _CLAIM_TURN,
+            {
+                "tid": turn_id,
+                "worker": worker_id,
+                "token": token,
+                "lease": sw.now + timedelta(seconds=lease_ttl_s),
+                "now": sw.now,
+            },
         ).first()
         if row is None:
             return None
@@ -757,7 +818,7 @@ class Store:
             return {}
 
         def tx(conn: Connection) -> dict[str, LeaseState]:
-            mine = and_(turns.c.claim_token.in_(held_tokens), turns.c.status.in_(_HELD))
+            mine = and_(turns.c.claim_token.in_(held_tokens), _IS_HELD)
             conn.execute(
                 update(turns)
                 .where(mine)
@@ -775,52 +836,43 @@ class Store:
         turn: domain.Turn,
         token: str,
         *,
+        usage: domain.Usage,
+        run_time_s: float,
         new_messages: Sequence[domain.Message] = (),
         tool_events: Sequence[tuple[EventType, dict[str, Any]]] = (),
         step_done: bool = False,
-        usage: domain.Usage | None = None,
-        run_time_s: float | None = None,
         finish: Finish | None = None,
     ) -> None:
         """Commit one step of a turn held under `token`: its messages, usage, step counter and
-        the events describing them, and, if `finish`, the turn's end. All or nothing; raises
-        LeaseLost if the token no longer holds the turn."""
-        values: dict[str, Any] = {}
-        if step_done:
-            values["step"] = turns.c.step + 1
-        if usage is not None:
-            values["usage"] = usage.as_dict()
-        if run_time_s is not None:
-            values["run_time_s"] = run_time_s
-        guard = [turns.c.id == turn.id, turns.c.claim_token == token]
-        if finish is not None:
-            guard.append(turns.c.status.in_([s.value for s in domain.sources_of(finish.status)]))
-            values.update(
-                status=finish.status.value,
-                reason=finish.reason,
-                error={"code": finish.error.code, "message": finish.error.message}
-                if finish.error
-                else None,
-                claim_token=None,
-                lease_expires_at=None,
-            )
-        else:
-            guard.append(turns.c.status == TurnStatus.RUNNING.value)
-        if not values:  # only events to write: still check the fence, in the same UPDATE
-            values["step"] = turns.c.step
+        the events describing them, and, if `finish`, the turn's end. All or nothing. Raises
+        StopRequested if a stop was written meanwhile, LeaseLost if the token no longer holds
+        the turn."""
+        params: dict[str, Any] = {
+            "tid": turn.id,
+            "token": token,
+            "step_inc": 1 if step_done else 0,
+            "usage": usage.as_dict(),
+            "run_time": run_time_s,
+        }
 
         def body(sw: _SessionWrite) -> None:
-            if finish is not None:
-                values["finished_at"] = sw.now
-            row = sw.conn.execute(
-                update(turns).where(and_(*guard)).values(values).returning(*turns.c)
-            ).first()
-            if row is None:
-                held = sw.conn.execute(
-                    select(turns.c.status).where(
-                        turns.c.id == turn.id, turns.c.claim_token == token
-                    )
-                ).scalar()
+            if finish is None:
+                written = sw.conn.execute(_STEP, params).rowcount == 1
+                row = None
+            else:
+                error = finish.error
+                row = sw.conn.execute(
+                    _FINISH[finish.status],
+                    {
+                        **params,
+                        "reason": finish.reason,
+                        "error": {"code": error.code, "message": error.message} if error else None,
+                        "now": sw.now,
+                    },
+                ).first()
+                written = row is not None
+            if not written:
+                held = sw.conn.execute(_HELD_BY, {"tid": turn.id, "token": token}).scalar()
                 if held == TurnStatus.CANCELLING.value:
                     raise errors.StopRequested(f"turn {turn.id} is being stopped")
                 raise errors.LeaseLost(f"turn {turn.id} is no longer held by this worker")
@@ -837,8 +889,9 @@ class Store:
                 )
             for type_, data in tool_events:
                 sw.event(type_, turn.id, data)
-            if finish is not None:
-                if finish.reason is None:  # a requested stop: its reason, recorded with it
+            if row is not None:
+                if row.reason is None and row.status == TurnStatus.CANCELLED.value:
+                    # a requested stop ends with its own reason
                     stop_reason = (row.stop or {}).get("reason", "client_cancelled")
                     row = sw.conn.execute(
                         update(turns)
@@ -917,7 +970,7 @@ class Store:
         rows = await self._read(
             lambda conn: conn.execute(
                 select(turns.c.session_id, turns.c.id).where(
-                    turns.c.status.in_(_HELD), turns.c.lease_expires_at < now
+                    _IS_HELD, turns.c.lease_expires_at < now
                 )
             ).all()
         )
@@ -933,7 +986,7 @@ class Store:
             row = sw.conn.execute(
                 select(turns).where(
                     turns.c.id == turn_id,
-                    turns.c.status.in_(_HELD),
+                    _IS_HELD,
                     turns.c.lease_expires_at < now,
                 )
             ).first()
@@ -986,7 +1039,7 @@ class Store:
             lambda conn: (
                 conn.execute(
                     update(turns)
-                    .where(turns.c.status.in_(_HELD))
+                    .where(_IS_HELD)
                     .values(lease_expires_at=utcnow() - timedelta(seconds=1))
                 ).rowcount
             )
