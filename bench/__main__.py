@@ -43,6 +43,9 @@ class Sizes:
     ttft_samples: int = 200
     ttft_warmup: int = 10
     ttft_pause_s: float = 0.02
+    # A token delay of 0 would publish the whole reply before the SSE writer gets to run, so
+    # the "first" token would arrive with the last; 1 ms makes the model yield before each.
+    ttft_token_delay_ms: float = 1.0
 
 
 FULL = Sizes()
@@ -78,8 +81,10 @@ def run_streams(s: Sizes, spy: Spy) -> dict[str, Any]:
 
 def run_first_token(s: Sizes, spy: Spy) -> dict[str, Any]:
     with Server(workers=128, profile=spy("first_token")) as server:
-        args = (s.ttft_samples, s.ttft_warmup, s.short_tokens, s.ttft_pause_s)
-        result = in_client_process(scenarios.first_token, server.port, *args, timeout=300)
+        args = (s.ttft_samples, s.ttft_warmup, s.short_tokens, s.ttft_token_delay_ms)
+        result = in_client_process(
+            scenarios.first_token, server.port, *args, s.ttft_pause_s, timeout=300
+        )
         return with_server_stats(result, server)
 
 
@@ -103,9 +108,13 @@ def caveats(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def server_cpu(r: dict[str, Any]) -> str:
+    return f"server CPU {r['server_cpu_percent']}% (kernel {r['server_sys_cpu_percent']}%)"
+
+
 def summary(name: str, r: dict[str, Any]) -> list[str]:
     if name == "throughput":
-        cpu = f"server CPU {r['server_cpu_percent']}%, peak RSS {r['server_peak_rss_mb']} MB"
+        cpu = f"{server_cpu(r)}, peak RSS {r['server_peak_rss_mb']} MB"
         return [
             f"short-turn throughput ({r['clients']} clients, {r['tokens_per_turn']} tokens, "
             f"{r['duration_s']:g} s): {r['turns_per_s']} turns/s",
@@ -117,10 +126,11 @@ def summary(name: str, r: dict[str, Any]) -> list[str]:
         ]
     if name == "first_token":
         return [
-            f"time to first token ({r['samples']} sequential turns, idle server): "
+            f"time to first token ({r['samples']} sequential turns, idle server, "
+            f"{r['token_delay_ms']:g} ms/token): "
             f"p50 {r['first_token_p50_ms']} ms, p99 {r['first_token_p99_ms']} ms",
             f"  whole turn p50 {r['turn_latency_p50_ms']} ms, p99 {r['turn_latency_p99_ms']} ms; "
-            f"not completed {r['not_completed']}; server CPU {r['server_cpu_percent']}%",
+            f"not completed {r['not_completed']}; {server_cpu(r)}",
             *caveats(r),
         ]
     lines = []
@@ -135,7 +145,7 @@ def summary(name: str, r: dict[str, Any]) -> list[str]:
             f"stream duration p50 {x['stream_duration_p50_ms']} ms "
             f"(ideal {x['ideal_stream_duration_ms']:g}), max {x['stream_duration_max_ms']} ms",
             f"  server peak RSS {x['server_peak_rss_mb']} MB (idle {x['server_idle_rss_mb']} MB), "
-            f"server CPU {x['server_cpu_percent']}%, client CPU {x['client_cpu_percent']}%",
+            f"{server_cpu(x)}, client CPU {x['client_cpu_percent']}%",
             *caveats(x),
         ]
     return lines
@@ -225,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             began = time.monotonic()
             report["results"][bench] = result = RUNNERS[bench](sizes, spy)
             lines = summary(bench, result)
-            print("\n".join(lines), f"\n  ({time.monotonic() - began:.0f} s)")
+            print("\n".join([*lines, f"  ({time.monotonic() - began:.0f} s)"]))
             report["attempts"][bench] = attempt + 1
             report["code"][bench] = code  # tether/ may be edited between benchmarks
             if not any("other processes" in line for line in lines):

@@ -207,16 +207,16 @@ async def _streams(
 
 
 def first_token(
-    port: int, samples: int, warmup: int, tokens: int, pause_s: float
+    port: int, samples: int, warmup: int, tokens: int, delay_ms: float, pause_s: float
 ) -> dict[str, Any]:
-    return _run(_first_token(port, samples, warmup, tokens, pause_s))
+    return _run(_first_token(port, samples, warmup, tokens, delay_ms, pause_s))
 
 
 async def _first_token(
-    port: int, samples: int, warmup: int, tokens: int, pause_s: float
+    port: int, samples: int, warmup: int, tokens: int, delay_ms: float, pause_s: float
 ) -> dict[str, Any]:
     conn = await Connection.open(port)
-    agent_id = await create_agent(conn, "bench-ttft", tokens, 0)
+    agent_id = await create_agent(conn, "bench-ttft", tokens, delay_ms)
     session_ids = await _sessions(port, agent_id, warmup + samples)
     measured: list[Stream] = []
     start = time.monotonic()
@@ -229,6 +229,7 @@ async def _first_token(
     ok = [s for s in measured if _ok(s, tokens) and s.first_token is not None]
     return {
         "samples": len(measured),
+        "token_delay_ms": delay_ms,
         "not_completed": len(measured) - len(ok),
         **ms_stats([s.first_token for s in ok if s.first_token is not None], "first_token"),
         **ms_stats([s.latency for s in ok], "turn_latency"),

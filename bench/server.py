@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -32,6 +33,15 @@ def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    at: float  # time.monotonic()
+    user: float  # the server's CPU seconds so far
+    system: float
+    rss_kb: int
+    machine: float  # the whole machine's busy CPU seconds so far
 
 
 def _machine_busy_s() -> float:
@@ -67,8 +77,7 @@ class Server:
         self.data_dir = Path(tempfile.mkdtemp(prefix="tether-bench-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.spy: subprocess.Popen[bytes] | None = None
-        # (monotonic, server CPU s, RSS kB, whole machine's busy CPU s)
-        self.samples: list[tuple[float, float, int, float]] = []
+        self.samples: list[Sample] = []
         self.hwm_kb = 0
         self.idle_rss_kb = 0
         self._stop = threading.Event()
@@ -103,7 +112,10 @@ class Server:
         if not spy.exists():
             raise RuntimeError(f"--profile needs py-spy: {sys.executable} -m pip install py-spy")
         output.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [str(spy), "record", "--pid", str(self.pid), "--rate", "200", "--format", "raw"]
+        # --gil: only the thread running Python (the event loop, SQLite inline), not the idle
+        # thread pool; --nonblocking: do not pause the server to sample it
+        cmd = [str(spy), "record", "--pid", str(self.pid), "--rate", "100", "--format", "raw"]
+        cmd += ["--gil", "--nonblocking"]
         self.spy = subprocess.Popen([*cmd, "--output", str(output)], stdout=subprocess.DEVNULL)
 
     def __exit__(
@@ -159,38 +171,45 @@ class Server:
                     out[key] = int(value.split()[0])
         return out
 
-    def _cpu_s(self) -> float:
-        """User + system CPU seconds of the server, all threads."""
+    def _cpu_s(self) -> tuple[float, float]:
+        """User and system CPU seconds of the server, all threads."""
         with open(f"/proc/{self.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK
+        return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
     def _sample_loop(self) -> None:
         while not self._stop.wait(SAMPLE_S):
             try:
-                status, cpu = self._status(), self._cpu_s()
+                status, (user, system) = self._status(), self._cpu_s()
             except OSError:
                 return  # the server is gone
             self.hwm_kb = max(self.hwm_kb, status.get("VmHWM", 0))
-            self.samples.append((time.monotonic(), cpu, status.get("VmRSS", 0), _machine_busy_s()))
+            rss = status.get("VmRSS", 0)
+            self.samples.append(Sample(time.monotonic(), user, system, rss, _machine_busy_s()))
 
-    def peak_rss_mb(self, since: float = 0.0) -> float:
-        rss = [kb for t, _, kb, _ in self.samples if t >= since]
-        return round(max(rss, default=0) / 1024, 1)
+    def peak_rss_mb(self) -> float:
+        return round(max((s.rss_kb for s in self.samples), default=0) / 1024, 1)
 
-    def cpu_percent(self, start: float, end: float, machine: bool = False) -> float:
-        """CPU use over [start, end] (100 = one core) of the server or, with `machine`, of the
-        whole machine (to spot other load), from the samples inside the window."""
-        inside = [(t, m if machine else c) for t, c, _, m in self.samples if start <= t <= end]
+    def cpu_percent(self, start: float, end: float) -> dict[str, float]:
+        """CPU use over [start, end] (100 = one core): the server's, its system (kernel) part,
+        and the whole machine's (to spot other load), from the samples inside the window."""
+        inside = [s for s in self.samples if start <= s.at <= end]
         if len(inside) < 2:
-            return float("nan")
-        (t0, c0), (t1, c1) = inside[0], inside[-1]
-        return round(100 * (c1 - c0) / (t1 - t0), 1)
+            return {}
+        a, b = inside[0], inside[-1]
+
+        def pct(seconds: float) -> float:
+            return round(100 * seconds / (b.at - a.at), 1)
+
+        return {
+            "server_cpu_percent": pct(b.user + b.system - a.user - a.system),
+            "server_sys_cpu_percent": pct(b.system - a.system),
+            "machine_cpu_percent": pct(b.machine - a.machine),
+        }
 
     def stats(self, start: float, end: float) -> dict[str, float]:
         return {
-            "server_cpu_percent": self.cpu_percent(start, end),
-            "machine_cpu_percent": self.cpu_percent(start, end, machine=True),
+            **self.cpu_percent(start, end),
             "server_idle_rss_mb": round(self.idle_rss_kb / 1024, 1),
             "server_peak_rss_mb": self.peak_rss_mb(),
             "server_vm_hwm_mb": round(self.hwm_kb / 1024, 1),
