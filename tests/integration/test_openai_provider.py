@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes.openai_server import FakeOpenAI
 from tests.helpers import Api, Server, running_server, wait_for
+from tether.testing import FakeOpenAI
 
 
 @pytest.fixture

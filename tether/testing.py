@@ -1,4 +1,8 @@
-"""A local Chat Completions server speaking the real streaming wire format.
+"""Fakes shipped for tests (Tether's own and its users'): a local Chat Completions server
+speaking the real streaming wire format, to test agents without an LLM provider.
+
+`python -m tether.testing --port 9000` runs it on its own; `GET /_calls` lists the calls it
+served, with the monotonic time each connection closed.
 
 The last user message says what to do:
   anything          stream "echo: <text>" word by word
@@ -15,11 +19,13 @@ Like real providers, a transcript with a tool call lacking its result is refused
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import uvicorn
@@ -28,7 +34,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.helpers import free_port, wait_for
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -65,11 +75,16 @@ def _chunk(cid: str, delta: dict[str, Any], finish: str | None = None) -> str:
 
 
 class FakeOpenAI:
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.calls: list[Call] = []
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        app = Starlette(routes=[Route("/v1/chat/completions", self.completions, methods=["POST"])])
+        app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.completions, methods=["POST"]),
+                Route("/_calls", self.list_calls, methods=["GET"]),
+            ]
+        )
         self._server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -83,12 +98,20 @@ class FakeOpenAI:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._server.serve())
-        await wait_for(lambda: self._server.started, 10, "fake provider start")
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if self._task.done() or time.monotonic() > deadline:
+                raise RuntimeError("fake provider did not start")
+            await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
         self._server.should_exit = True
         if self._task:
             await self._task
+
+    async def list_calls(self, request: Request) -> Response:
+        calls = self.calls[int(request.query_params.get("after", 0)) :]
+        return JSONResponse([{k: v for k, v in asdict(c).items() if k != "body"} for c in calls])
 
     async def completions(self, request: Request) -> Response:
         body = await request.json()
@@ -213,3 +236,15 @@ class FakeOpenAI:
             call.finished = True
         finally:
             call.closed_at = time.monotonic()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="a fake OpenAI Chat Completions server")
+    parser.add_argument("--port", type=int, default=9000)
+    args = parser.parse_args()
+    fake = FakeOpenAI(args.port)
+    asyncio.run(fake._server.serve())
+
+
+if __name__ == "__main__":
+    main()
