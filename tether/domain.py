@@ -170,6 +170,10 @@ class ToolSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     policy: ToolPolicy = ToolPolicy.AUTO
+    editable: bool = Field(default=False, description="approvers may edit the arguments")
+    interrupt_ttl_s: float | None = Field(
+        default=None, gt=0, description="expiry of this tool's interrupts (else the agent's)"
+    )
 
 
 class AgentSpec(BaseModel):
@@ -185,6 +189,47 @@ class AgentSpec(BaseModel):
     interrupt_ttl_s: float | None = Field(default=None, gt=0)
     on_expire: Literal["deny", "fail"] = "deny"
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class InterruptStatus(enum.StrEnum):
+    PENDING = "pending"
+    RESOLVED = "resolved"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+@dataclass(slots=True)
+class Interrupt:
+    """A pause for outside input (DESIGN §4): the lleverage SDK's Interrupt fields, snake_case,
+    plus lifecycle fields."""
+
+    id: str
+    tenant_id: str
+    session_id: str
+    turn_id: str
+    type: str  # approval | question | a custom type
+    tool_call_id: str | None
+    tool_name: str | None
+    request: dict[str, Any]
+    response: Any
+    status: InterruptStatus
+    step: int
+    created_at: datetime
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    expires_at: datetime | None = None
+    on_expire: str = "deny"
+
+
+@dataclass(slots=True)
+class InterruptRequest:
+    """What a paused tool call asks for, before it is stored."""
+
+    type: str
+    tool_call_id: str
+    tool_name: str
+    request: dict[str, Any]
+    ttl_s: float | None = None
 
 
 # --- stored records ------------------------------------------------------------------------

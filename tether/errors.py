@@ -115,6 +115,38 @@ class StopRequested(TetherError):
     code = "stop_requested"
 
 
+class InterruptNotPending(Conflict):
+    """The interrupt is no longer pending: answered, expired or cancelled."""
+
+    code = "interrupt_not_pending"
+
+
+class ArgumentsNotEditable(Unprocessable):
+    """This tool does not allow approvers to edit its arguments."""
+
+    code = "arguments_not_editable"
+
+
+# --- control flow raised by tools: the turn pauses, or learns its question expired --------
+
+
+class PauseRequested(TetherError):
+    """A tool needs outside input before it can go on."""
+
+    code = "pause_requested"
+
+    def __init__(self, type: str, request: dict[str, Any]):
+        super().__init__(f"pause for a {type!r} interrupt")
+        self.type = type
+        self.request = request
+
+
+class InterruptExpired(TetherError):
+    """The interrupt expired before anyone answered it."""
+
+    code = "interrupt_expired"
+
+
 # --- how a turn ended badly: recorded on the turn, not raised to clients ------------------
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from tether import domain, errors, ids
 from tether.bus import Bus, Subscription
 from tether.runtime.tools import ToolRegistry
 from tether.store import Page, Store
+from tether.store.interrupts import InterruptStore
 
 DEFAULT_TENANT = "default"
 
@@ -34,9 +37,19 @@ class StopResult:
         return self.turn is None or self.turn.status.terminal
 
 
+class ApprovalResponse(BaseModel):
+    """The response to an `approval` interrupt."""
+
+    model_config = ConfigDict(extra="forbid")
+    decision: Literal["approve", "deny"]
+    reason: str | None = Field(default=None, max_length=2000)
+    arguments: dict[str, Any] | None = None  # edited arguments, where the tool allows it
+
+
 class Service:
     def __init__(self, store: Store, bus: Bus, tools: ToolRegistry, zone: str):
         self.store = store
+        self.interrupts = InterruptStore(store)
         self.bus = bus
         self.tools = tools
         self.zone = zone
@@ -205,3 +218,61 @@ class Service:
     ) -> list[domain.Event]:
         await self.get_session(tenant, session_id)
         return await self.store.events_after(session_id, after, limit)
+
+    # --- interrupts ----------------------------------------------------------------------------
+
+    async def get_interrupt(self, tenant: str, interrupt_id: str) -> domain.Interrupt:
+        return await self.interrupts.get(tenant, ids.check("int", interrupt_id))
+
+    async def list_interrupts(
+        self,
+        tenant: str,
+        session_id: str,
+        status: domain.InterruptStatus | None,
+        limit: int,
+        cursor: str | None,
+    ) -> Page:
+        return await self.interrupts.list(
+            tenant, ids.check_session(session_id), status, limit, cursor
+        )
+
+    async def respond(
+        self, tenant: str, interrupt_id: str, response: Any, resolved_by: str | None = None
+    ) -> domain.Interrupt:
+        """Answer an interrupt. The first answer wins; the turn resumes once all of its
+        interrupts are answered."""
+        interrupt = await self.get_interrupt(tenant, interrupt_id)
+        if interrupt.status is not domain.InterruptStatus.PENDING:
+            raise errors.InterruptNotPending(
+                f"interrupt {interrupt_id} is {interrupt.status.value}"
+            )
+        if interrupt.type == "approval":
+            response = self._check_approval(interrupt, response)
+        answered, resumed = await self.interrupts.respond(
+            tenant, interrupt_id, response, resolved_by
+        )
+        if resumed:
+            self.bus.notify_work()
+        return answered
+
+    def _check_approval(self, interrupt: domain.Interrupt, response: Any) -> dict[str, Any]:
+        try:
+            approval = ApprovalResponse.model_validate(response)
+        except ValueError as exc:
+            raise errors.Unprocessable(
+                'an approval response is {"decision": "approve"|"deny", "reason"?, '
+                f'"arguments"?}}: {exc}'
+            ) from exc
+        asked = interrupt.request.get("arguments")
+        if approval.arguments is not None and approval.arguments != asked:
+            if not interrupt.request.get("editable"):
+                raise errors.ArgumentsNotEditable(
+                    f"tool {interrupt.tool_name!r} does not allow editing its arguments"
+                )
+            tool = self.tools.get(interrupt.tool_name or "")
+            if tool is not None:
+                try:
+                    tool.arguments.model_validate(approval.arguments)
+                except ValueError as exc:
+                    raise errors.Unprocessable(f"edited arguments are invalid: {exc}") from exc
+        return approval.model_dump(exclude_none=True)

@@ -31,12 +31,14 @@ class Frame:
 
 
 def _event_frame(event: domain.Event) -> Frame:
+    # a turn's stream ends when it ends, or when it starts waiting for a human
+    waiting = event.type is domain.EventType.INTERRUPT_CREATED and event.data.get("turn_waiting")
     return Frame(
         event.seq,
         event.type.value,
         event.as_dict(),
         event.turn_id,
-        terminal=event.type in _TERMINAL_TYPES,
+        terminal=event.type in _TERMINAL_TYPES or bool(waiting),
     )
 
 

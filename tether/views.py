@@ -70,3 +70,22 @@ def message(m: domain.Message) -> dict[str, Any]:
         "status": m.status.value,
         "created_at": iso(m.created_at),
     }
+
+
+def interrupt(i: domain.Interrupt) -> dict[str, Any]:
+    return {
+        "id": i.id,
+        "session_id": i.session_id,
+        "turn_id": i.turn_id,
+        "type": i.type,
+        "tool_call_id": i.tool_call_id,
+        "tool_name": i.tool_name,
+        "request": i.request,
+        "response": i.response,
+        "status": i.status.value,
+        "step": i.step,
+        "created_at": iso(i.created_at),
+        "resolved_at": iso(i.resolved_at),
+        "resolved_by": i.resolved_by,
+        "expires_at": iso(i.expires_at),
+    }

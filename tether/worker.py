@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from tether import domain, errors, ids, metrics
 from tether.bus import Bus, Delta
@@ -23,8 +24,11 @@ from tether.domain import EventType, TurnStatus
 from tether.runtime import loop, providers
 from tether.runtime.tools import ToolRegistry
 from tether.store import Claim, Finish, Store
+from tether.store.idempotency import IdempotencyKeys
+from tether.store.interrupts import InterruptStore
 
 log = logging.getLogger("tether.worker")
+IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
 
 
 @dataclass(eq=False)
@@ -39,6 +43,7 @@ class _Execution:
     stop_requested: bool = False
     lease_lost: bool = False
     entered: bool = False  # the task is inside _execute, where cancellation is handled
+    on_expire: str = "deny"
 
     def request_stop(self) -> None:
         """Stop at once: cancel the loop wherever it is (model stream, tools)."""
@@ -79,6 +84,7 @@ class _Execution:
             self.claim.token,
             usage=self.progress.usage,
             run_time_s=self._run_time(),
+            started=calls,
             tool_events=[
                 (
                     EventType.TOOL_STARTED,
@@ -105,6 +111,24 @@ class _Execution:
             step_done=True,
             usage=self.progress.usage,
             run_time_s=self._run_time(),
+        )
+        self.progress.reset()
+
+    async def pause(
+        self,
+        results: Sequence[domain.Message],
+        outcomes: Sequence[str],
+        requests: Sequence[domain.InterruptRequest],
+    ) -> None:
+        await self.worker.interrupts.pause(
+            self.turn,
+            self.claim.token,
+            usage=self.progress.usage,
+            run_time_s=self._run_time(),
+            results=results,
+            outcomes=outcomes,
+            requests=requests,
+            on_expire=self.on_expire,
         )
         self.progress.reset()
 
@@ -179,6 +203,7 @@ class Worker:
         concurrency: int | None = None,
     ):
         self.store = store
+        self.interrupts = InterruptStore(store)
         self.bus = bus
         self.tools = tools
         self.settings = settings
@@ -278,10 +303,14 @@ class Worker:
                 if execution.stop_requested:
                     raise errors.StopRequested("stopped before it started")
                 record, agent = await self._agent(execution.claim.agent_id)
+                execution.on_expire = record.spec.on_expire
                 transcript = await self.store.transcript(turn.session_id)
+                resume = await self.interrupts.resume_state(turn.id)
                 budget = max(0.0, record.spec.turn_timeout_s - turn.run_time_s)
                 async with asyncio.timeout(budget):
-                    await loop.run_turn(execution, turn, transcript, agent, execution.progress)
+                    await loop.run_turn(
+                        execution, turn, transcript, agent, execution.progress, resume
+                    )
             except asyncio.CancelledError:
                 if not execution.stop_requested or self._stopping.is_set():
                     raise
@@ -362,7 +391,8 @@ class Reaper:
 
     async def reap_once(self) -> int:
         now = domain.utcnow()
-        recovered = 0
+        recovered = await InterruptStore(self.store).expire(now)
+        await IdempotencyKeys(self.store).expire(now - IDEMPOTENCY_KEY_TTL)
         for session_id, turn_id in await self.store.expired_leases(now):
             outcome = await self.store.recover_lease(
                 session_id, turn_id, self.settings.max_attempts, now

@@ -124,6 +124,31 @@ class StopOut(BaseModel):
     session: SessionOut
 
 
+class RespondRequest(_In):
+    response: Any = Field(
+        description='approval: {"decision": "approve"|"deny", "reason"?, '
+        '"arguments"?}; question and custom types: any JSON'
+    )
+    resolved_by: str | None = Field(default=None, max_length=128)
+
+
+class InterruptOut(BaseModel):
+    id: str
+    session_id: str
+    turn_id: str
+    type: str
+    tool_call_id: str | None
+    tool_name: str | None
+    request: dict[str, Any]
+    response: Any
+    status: domain.InterruptStatus
+    step: int
+    created_at: str
+    resolved_at: str | None
+    resolved_by: str | None
+    expires_at: str | None
+
+
 class ToolCallOut(BaseModel):
     id: str
     name: str

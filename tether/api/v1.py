@@ -279,6 +279,52 @@ async def cancel_turn(
     return _stop_answer(result)
 
 
+# --- interrupts ------------------------------------------------------------------------------
+
+
+@router.get(
+    "/sessions/{session_id}/interrupts",
+    response_model=schemas.Page[schemas.InterruptOut],
+    responses=_ERRORS,
+    tags=["interrupts"],
+)
+async def list_interrupts(
+    session_id: str,
+    svc: Svc,
+    tenant: Tenant,
+    status: domain.InterruptStatus | None = None,
+    limit: Limit = 100,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    page = await svc.list_interrupts(tenant, session_id, status, limit, cursor)
+    return {"data": [views.interrupt(i) for i in page.items], "next_cursor": page.next_cursor}
+
+
+@router.get(
+    "/interrupts/{interrupt_id}",
+    response_model=schemas.InterruptOut,
+    responses=_ERRORS,
+    tags=["interrupts"],
+)
+async def get_interrupt(interrupt_id: str, svc: Svc, tenant: Tenant) -> dict[str, Any]:
+    return views.interrupt(await svc.get_interrupt(tenant, interrupt_id))
+
+
+@router.post(
+    "/interrupts/{interrupt_id}/respond",
+    response_model=schemas.InterruptOut,
+    responses=_ERRORS,
+    tags=["interrupts"],
+)
+async def respond(
+    interrupt_id: str, body: schemas.RespondRequest, svc: Svc, tenant: Tenant
+) -> dict[str, Any]:
+    """Answer a pending interrupt (409 if it is no longer pending). The turn resumes from its
+    checkpoint once all of its interrupts are answered."""
+    answered = await svc.respond(tenant, interrupt_id, body.response, body.resolved_by)
+    return views.interrupt(answered)
+
+
 # --- transcript and events -------------------------------------------------------------------
 
 

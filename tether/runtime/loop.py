@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from tether import domain, errors, ids
 from tether.runtime import model as m
@@ -42,6 +42,26 @@ class TurnIO(Protocol):
     async def complete(self, message: domain.Message, usage: domain.Usage) -> None:
         """Commit the final answer and end the turn `completed`."""
 
+    async def pause(
+        self,
+        results: Sequence[domain.Message],
+        outcomes: Sequence[str],
+        requests: Sequence[domain.InterruptRequest],
+    ) -> None:
+        """Commit the finished calls of the batch and the interrupts it waits on; the turn
+        becomes `waiting` and holds no worker."""
+
+
+@dataclass
+class Resume:
+    """What the store knows of an earlier attempt of the turn's tool calls."""
+
+    interrupts: dict[str, list[domain.Interrupt]] = field(default_factory=dict)  # by call id
+    started: set[str] = field(default_factory=set)  # left `started` by a crash
+
+
+Outcome = Literal["completed", "paused"]
+
 
 @dataclass(slots=True)
 class Agent:
@@ -54,7 +74,9 @@ class Agent:
 class ToolRun:
     call: domain.ToolCall
     result: domain.Message | None = None  # set when the tool finished
-    outcome: str = "not_run"  # not_run -> running -> completed | error
+    outcome: str = "not_run"  # not_run -> running -> completed | error | paused | ...
+    arguments: dict[str, Any] | None = None  # to run with (an approver may have edited them)
+    pause: domain.InterruptRequest | None = None  # what the tool asked, if it paused
 
 
 @dataclass
@@ -89,9 +111,11 @@ async def run_turn(
     transcript: list[domain.Message],
     agent: Agent,
     progress: Progress | None = None,
-) -> None:
-    """Run `turn` to its end from wherever its checkpoint left it."""
+    resume: Resume | None = None,
+) -> Outcome:
+    """Run `turn` from wherever its checkpoint left it, to its end or to a pause."""
     progress = progress or Progress()
+    resume = resume or Resume()
     step = turn.step
     progress.usage = domain.Usage(**turn.usage.as_dict())
     offered = [
@@ -106,12 +130,16 @@ async def run_turn(
         if step >= agent.spec.max_steps:
             raise errors.MaxStepsExceeded(f"no final answer after {step} steps")
         if pending:
-            await io.tools_started(pending)
-            runs = await _run_tools(agent, turn, pending, progress)
-            results = [r.result for r in runs if r.result is not None]
-            await io.tool_results(results, [r.outcome for r in runs])
+            runs, requests = await _tool_step(io, agent, turn, pending, progress, resume)
+            done = [r for r in runs if r.result is not None]
+            results = [r.result for r in done if r.result is not None]
+            if any(r.outcome == "paused" for r in runs):
+                await io.pause(results, [r.outcome for r in done], requests)
+                return "paused"
+            await io.tool_results(results, [r.outcome for r in done])
             transcript.extend(results)
             step += 1
+            resume = Resume()  # what was asked before concerns the calls just finished
             continue
 
         message = await _model_step(io, turn, transcript, agent, offered, progress)
@@ -119,7 +147,7 @@ async def run_turn(
         step += 1
         if not message.tool_calls:
             await io.complete(message, progress.usage)
-            return
+            return "completed"
         await io.model_step(message, progress.usage)
 
 
@@ -176,13 +204,104 @@ def partial_message(
     )
 
 
-async def _run_tools(
-    agent: Agent, turn: domain.Turn, calls: list[domain.ToolCall], progress: Progress
-) -> list[ToolRun]:
-    """Run a batch of tool calls in parallel. If the batch is cancelled, each tool is
-    cancelled and given a short grace period; those that do not finish are abandoned."""
+async def _tool_step(
+    io: TurnIO,
+    agent: Agent,
+    turn: domain.Turn,
+    calls: list[domain.ToolCall],
+    progress: Progress,
+    resume: Resume,
+) -> tuple[list[ToolRun], list[domain.InterruptRequest]]:
+    """Decide each call (run, answer without running, or wait for a human), run those that
+    may run, in parallel, and collect what they ask."""
     progress.tools = runs = [ToolRun(call) for call in calls]
-    tasks = [asyncio.create_task(_run_tool(agent, turn, run)) for run in runs]
+    requests: list[domain.InterruptRequest] = []
+    for run in runs:
+        if (request := _gate(agent, turn, run, resume)) is not None:
+            requests.append(request)
+    runnable = [r for r in runs if r.outcome == "not_run"]
+    if runnable:
+        await io.tools_started([r.call for r in runnable])
+        await _run_tools(agent, turn, runnable, resume)
+        requests += [r.pause for r in runnable if r.pause is not None]
+    return runs, requests
+
+
+def _gate(
+    agent: Agent, turn: domain.Turn, run: ToolRun, resume: Resume
+) -> domain.InterruptRequest | None:
+    """May this call run now? Sets `run` to answered, paused or runnable (outcome stays
+    not_run); answers the interrupt to create when it must wait for a human."""
+    call = run.call
+    spec = next((t for t in agent.spec.tools if t.name == call.name), None)
+    tool = agent.tools.get(call.name)
+    if tool is None or spec is None:
+        return _answer(turn, run, f"Error: no tool named {call.name!r} is available.", "error")
+    if spec.policy is domain.ToolPolicy.DENY:
+        return _answer(turn, run, f"Error: tool {call.name!r} is not allowed to run.", "error")
+    unknown = call.id in resume.started and not tool.idempotent
+    if spec.policy is domain.ToolPolicy.AUTO:
+        if unknown:
+            return _answer(
+                turn,
+                run,
+                "Outcome unknown: the tool may have run before a crash; it was not run again.",
+                "unknown",
+            )
+        run.arguments = dict(call.arguments)
+        return None
+    # policy approve: runs only with a persisted approval of this very call and arguments
+    approvals = [i for i in resume.interrupts.get(call.id, []) if i.type == "approval"]
+    latest = approvals[-1] if approvals else None
+    needs_fresh = unknown and (latest is None or latest.request.get("reason") != "outcome_unknown")
+    if latest is None or needs_fresh:
+        run.outcome = "paused"
+        request: dict[str, Any] = {
+            "tool_name": call.name,
+            "arguments": call.arguments,
+            "editable": spec.editable,
+        }
+        if unknown:
+            request["reason"] = "outcome_unknown"
+        ttl = spec.interrupt_ttl_s or agent.spec.interrupt_ttl_s
+        return domain.InterruptRequest("approval", call.id, call.name, request, ttl)
+    if latest.status is domain.InterruptStatus.PENDING:
+        run.outcome = "paused"
+        return None
+    if latest.status is domain.InterruptStatus.EXPIRED:
+        return _answer(turn, run, "Not run: the approval request expired unanswered.", "expired")
+    valid = (
+        latest.status is domain.InterruptStatus.RESOLVED
+        and latest.tenant_id == turn.tenant_id
+        and latest.turn_id == turn.id
+        and latest.tool_call_id == call.id
+        and latest.request.get("arguments") == call.arguments
+        and isinstance(latest.response, dict)
+    )
+    if not valid:
+        return _answer(turn, run, "Not run: no valid approval for this call.", "not_run")
+    response = latest.response
+    if response.get("decision") != "approve":
+        why = f": {response['reason']}" if response.get("reason") else ""
+        return _answer(turn, run, f"Denied by the approver{why}. The tool did not run.", "denied")
+    edited = response.get("arguments")
+    run.arguments = dict(edited if spec.editable and isinstance(edited, dict) else call.arguments)
+    return None
+
+
+def _answer(
+    turn: domain.Turn, run: ToolRun, content: str, outcome: str
+) -> domain.InterruptRequest | None:
+    """Settle a call without running it. (Returns None: nothing to ask.)"""
+    run.result = tool_result(turn, run.call, content)
+    run.outcome = outcome
+    return None
+
+
+async def _run_tools(agent: Agent, turn: domain.Turn, runs: list[ToolRun], resume: Resume) -> None:
+    """Run tool calls in parallel. If the batch is cancelled, each tool is cancelled and given
+    a short grace period; those that do not finish are abandoned."""
+    tasks = [asyncio.create_task(_run_tool(agent, turn, run, resume)) for run in runs]
     try:
         # asyncio.wait, not gather: a cancelled gather waits for its children to finish
         await asyncio.wait(tasks)
@@ -194,30 +313,38 @@ async def _run_tools(
         raise
     for task in tasks:
         task.result()  # a tool's failure is already its result; this only re-raises bugs
-    return runs
 
 
-async def _run_tool(agent: Agent, turn: domain.Turn, run: ToolRun) -> None:
+async def _run_tool(agent: Agent, turn: domain.Turn, run: ToolRun, resume: Resume) -> None:
     """Run one tool call; any failure becomes a tool result the model can read."""
     call = run.call
-    allowed = {t.name: t.policy for t in agent.spec.tools}
     tool = agent.tools.get(call.name)
+    assert tool is not None
+    assert run.arguments is not None
     run.outcome = "running"
+    ctx = ToolContext(turn.session_id, turn.id, call.id, resume.interrupts.get(call.id, []))
     outcome = "completed"
-    if tool is None or call.name not in allowed:
-        content, outcome = f"Error: no tool named {call.name!r} is available.", "error"
-    elif allowed[call.name] is not domain.ToolPolicy.AUTO:
-        content, outcome = f"Error: tool {call.name!r} is not allowed to run.", "error"
-    else:
-        ctx = ToolContext(turn.session_id, turn.id, call.id)
-        try:
-            content = await tool.call(call.arguments, ctx)
-        except ToolArgumentsError as exc:
-            content, outcome = f"Error: invalid arguments for {call.name}: {exc}", "error"
-        except Exception as exc:  # a tool's bug is the model's information, not a crash
-            content, outcome = f"Error: {type(exc).__name__}: {exc}", "error"
+    try:
+        content = await tool.call(run.arguments, ctx)
+    except errors.PauseRequested as pause:
+        run.outcome = "paused"
+        run.pause = domain.InterruptRequest(
+            pause.type, call.id, call.name, pause.request, agent_ttl(agent, call.name)
+        )
+        return
+    except errors.InterruptExpired as exc:
+        content, outcome = f"Not answered: {exc.message}.", "expired"
+    except ToolArgumentsError as exc:
+        content, outcome = f"Error: invalid arguments for {call.name}: {exc}", "error"
+    except Exception as exc:  # a tool's bug is the model's information, not a crash
+        content, outcome = f"Error: {type(exc).__name__}: {exc}", "error"
     run.result = tool_result(turn, call, content)
     run.outcome = outcome
+
+
+def agent_ttl(agent: Agent, tool_name: str) -> float | None:
+    spec = next((t for t in agent.spec.tools if t.name == tool_name), None)
+    return (spec.interrupt_ttl_s if spec else None) or agent.spec.interrupt_ttl_s
 
 
 def tool_result(turn: domain.Turn, call: domain.ToolCall, content: str) -> domain.Message:

@@ -6,20 +6,44 @@ import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from tether import domain, errors
 
-@dataclass(slots=True, frozen=True)
+
+@dataclass(slots=True)
 class ToolContext:
-    """Handed to a tool that declares a parameter of this type."""
+    """Handed to a tool that declares a parameter of this type.
+
+    `ask` and `interrupt` pause the turn until someone answers; the worker is released
+    meanwhile. On resume the tool is called again from the start and each `ask` returns, in
+    order, the answer it got: a tool should ask before it does anything it must not repeat."""
 
     session_id: str
     turn_id: str
     tool_call_id: str
+    answers: list[domain.Interrupt] = field(default_factory=list)  # this call's, in order
+    _asked: int = 0
+
+    async def ask(self, request: dict[str, Any]) -> Any:
+        """Ask a question; returns the answer (any JSON)."""
+        return await self.interrupt("question", request)
+
+    async def interrupt(self, type: str, request: dict[str, Any]) -> Any:
+        """Pause with a custom interrupt; returns its response."""
+        index, self._asked = self._asked, self._asked + 1
+        previous = [a for a in self.answers if a.type != "approval"]
+        if index < len(previous):
+            answer = previous[index]
+            if answer.status is domain.InterruptStatus.RESOLVED:
+                return answer.response
+            if answer.status is domain.InterruptStatus.EXPIRED:
+                raise errors.InterruptExpired(f"the {type} interrupt expired unanswered")
+        raise errors.PauseRequested(type, request)
 
 
 class ToolArgumentsError(ValueError):
@@ -117,8 +141,20 @@ async def get_time() -> str:
     return datetime.now(UTC).isoformat()
 
 
+async def ask_user(ctx: ToolContext, question: str) -> Any:
+    """Ask the user a question and wait for the answer."""
+    return await ctx.ask({"question": question})
+
+
+async def custom_interrupt(ctx: ToolContext, type: str, request: dict[str, Any]) -> Any:
+    """Pause the turn with an interrupt of your own type; returns its response."""
+    return await ctx.interrupt(type, request)
+
+
 def builtin_registry() -> ToolRegistry:
     registry = ToolRegistry()
     registry.register(sleep, idempotent=True)
     registry.register(get_time, idempotent=True)
+    registry.register(ask_user, idempotent=True)
+    registry.register(custom_interrupt, idempotent=True)
     return registry

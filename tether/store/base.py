@@ -36,7 +36,17 @@ from sqlalchemy.exc import IntegrityError
 from tether import domain, errors, ids, views
 from tether.domain import EventType, TurnStatus, utcnow
 from tether.store import records
-from tether.store.schema import Json, UTCDateTime, agents, events, messages, sessions, turns
+from tether.store.schema import (
+    Json,
+    UTCDateTime,
+    agents,
+    events,
+    interrupts,
+    messages,
+    sessions,
+    tool_runs,
+    turns,
+)
 
 T = TypeVar("T")
 CommitHook = Callable[[str, list[domain.Event]], None]
@@ -293,6 +303,48 @@ def _page(
 ) -> Page:
     items = [convert(r) for r in rows[:limit]]
     return Page(items, cursor_of(items[-1]) if len(rows) > limit else None)
+
+
+def mark_runs(
+    conn: Connection, turn_id: str, calls: Sequence[tuple[str, str]], status: str, now: datetime
+) -> None:
+    """Ledger: set (call id, name) pairs of a turn to `status`; `started` also counts a run."""
+    for call_id, name in calls:
+        values: dict[str, Any] = {"status": status, "updated_at": now}
+        if status == "started":
+            values["runs"] = tool_runs.c.runs + 1
+        updated = conn.execute(
+            update(tool_runs)
+            .where(tool_runs.c.turn_id == turn_id, tool_runs.c.tool_call_id == call_id)
+            .values(values)
+        ).rowcount
+        if not updated:
+            conn.execute(
+                insert(tool_runs).values(
+                    turn_id=turn_id,
+                    tool_call_id=call_id,
+                    name=name,
+                    status=status,
+                    runs=1 if status == "started" else 0,
+                    updated_at=now,
+                )
+            )
+
+
+def cancel_pending(sw: _SessionWrite, turn_id: str) -> None:
+    """A turn that ends while waiting leaves no interrupt pending."""
+    rows = sw.conn.execute(
+        update(interrupts)
+        .where(
+            interrupts.c.turn_id == turn_id,
+            interrupts.c.status == domain.InterruptStatus.PENDING.value,
+        )
+        .values(status=domain.InterruptStatus.CANCELLED.value, resolved_at=sw.now)
+        .returning(*interrupts.c)
+    ).all()
+    for row in rows:
+        cancelled = records.interrupt(row)
+        sw.event(EventType.INTERRUPT_RESOLVED, turn_id, {"interrupt": views.interrupt(cancelled)})
 
 
 class Store:
@@ -667,6 +719,8 @@ class Store:
             return turn.id  # already stopping: wake it again, the first stop's terms stand
         if turn.status in (TurnStatus.QUEUED, TurnStatus.WAITING):
             # no executor holds it: it ends here
+            if turn.status is TurnStatus.WAITING:
+                cancel_pending(sw, turn.id)
             row = sw.conn.execute(
                 update(turns)
                 .where(turns.c.id == turn.id, turns.c.status == turn.status.value)
@@ -840,6 +894,7 @@ class Store:
         run_time_s: float,
         new_messages: Sequence[domain.Message] = (),
         tool_events: Sequence[tuple[EventType, dict[str, Any]]] = (),
+        started: Sequence[domain.ToolCall] = (),
         step_done: bool = False,
         finish: Finish | None = None,
     ) -> None:
@@ -889,6 +944,12 @@ class Store:
                 )
             for type_, data in tool_events:
                 sw.event(type_, turn.id, data)
+            # the ledger: `started` before a call runs, `finished` with its result
+            mark_runs(sw.conn, turn.id, [(c.id, c.name) for c in started], "started", sw.now)
+            finished = [
+                (m.tool_call_id or "", m.name or "") for m in new_messages if m.role == "tool"
+            ]
+            mark_runs(sw.conn, turn.id, finished, "finished", sw.now)
             if row is not None:
                 if row.reason is None and row.status == TurnStatus.CANCELLED.value:
                     # a requested stop ends with its own reason

@@ -105,3 +105,24 @@ def event(row: Row[Any]) -> domain.Event:
         data=row.data,
         created_at=row.created_at,
     )
+
+
+def interrupt(row: Row[Any]) -> domain.Interrupt:
+    return domain.Interrupt(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        session_id=row.session_id,
+        turn_id=row.turn_id,
+        type=row.type,
+        tool_call_id=row.tool_call_id,
+        tool_name=row.tool_name,
+        request=row.request,
+        response=row.response,
+        status=domain.InterruptStatus(row.status),
+        step=row.step,
+        created_at=row.created_at,
+        resolved_at=row.resolved_at,
+        resolved_by=row.resolved_by,
+        expires_at=row.expires_at,
+        on_expire=row.on_expire,
+    )

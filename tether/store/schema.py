@@ -184,6 +184,7 @@ interrupts = Table(
     Column("resolved_at", UTCDateTime),
     Column("resolved_by", String(128)),
     Column("expires_at", UTCDateTime),
+    Column("on_expire", String(8), nullable=False, server_default="deny"),
     Index("ix_interrupts_session_status", "session_id", "status"),
     Index("ix_interrupts_status_expires", "status", "expires_at"),
 )
@@ -213,4 +214,19 @@ idempotency_keys = Table(
     Column("created_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("tenant_id", "key"),
     Index("ix_idempotency_keys_created", "created_at"),
+)
+
+# The ledger of tool executions (DESIGN §5): a call is `started` in the same transaction that
+# records it about to run, and leaves that state only when its outcome is committed. After a
+# crash, a call still `started` may or may not have run.
+tool_runs = Table(
+    "tool_runs",
+    metadata,
+    Column("turn_id", String(40), ForeignKey("turns.id"), nullable=False),
+    Column("tool_call_id", String(128), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("status", String(16), nullable=False),  # started|finished|paused|interrupted
+    Column("runs", Integer, nullable=False, server_default="0"),
+    Column("updated_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("turn_id", "tool_call_id"),
 )
