@@ -29,6 +29,7 @@ def serve(
         str | None, typer.Option(help="store URL (default: SQLite in data dir)")
     ] = None,
     agents_file: Annotated[Path | None, typer.Option(help="YAML agent definitions to load")] = None,
+    tools: Annotated[str | None, typer.Option(help="your tools: 'package.module:attr'")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning…")] = None,
 ) -> None:
     """Run the server: API, workers and the demo agent, on a local SQLite file by default."""
@@ -46,6 +47,7 @@ def serve(
             "store_url": store,
             "agents_file": agents_file,
             "log_level": log_level,
+            "tools": tools,
         }.items()
         if value is not None
     }

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     )
     openai_base_url: str | None = None
     provider_timeout_s: float = Field(default=120.0, gt=0)
+    tools: str | None = Field(
+        default=None,
+        description="your tools: 'package.module:attr', a ToolRegistry or a function that "
+        "registers tools on the one it is given",
+    )
     demo_agent: bool = True
     agents_file: Path | None = None
     log_level: str = "info"

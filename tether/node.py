@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from tether import domain, errors
 from tether.bus import Bus, LocalBus
 from tether.config import Settings
-from tether.runtime.tools import ToolRegistry, builtin_registry
+from tether.runtime.tools import ToolRegistry, builtin_registry, load_tools
 from tether.service import DEFAULT_TENANT, Service
 from tether.store import Store, open_store
 from tether.worker import Reaper, Worker
@@ -53,6 +53,8 @@ class Node:
     def __init__(self, settings: Settings, tools: ToolRegistry | None = None):
         self.settings = settings
         self.tools = tools or builtin_registry()
+        if settings.tools:
+            load_tools(settings.tools, self.tools)
         self.bus: Bus
         self.store: Store
         self.service: Service

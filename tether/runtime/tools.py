@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import json
 from collections.abc import Awaitable, Callable
@@ -157,4 +158,23 @@ def builtin_registry() -> ToolRegistry:
     registry.register(get_time, idempotent=True)
     registry.register(ask_user, idempotent=True)
     registry.register(custom_interrupt, idempotent=True)
+    return registry
+
+
+def load_tools(spec: str, registry: ToolRegistry) -> ToolRegistry:
+    """Add the tools named by 'package.module:attr' to `registry`: `attr` is a ToolRegistry
+    (its tools are added) or a function called with the registry."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise errors.InvalidRequest(f"tools must be 'package.module:attr', not {spec!r}")
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise errors.InvalidRequest(f"cannot load tools {spec!r}: {exc}") from exc
+    if isinstance(target, ToolRegistry):
+        registry._tools.update(target._tools)
+    elif callable(target):
+        target(registry)
+    else:
+        raise errors.InvalidRequest(f"{spec!r} is neither a ToolRegistry nor a function")
     return registry
