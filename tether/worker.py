@@ -305,7 +305,8 @@ class Worker:
                 record, agent = await self._agent(execution.claim.agent_id)
                 execution.on_expire = record.spec.on_expire
                 transcript = await self.store.transcript(turn.session_id)
-                resume = await self.interrupts.resume_state(turn.id)
+                # a turn at step 0 has made no tool call yet: nothing to resume
+                resume = await self.interrupts.resume_state(turn.id) if turn.step else None
                 budget = max(0.0, record.spec.turn_timeout_s - turn.run_time_s)
                 async with asyncio.timeout(budget):
                     await loop.run_turn(

@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    case,
     func,
     insert,
     or_,
@@ -116,7 +117,8 @@ _CLAIM_TURN = (
     .where(turns.c.id == bindparam("tid"), turns.c.status == TurnStatus.QUEUED.value)
     .values(
         status=TurnStatus.RUNNING.value,
-        attempt=turns.c.attempt + 1,
+        # attempts count lease losses (DESIGN §2), not claims: the first claim makes it 1
+        attempt=case((turns.c.attempt == 0, 1), else_=turns.c.attempt),
         worker_id=bindparam("worker"),
         claim_token=bindparam("token"),
         lease_expires_at=bindparam("lease"),
@@ -858,7 +860,12 @@ class Store:
         if row is None:
             return None
         turn = records.turn(row)
-        if turn.attempt == 1:
+        if (
+            turn.step == 0
+            and not sw.conn.execute(
+                select(messages.c.id).where(messages.c.turn_id == turn.id).limit(1)
+            ).first()
+        ):
             for item in turn.input:
                 sw.message(turn.id, item["role"], item["content"])
         sw.event(EventType.TURN_STARTED, turn.id, {"attempt": turn.attempt})
@@ -995,8 +1002,7 @@ class Store:
             )
 
     async def release(self, turn: domain.Turn, token: str) -> bool:
-        """Hand a running turn back to the queue (graceful shutdown). The attempt it used is
-        given back too: nothing went wrong with it."""
+        """Hand a running turn back to the queue (graceful shutdown); not an attempt lost."""
 
         def body(sw: _SessionWrite) -> bool:
             row = sw.conn.execute(
@@ -1008,7 +1014,6 @@ class Store:
                 )
                 .values(
                     status=TurnStatus.QUEUED.value,
-                    attempt=turns.c.attempt - 1,
                     claim_token=None,
                     lease_expires_at=None,
                     worker_id=None,
@@ -1057,6 +1062,7 @@ class Store:
             extra: dict[str, Any] = {}
             if current.status is TurnStatus.RUNNING and current.attempt < max_attempts:
                 target = TurnStatus.QUEUED
+                extra = {"attempt": current.attempt + 1}
             elif current.status is TurnStatus.RUNNING:
                 target = TurnStatus.FAILED
                 extra = {
