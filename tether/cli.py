@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,6 +11,8 @@ import typer
 from rich.console import Console
 
 from tether.config import Settings
+from tether.errors import TetherError
+from tether.store import open_store
 
 app = typer.Typer(
     help="Tether: stateful agent execution.", no_args_is_help=True, add_completion=False
@@ -52,6 +55,11 @@ def serve(
         if value is not None
     }
     settings = Settings(**overrides)
+    try:
+        asyncio.run(_check_exposure(settings))
+    except TetherError as exc:
+        console.print(f"[red]refusing to start:[/] {exc.message}", markup=True)
+        raise typer.Exit(2) from exc
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -67,6 +75,106 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+
+
+async def _check_exposure(settings: Settings) -> None:
+    from tether.auth import Keys
+    from tether.node import check_exposure
+
+    if settings.loopback:
+        return
+    store = await open_store(settings.resolved_store_url)
+    try:
+        await check_exposure(settings, Keys(store))
+    finally:
+        await store.close()
+
+
+keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+StoreOption = Annotated[str | None, typer.Option("--store", help="store URL")]
+DataDirOption = Annotated[Path | None, typer.Option(help="data dir of the SQLite store")]
+
+
+def _settings(store: str | None, data_dir: Path | None) -> Settings:
+    overrides: dict[str, Any] = {"store_url": store, "data_dir": data_dir}
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="the tenant the key belongs to")],
+    role: Annotated[str, typer.Option(help="admin, write or read")],
+    name: Annotated[str | None, typer.Option(help="a label")] = None,
+    store: StoreOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create a key and print it, once: only its hash is stored."""
+    from tether.auth import Keys, Role
+
+    if role.upper() not in Role.__members__:
+        console.print("[red]--role must be admin, write or read[/]")
+        raise typer.Exit(2)
+
+    async def run() -> tuple[Any, str]:
+        db = await open_store(_settings(store, data_dir).resolved_store_url)
+        try:
+            return await Keys(db).create(tenant, Role[role.upper()], name)
+        finally:
+            await db.close()
+
+    info, key = asyncio.run(run())
+    console.print(f"created {info.id} (tenant {tenant}, role {role}); the key, shown this once:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(store: StoreOption = None, data_dir: DataDirOption = None) -> None:
+    """List keys (never their secrets)."""
+    from rich.table import Table
+
+    from tether.auth import Keys
+
+    async def run() -> list[Any]:
+        db = await open_store(_settings(store, data_dir).resolved_store_url)
+        try:
+            return list((await Keys(db).list()).items)
+        finally:
+            await db.close()
+
+    table = Table("id", "tenant", "role", "name", "prefix", "last used", "revoked")
+    for k in asyncio.run(run()):
+        view = k.view()
+        table.add_row(
+            view["id"],
+            view["tenant_id"],
+            view["role"],
+            view["name"] or "",
+            view["prefix"],
+            view["last_used_at"] or "",
+            view["revoked_at"] or "",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, store: StoreOption = None, data_dir: DataDirOption = None) -> None:
+    """Revoke a key: it stops working within seconds."""
+    from tether.auth import Keys
+
+    async def run() -> None:
+        db = await open_store(_settings(store, data_dir).resolved_store_url)
+        try:
+            await Keys(db).revoke(key_id)
+        finally:
+            await db.close()
+
+    try:
+        asyncio.run(run())
+    except TetherError as exc:
+        console.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"revoked {key_id}")
 
 
 @app.command()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,7 +30,14 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(default=2.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
 
+    auth: Literal["auto", "required", "disabled"] = Field(
+        default="auto",
+        description="auto: API keys are required as soon as one exists; disabled: loopback only",
+    )
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_running_turns_per_tenant: int | None = Field(default=None, ge=1)
+    max_queued_turns_per_tenant: int | None = Field(default=None, ge=1)
+    max_streams_per_tenant: int | None = Field(default=None, ge=1)
     sse_ping_s: float = Field(default=15.0, gt=0)
     openai_api_key: SecretStr | None = Field(
         default=None, description="default key for provider 'openai' (else OPENAI_API_KEY)"
@@ -63,6 +72,15 @@ class Settings(BaseSettings):
         if self.openai_api_key:
             return self.openai_api_key.get_secret_value()
         return os.environ.get("OPENAI_API_KEY")
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
     @property
     def heartbeat_interval_s(self) -> float:

@@ -49,6 +49,34 @@ class IdempotencyKeyReused(Unprocessable):
     code = "idempotency_key_reused"
 
 
+# --- who is asking (401 / 403) -----------------------------------------------------------
+
+
+class Unauthorized(TetherError):
+    """A valid API key is required: `Authorization: Bearer <key>`."""
+
+    code = "unauthorized"
+
+
+class Forbidden(TetherError):
+    """This API key's role does not allow this."""
+
+    code = "forbidden"
+
+
+# --- too much at once (429) ---------------------------------------------------------------
+
+
+class TooManyRequests(TetherError):
+    """A limit of your tenant is reached; retry later."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 # --- the target does not exist (404) ------------------------------------------------------
 
 

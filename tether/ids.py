@@ -11,7 +11,8 @@ from tether import errors
 _ULID = r"[0-9a-hjkmnp-tv-z]{26}"
 ZONE_PATTERN = r"[a-z0-9-]{1,32}"
 _PREFIXED = {
-    prefix: re.compile(rf"^{prefix}_{_ULID}$") for prefix in ("agt", "turn", "msg", "int", "key")
+    prefix: re.compile(rf"^{prefix}_{_ULID}$")
+    for prefix in ("agt", "turn", "msg", "int", "key", "aud")
 }
 _SESSION = re.compile(rf"^{_ULID}\.{ZONE_PATTERN}$")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
+from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
@@ -12,11 +14,13 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from tether import domain, errors
+from tether.auth import Keys
 from tether.bus import Bus, LocalBus
 from tether.config import Settings
 from tether.runtime.tools import ToolRegistry, builtin_registry, load_tools
 from tether.service import DEFAULT_TENANT, Service
 from tether.store import Store, open_store
+from tether.store.audit import AuditLog
 from tether.worker import Reaper, Worker
 
 log = logging.getLogger("tether")
@@ -49,6 +53,28 @@ class DataDirLocked(errors.TetherError):
     code = "data_dir_locked"
 
 
+class RefuseToStart(errors.TetherError):
+    """This configuration is not safe to serve."""
+
+    code = "refuse_to_start"
+
+
+async def check_exposure(settings: Settings, keys: Keys) -> None:
+    """Off loopback, Tether serves only with API keys (DESIGN §8)."""
+    if settings.loopback:
+        return
+    if settings.auth == "disabled":
+        raise RefuseToStart(
+            f"auth is disabled, so tether serves only on a loopback address, not {settings.host}"
+        )
+    if not await keys.any_active():
+        raise RefuseToStart(
+            f"tether serve on {settings.host} needs API keys and none exists. Create one with\n"
+            f"  tether keys create --tenant <tenant> --role admin --data-dir {settings.data_dir}\n"
+            "or bind to 127.0.0.1 for local use without keys."
+        )
+
+
 class Node:
     def __init__(self, settings: Settings, tools: ToolRegistry | None = None):
         self.settings = settings
@@ -61,6 +87,18 @@ class Node:
         self.worker: Worker | None = None
         self.reaper: Reaper | None = None
         self._lock_file: IO[Any] | None = None
+        self.streams: Counter[str] = Counter()  # open SSE connections per tenant
+        self._auth_checked = (0.0, False)
+
+    async def auth_required(self) -> bool:
+        """`auto`: keys are required once one exists (re-checked every 2 s)."""
+        if self.settings.auth != "auto":
+            return self.settings.auth == "required"
+        until, required = self._auth_checked
+        if time.monotonic() >= until:
+            required = await self.keys.any_active()
+            self._auth_checked = (time.monotonic() + 2.0, required)
+        return required
 
     @property
     def embedded(self) -> bool:
@@ -74,7 +112,10 @@ class Node:
         self.store = await open_store(
             settings.resolved_store_url, on_commit=self.bus.publish_events
         )
-        self.service = Service(self.store, self.bus, self.tools, settings.zone)
+        self.service = Service(self.store, self.bus, self.tools, settings.zone, settings)
+        self.keys = Keys(self.store)
+        self.audit = AuditLog(self.store)
+        await check_exposure(settings, self.keys)
         if self.embedded:
             # we hold the data dir: every lease in the store belongs to a dead process
             await self.store.expire_all_leases()

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tether import domain, errors, ids
 from tether.bus import Bus, Subscription
+from tether.config import Settings
 from tether.runtime.tools import ToolRegistry
 from tether.store import Page, Store
 from tether.store.interrupts import InterruptStore
@@ -47,7 +48,15 @@ class ApprovalResponse(BaseModel):
 
 
 class Service:
-    def __init__(self, store: Store, bus: Bus, tools: ToolRegistry, zone: str):
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        tools: ToolRegistry,
+        zone: str,
+        settings: Settings | None = None,
+    ):
+        self.settings = settings or Settings()
         self.store = store
         self.interrupts = InterruptStore(store)
         self.bus = bus
@@ -112,6 +121,8 @@ class Service:
         """`agent_ref` is an agent id or, for convenience, an agent's name."""
         agent = await self.store.get_agent(tenant, agent_ref)
         first = normalize_input(input) if input is not None else None
+        if first is not None:
+            await self._check_turn_limits(tenant)
         session, turn = await self.store.create_session(
             tenant, agent.id, self.zone, metadata or {}, first
         )
@@ -144,13 +155,32 @@ class Service:
         input: str | list[dict[str, Any]],
         on_busy: domain.OnBusy = domain.OnBusy.ENQUEUE,
     ) -> domain.Turn:
+        session_id = ids.check_session(session_id)
+        await self._check_turn_limits(tenant)
         turn, to_wake = await self.store.create_turn(
-            tenant, ids.check_session(session_id), normalize_input(input), on_busy
+            tenant, session_id, normalize_input(input), on_busy
         )
         for turn_id in to_wake:
             self.bus.signal_stop(turn_id)
         self.bus.notify_work()
         return turn
+
+    async def _check_turn_limits(self, tenant: str) -> None:
+        running_cap = self.settings.max_running_turns_per_tenant
+        queued_cap = self.settings.max_queued_turns_per_tenant
+        if running_cap is None and queued_cap is None:
+            return
+        counts = await self.store.count_turns(tenant)
+        running = sum(n for status, n in counts.items() if status in domain.ACTIVE)
+        queued = counts.get(domain.TurnStatus.QUEUED, 0)
+        if running_cap is not None and running >= running_cap:
+            raise errors.TooManyRequests(
+                f"tenant has {running} running turns (limit {running_cap})", retry_after_s=2
+            )
+        if queued_cap is not None and queued >= queued_cap:
+            raise errors.TooManyRequests(
+                f"tenant has {queued} queued turns (limit {queued_cap})", retry_after_s=2
+            )
 
     async def stop(
         self,

@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import tether
-from tether.api import errors, health, v1
+from tether.api import admin, errors, health, v1
 from tether.api.limits import BodyLimit
+from tether.api.request_id import RequestId
 from tether.config import Settings
 from tether.node import Node
 from tether.runtime.tools import ToolRegistry
@@ -37,5 +38,7 @@ def create_app(settings: Settings | None = None, tools: ToolRegistry | None = No
     errors.install(app)
     app.include_router(health.router)
     app.include_router(v1.router)
+    app.include_router(admin.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestId)
     return app

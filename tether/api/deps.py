@@ -1,10 +1,14 @@
-"""Request dependencies: the process's Node and the caller's tenant."""
+"""Request dependencies: the process's Node, and who is asking (DESIGN §8)."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import Request
 
 from tether import errors
+from tether.auth import Principal, Role
 from tether.node import Node
 from tether.service import DEFAULT_TENANT, Service
 
@@ -17,9 +21,68 @@ def service(request: Request) -> Service:
     return node(request).service
 
 
-def tenant() -> str:
-    """The caller's tenant. Until API keys (DESIGN §8), everyone is the default tenant."""
-    return DEFAULT_TENANT
+async def principal(request: Request) -> Principal:
+    """The caller: from `Authorization: Bearer <key>`, or, while auth is off (loopback, no
+    keys), the default tenant's admin."""
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    the_node = node(request)
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise errors.Unauthorized()
+        who = await the_node.keys.verify(key.strip())
+    elif await the_node.auth_required():
+        raise errors.Unauthorized()
+    else:
+        who = Principal(DEFAULT_TENANT, Role.ADMIN)
+    request.state.principal = who
+    return who
+
+
+def tenant_for(role: Role) -> Callable[[Request], Awaitable[str]]:
+    """A dependency answering the caller's tenant, once its role is checked."""
+
+    async def dependency(request: Request) -> str:
+        who = await principal(request)
+        who.require(role)
+        return who.tenant_id
+
+    return dependency
+
+
+async def audit(request: Request, action: str, target: str | None, **details: Any) -> None:
+    """Append a record of a mutation to the audit log."""
+    who: Principal = request.state.principal
+    await node(request).audit.record(
+        who.tenant_id,
+        action,
+        target,
+        key_id=who.key_id,
+        key_prefix=who.key_prefix,
+        request_id=request.headers.get("x-request-id"),
+        details=details or None,
+    )
+
+
+def stream_slot(request: Request, tenant: str) -> Callable[[], None]:
+    """Take one of the tenant's SSE connections (429 past the limit); answers its release."""
+    the_node = node(request)
+    cap = the_node.settings.max_streams_per_tenant
+    if cap is not None and the_node.streams[tenant] >= cap:
+        raise errors.TooManyRequests(f"tenant has {cap} open streams (the limit)", retry_after_s=5)
+    the_node.streams[tenant] += 1
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            the_node.streams[tenant] -= 1
+
+    return release
 
 
 def int_cursor(cursor: str | None) -> int | None:

@@ -16,6 +16,9 @@ from tether import errors
 log = logging.getLogger("tether.api")
 
 _STATUS: list[tuple[type[errors.TetherError], int]] = [
+    (errors.Unauthorized, 401),
+    (errors.Forbidden, 403),
+    (errors.TooManyRequests, 429),
     (errors.Unprocessable, 422),
     (errors.InvalidRequest, 400),
     (errors.NotFound, 404),
@@ -25,6 +28,8 @@ _STATUS: list[tuple[type[errors.TetherError], int]] = [
 
 _HTTP_CODES = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "body_too_large",
@@ -54,7 +59,12 @@ async def _tether_error(_: Request, exc: Exception) -> JSONResponse:
     status = status_of(exc)
     if status == 500:
         log.error("unexpected %s: %s", type(exc).__name__, exc)
-    return error_response(status, exc.code, exc.message, exc.details)
+    headers = None
+    if isinstance(exc, errors.Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, errors.TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    return error_response(status, exc.code, exc.message, exc.details, headers=headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

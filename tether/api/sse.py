@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -32,6 +32,7 @@ def response(
     ping_s: float,
     until_terminal: bool = False,
     replay: dict[str, Any] | None = None,
+    on_close: Callable[[], None] | None = None,
 ) -> Stream:
     async def events() -> AsyncIterator[ServerSentEvent]:
         metrics.SSE_CONNECTIONS.inc()
@@ -42,6 +43,8 @@ def response(
                     return
         finally:
             metrics.SSE_CONNECTIONS.dec()
+            if on_close:
+                on_close()
             await frames.aclose()  # type: ignore[attr-defined]
 
     stream = Stream(

@@ -10,7 +10,16 @@ from fastapi.responses import JSONResponse
 
 from tether import domain, errors, ids, streaming, views
 from tether.api import idempotency, schemas, sse
-from tether.api.deps import int_cursor, node, service, tenant
+from tether.api.deps import (
+    audit,
+    int_cursor,
+    node,
+    principal,
+    service,
+    stream_slot,
+    tenant_for,
+)
+from tether.auth import Principal, Role
 from tether.node import Node
 from tether.service import Service, StopResult
 from tether.store.idempotency import IdempotencyKeys
@@ -18,7 +27,9 @@ from tether.store.idempotency import IdempotencyKeys
 router = APIRouter(prefix="/v1")
 
 Svc = Annotated[Service, Depends(service)]
-Tenant = Annotated[str, Depends(tenant)]
+Reader = Annotated[str, Depends(tenant_for(Role.READ))]  # the caller's tenant, role checked
+Writer = Annotated[str, Depends(tenant_for(Role.WRITE))]
+Admin = Annotated[str, Depends(tenant_for(Role.ADMIN))]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -52,17 +63,19 @@ def _input(value: schemas.Input) -> str | list[dict[str, Any]]:
     "/agents", status_code=201, response_model=schemas.AgentOut, responses=_ERRORS, tags=["agents"]
 )
 async def create_agent(
-    request: Request, body: domain.AgentSpec, svc: Svc, tenant: Tenant
+    request: Request, body: domain.AgentSpec, svc: Svc, tenant: Admin
 ) -> Response:
     async def handler() -> Response:
-        return JSONResponse(views.agent(await svc.create_agent(tenant, body)), status_code=201)
+        agent = await svc.create_agent(tenant, body)
+        await audit(request, "agent.create", agent.id)
+        return JSONResponse(views.agent(agent), status_code=201)
 
     return await _idempotent(request, svc, tenant, handler)
 
 
 @router.get("/agents", response_model=schemas.Page[schemas.AgentOut], tags=["agents"])
 async def list_agents(
-    svc: Svc, tenant: Tenant, limit: Limit = 50, cursor: str | None = None
+    svc: Svc, tenant: Reader, limit: Limit = 50, cursor: str | None = None
 ) -> dict[str, Any]:
     page = await svc.list_agents(tenant, limit, cursor)
     return {"data": [views.agent(a) for a in page.items], "next_cursor": page.next_cursor}
@@ -71,7 +84,7 @@ async def list_agents(
 @router.get(
     "/agents/{agent_id}", response_model=schemas.AgentOut, responses=_ERRORS, tags=["agents"]
 )
-async def get_agent(agent_id: str, svc: Svc, tenant: Tenant) -> dict[str, Any]:
+async def get_agent(agent_id: str, svc: Svc, tenant: Reader) -> dict[str, Any]:
     return views.agent(await svc.get_agent(tenant, agent_id))
 
 
@@ -79,15 +92,18 @@ async def get_agent(agent_id: str, svc: Svc, tenant: Tenant) -> dict[str, Any]:
     "/agents/{agent_id}", response_model=schemas.AgentOut, responses=_ERRORS, tags=["agents"]
 )
 async def update_agent(
-    agent_id: str, body: schemas.AgentPatch, svc: Svc, tenant: Tenant
+    request: Request, agent_id: str, body: schemas.AgentPatch, svc: Svc, tenant: Admin
 ) -> dict[str, Any]:
     changes = body.model_dump(mode="json", exclude_unset=True)
-    return views.agent(await svc.update_agent(tenant, agent_id, changes))
+    agent = await svc.update_agent(tenant, agent_id, changes)
+    await audit(request, "agent.update", agent_id, fields=sorted(changes))
+    return views.agent(agent)
 
 
 @router.delete("/agents/{agent_id}", status_code=204, responses=_ERRORS, tags=["agents"])
-async def delete_agent(agent_id: str, svc: Svc, tenant: Tenant) -> Response:
+async def delete_agent(request: Request, agent_id: str, svc: Svc, tenant: Admin) -> Response:
     await svc.delete_agent(tenant, agent_id)
+    await audit(request, "agent.delete", agent_id)
     return Response(status_code=204)
 
 
@@ -102,11 +118,14 @@ async def delete_agent(agent_id: str, svc: Svc, tenant: Tenant) -> Response:
     tags=["sessions"],
 )
 async def create_session(
-    request: Request, body: schemas.SessionCreate, svc: Svc, tenant: Tenant
+    request: Request, body: schemas.SessionCreate, svc: Svc, tenant: Writer
 ) -> Response:
     async def handler() -> Response:
         first = _input(body.input) if body.input is not None else None
         session, turn = await svc.create_session(tenant, body.agent_id, body.metadata, first)
+        await audit(request, "session.create", session.id)
+        if turn:
+            await audit(request, "turn.create", turn.id)
         answer = {**views.session(session), "turn": views.turn(turn) if turn else None}
         return JSONResponse(answer, status_code=201)
 
@@ -121,7 +140,7 @@ async def create_session(
 )
 async def list_sessions(
     svc: Svc,
-    tenant: Tenant,
+    tenant: Reader,
     limit: Limit = 50,
     cursor: str | None = None,
     status: domain.SessionStatus | None = None,
@@ -137,7 +156,7 @@ async def list_sessions(
     responses=_ERRORS,
     tags=["sessions"],
 )
-async def get_session(session_id: str, svc: Svc, tenant: Tenant) -> dict[str, Any]:
+async def get_session(session_id: str, svc: Svc, tenant: Reader) -> dict[str, Any]:
     return views.session(await svc.get_session(tenant, session_id))
 
 
@@ -147,9 +166,13 @@ async def get_session(session_id: str, svc: Svc, tenant: Tenant) -> dict[str, An
     responses=_ERRORS,
     tags=["sessions"],
 )
-async def close_session(session_id: str, svc: Svc, tenant: Tenant) -> dict[str, Any]:
+async def close_session(
+    request: Request, session_id: str, svc: Svc, tenant: Writer
+) -> dict[str, Any]:
     """Close the session: no new turns; queued turns are cancelled; it stays readable."""
-    return views.session(await svc.close_session(tenant, session_id))
+    session = await svc.close_session(tenant, session_id)
+    await audit(request, "session.close", session_id)
+    return views.session(session)
 
 
 # --- turns -----------------------------------------------------------------------------------
@@ -173,7 +196,7 @@ async def create_turn(
     session_id: str,
     body: schemas.TurnCreate,
     svc: Svc,
-    tenant: Tenant,
+    tenant: Writer,
     the_node: Annotated[Node, Depends(node)],
     accept: Annotated[str | None, Header()] = None,
 ) -> Any:
@@ -183,22 +206,30 @@ async def create_turn(
     async def handler() -> Response:
         before = (await svc.get_session(tenant, session_id)).last_event_seq if stream else 0
         turn = await svc.start_turn(tenant, session_id, _input(body.input), body.on_busy)
+        await audit(request, "turn.create", turn.id, on_busy=body.on_busy.value)
         if not stream:
             return JSONResponse(views.turn(turn), status_code=202)
         replay = {"session_id": session_id, "after": before, "turn_id": turn.id}
-        return _turn_stream(svc, replay, ping_s)
+        return _turn_stream(request, tenant, svc, replay, ping_s)
 
     return await _idempotent(
-        request, svc, tenant, handler, lambda replay: _turn_stream(svc, replay, ping_s)
+        request,
+        svc,
+        tenant,
+        handler,
+        lambda replay: _turn_stream(request, tenant, svc, replay, ping_s),
     )
 
 
-def _turn_stream(svc: Service, replay: dict[str, Any], ping_s: float) -> Response:
-    """A turn's events from just before it was queued until it ends."""
+def _turn_stream(
+    request: Request, tenant: str, svc: Service, replay: dict[str, Any], ping_s: float
+) -> Response:
+    """A turn's events from just before it was queued until it ends (or waits)."""
+    release = stream_slot(request, tenant)
     frames = streaming.follow(
         svc.store, svc.bus, replay["session_id"], replay["after"], turn_id=replay["turn_id"]
     )
-    return sse.response(frames, ping_s=ping_s, until_terminal=True, replay=replay)
+    return sse.response(frames, ping_s=ping_s, until_terminal=True, replay=replay, on_close=release)
 
 
 @router.get(
@@ -208,7 +239,7 @@ def _turn_stream(svc: Service, replay: dict[str, Any], ping_s: float) -> Respons
     tags=["turns"],
 )
 async def list_turns(
-    session_id: str, svc: Svc, tenant: Tenant, limit: Limit = 50, cursor: str | None = None
+    session_id: str, svc: Svc, tenant: Reader, limit: Limit = 50, cursor: str | None = None
 ) -> dict[str, Any]:
     page = await svc.list_turns(tenant, session_id, limit, int_cursor(cursor))
     return {"data": [views.turn(t) for t in page.items], "next_cursor": page.next_cursor}
@@ -220,7 +251,7 @@ async def list_turns(
     responses=_ERRORS,
     tags=["turns"],
 )
-async def get_turn(session_id: str, turn_id: str, svc: Svc, tenant: Tenant) -> dict[str, Any]:
+async def get_turn(session_id: str, turn_id: str, svc: Svc, tenant: Reader) -> dict[str, Any]:
     return views.turn(await svc.get_turn(tenant, session_id, turn_id))
 
 
@@ -247,12 +278,24 @@ def _stop_answer(result: StopResult) -> JSONResponse:
     tags=["control"],
 )
 async def interrupt_session(
-    session_id: str, svc: Svc, tenant: Tenant, body: schemas.StopRequest | None = None
+    request: Request,
+    session_id: str,
+    svc: Svc,
+    tenant: Writer,
+    body: schemas.StopRequest | None = None,
 ) -> JSONResponse:
     """Stop the session's active turn (`scope=all`: and its queued turns). Idempotent."""
     body = body or schemas.StopRequest()
     result = await svc.stop(
         tenant, session_id, mode=body.mode, scope=body.scope, reason=body.reason, wait_s=body.wait
+    )
+    await audit(
+        request,
+        "turn.stop",
+        result.turn.id if result.turn else session_id,
+        mode=body.mode.value,
+        scope=body.scope.value,
+        reason=body.reason,
     )
     return _stop_answer(result)
 
@@ -264,10 +307,11 @@ async def interrupt_session(
     tags=["control"],
 )
 async def cancel_turn(
+    request: Request,
     session_id: str,
     turn_id: str,
     svc: Svc,
-    tenant: Tenant,
+    tenant: Writer,
     body: schemas.TurnStopRequest | None = None,
 ) -> JSONResponse:
     """Stop this turn: queued or waiting, it is cancelled at once; running, its executor is
@@ -276,6 +320,7 @@ async def cancel_turn(
     result = await svc.stop(
         tenant, session_id, turn_id=turn_id, mode=body.mode, reason=body.reason, wait_s=body.wait
     )
+    await audit(request, "turn.stop", turn_id, mode=body.mode.value, reason=body.reason)
     return _stop_answer(result)
 
 
@@ -291,7 +336,7 @@ async def cancel_turn(
 async def list_interrupts(
     session_id: str,
     svc: Svc,
-    tenant: Tenant,
+    tenant: Reader,
     status: domain.InterruptStatus | None = None,
     limit: Limit = 100,
     cursor: str | None = None,
@@ -306,7 +351,7 @@ async def list_interrupts(
     responses=_ERRORS,
     tags=["interrupts"],
 )
-async def get_interrupt(interrupt_id: str, svc: Svc, tenant: Tenant) -> dict[str, Any]:
+async def get_interrupt(interrupt_id: str, svc: Svc, tenant: Reader) -> dict[str, Any]:
     return views.interrupt(await svc.get_interrupt(tenant, interrupt_id))
 
 
@@ -317,11 +362,19 @@ async def get_interrupt(interrupt_id: str, svc: Svc, tenant: Tenant) -> dict[str
     tags=["interrupts"],
 )
 async def respond(
-    interrupt_id: str, body: schemas.RespondRequest, svc: Svc, tenant: Tenant
+    request: Request,
+    interrupt_id: str,
+    body: schemas.RespondRequest,
+    svc: Svc,
+    tenant: Writer,
+    who: Annotated[Principal, Depends(principal)],
 ) -> dict[str, Any]:
     """Answer a pending interrupt (409 if it is no longer pending). The turn resumes from its
-    checkpoint once all of its interrupts are answered."""
-    answered = await svc.respond(tenant, interrupt_id, body.response, body.resolved_by)
+    checkpoint once all of its interrupts are answered. `resolved_by` is the answering key's
+    id when the request carries one."""
+    resolved_by = who.key_id or body.resolved_by
+    answered = await svc.respond(tenant, interrupt_id, body.response, resolved_by)
+    await audit(request, "interrupt.respond", interrupt_id)
     return views.interrupt(answered)
 
 
@@ -335,7 +388,7 @@ async def respond(
     tags=["sessions"],
 )
 async def list_messages(
-    session_id: str, svc: Svc, tenant: Tenant, limit: Limit = 100, cursor: str | None = None
+    session_id: str, svc: Svc, tenant: Reader, limit: Limit = 100, cursor: str | None = None
 ) -> dict[str, Any]:
     page = await svc.list_messages(tenant, session_id, limit, int_cursor(cursor))
     return {"data": [views.message(m) for m in page.items], "next_cursor": page.next_cursor}
@@ -357,7 +410,7 @@ async def session_events(
     request: Request,
     session_id: str,
     svc: Svc,
-    tenant: Tenant,
+    tenant: Reader,
     the_node: Annotated[Node, Depends(node)],
     after: Annotated[int | None, Query(ge=0)] = None,
     stream: bool = True,
@@ -379,5 +432,6 @@ async def session_events(
             "data": [e.as_dict() for e in items],
             "next_cursor": str(items[-1].seq) if more else None,
         }
+    release = stream_slot(request, tenant)
     frames = streaming.follow(svc.store, svc.bus, session_id, after)
-    return sse.response(frames, ping_s=the_node.settings.sse_ping_s)
+    return sse.response(frames, ping_s=the_node.settings.sse_ping_s, on_close=release)

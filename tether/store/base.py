@@ -615,6 +615,17 @@ class Store:
         for row in rows:
             self._stop_turn(sw, records.turn(row), domain.StopMode.INTERRUPT, reason)
 
+    async def count_turns(self, tenant_id: str) -> dict[TurnStatus, int]:
+        """The tenant's unfinished turns by status."""
+        rows = await self._read(
+            lambda conn: conn.execute(
+                select(turns.c.status, func.count())
+                .where(turns.c.tenant_id == tenant_id, _IS_UNFINISHED)
+                .group_by(turns.c.status)
+            ).all()
+        )
+        return {TurnStatus(status): n for status, n in rows}
+
     async def get_turn(self, tenant_id: str, session_id: str, turn_id: str) -> domain.Turn:
         row = await self._read(
             lambda conn: conn.execute(

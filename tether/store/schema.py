@@ -133,6 +133,7 @@ turns = Table(
     Index("ix_turns_session_status", "session_id", "status", "seq"),
     Index("ix_turns_status_created", "status", "created_at"),
     Index("ix_turns_status_lease", "status", "lease_expires_at"),
+    Index("ix_turns_tenant_status", "tenant_id", "status"),
 )
 
 messages = Table(
@@ -201,6 +202,7 @@ api_keys = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_used_at", UTCDateTime),
     Column("revoked_at", UTCDateTime),
+    Index("ix_api_keys_prefix", "prefix"),
 )
 
 idempotency_keys = Table(
@@ -229,4 +231,19 @@ tool_runs = Table(
     Column("runs", Integer, nullable=False, server_default="0"),
     Column("updated_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("turn_id", "tool_call_id"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", String(40), primary_key=True),  # aud_<ulid>: ordered by time
+    Column("tenant_id", String(64), nullable=False),
+    Column("key_id", String(40)),
+    Column("key_prefix", String(32)),
+    Column("action", String(64), nullable=False),
+    Column("target", String(128)),
+    Column("request_id", String(64)),
+    Column("details", Json),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_audit_log_tenant_id", "tenant_id", "id"),
 )
