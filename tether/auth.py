@@ -163,7 +163,7 @@ class Keys:
         cached = self._cache.get(digest)
         if cached and cached[0] > time.monotonic():
             return cached[1]
-        parts = key.split("_")
+        parts = key.split("_", 2)  # the secret may itself contain "_"
         if len(parts) != 3 or f"{parts[0]}_" != KEY_PREFIX:
             raise errors.Unauthorized()
         rows = await self.store.runner.run(
