@@ -10,11 +10,18 @@ from tether import errors
 
 _ULID = r"[0-9a-hjkmnp-tv-z]{26}"
 ZONE_PATTERN = r"[a-z0-9-]{1,32}"
+SESSION_PATTERN = rf"^{_ULID}\.{ZONE_PATTERN}$"
+
+
+def pattern(prefix: str) -> str:
+    return rf"^{prefix}_{_ULID}$"
+
+
 _PREFIXED = {
     prefix: re.compile(rf"^{prefix}_{_ULID}$")
     for prefix in ("agt", "turn", "msg", "int", "key", "aud")
 }
-_SESSION = re.compile(rf"^{_ULID}\.{ZONE_PATTERN}$")
+_SESSION = re.compile(SESSION_PATTERN)
 
 
 def new_ulid() -> str:

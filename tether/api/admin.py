@@ -14,10 +14,12 @@ from tether.api.schemas import ErrorOut
 from tether.auth import Role
 from tether.node import Node
 
-router = APIRouter(prefix="/v1", tags=["admin"])
 Admin = Annotated[str, Depends(tenant_for(Role.ADMIN))]
 TheNode = Annotated[Node, Depends(node)]
-_ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": ErrorOut} for s in (400, 404, 422)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorOut} for s in (400, 401, 403, 404, 413, 422)
+}
+router = APIRouter(prefix="/v1", tags=["admin"], responses=_ERRORS)
 
 
 class KeyCreate(BaseModel):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tether import errors
 from tether.auth import Principal, Role
@@ -21,7 +22,14 @@ def service(request: Request) -> Service:
     return node(request).service
 
 
-async def principal(request: Request) -> Principal:
+# Declares the scheme in OpenAPI; the checking is ours (auto_error=False).
+bearer = HTTPBearer(auto_error=False, description="an API key: `tether keys create`")
+
+
+async def principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
+) -> Principal:
     """The caller: from `Authorization: Bearer <key>`, or, while auth is off (loopback, no
     keys), the default tenant's admin."""
     cached = getattr(request.state, "principal", None)
@@ -42,11 +50,10 @@ async def principal(request: Request) -> Principal:
     return who
 
 
-def tenant_for(role: Role) -> Callable[[Request], Awaitable[str]]:
+def tenant_for(role: Role) -> Callable[..., Awaitable[str]]:
     """A dependency answering the caller's tenant, once its role is checked."""
 
-    async def dependency(request: Request) -> str:
-        who = await principal(request)
+    async def dependency(who: Annotated[Principal, Depends(principal)]) -> str:
         who.require(role)
         return who.tenant_id
 

@@ -73,6 +73,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
         for e in exc.errors()
     ]
+    if problems and all(p["loc"][:1] == ["path"] for p in problems):
+        return error_response(400, "invalid_id", "malformed id in the path", {"errors": problems})
     if any(p["type"] == "json_invalid" for p in problems):
         return error_response(
             400, "invalid_json", "the request body is not valid JSON", {"errors": problems}

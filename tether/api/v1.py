@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from tether import domain, errors, ids, streaming, views
@@ -24,17 +24,20 @@ from tether.node import Node
 from tether.service import Service, StopResult
 from tether.store.idempotency import IdempotencyKeys
 
-router = APIRouter(prefix="/v1")
-
 Svc = Annotated[Service, Depends(service)]
 Reader = Annotated[str, Depends(tenant_for(Role.READ))]  # the caller's tenant, role checked
 Writer = Annotated[str, Depends(tenant_for(Role.WRITE))]
 Admin = Annotated[str, Depends(tenant_for(Role.ADMIN))]
 Limit = Annotated[int, Query(ge=1, le=1000)]
+SessionId = Annotated[str, Path(pattern=ids.SESSION_PATTERN)]
+TurnId = Annotated[str, Path(pattern=ids.pattern("turn"))]
+AgentId = Annotated[str, Path(pattern=ids.pattern("agt"))]
+InterruptId = Annotated[str, Path(pattern=ids.pattern("int"))]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": schemas.ErrorOut} for status in (400, 404, 409, 413, 422)
+    status: {"model": schemas.ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422, 429)
 }
+router = APIRouter(prefix="/v1", responses=_ERRORS)
 
 
 async def _idempotent(
@@ -84,7 +87,7 @@ async def list_agents(
 @router.get(
     "/agents/{agent_id}", response_model=schemas.AgentOut, responses=_ERRORS, tags=["agents"]
 )
-async def get_agent(agent_id: str, svc: Svc, tenant: Reader) -> dict[str, Any]:
+async def get_agent(agent_id: AgentId, svc: Svc, tenant: Reader) -> dict[str, Any]:
     return views.agent(await svc.get_agent(tenant, agent_id))
 
 
@@ -92,7 +95,7 @@ async def get_agent(agent_id: str, svc: Svc, tenant: Reader) -> dict[str, Any]:
     "/agents/{agent_id}", response_model=schemas.AgentOut, responses=_ERRORS, tags=["agents"]
 )
 async def update_agent(
-    request: Request, agent_id: str, body: schemas.AgentPatch, svc: Svc, tenant: Admin
+    request: Request, agent_id: AgentId, body: schemas.AgentPatch, svc: Svc, tenant: Admin
 ) -> dict[str, Any]:
     changes = body.model_dump(mode="json", exclude_unset=True)
     agent = await svc.update_agent(tenant, agent_id, changes)
@@ -101,7 +104,7 @@ async def update_agent(
 
 
 @router.delete("/agents/{agent_id}", status_code=204, responses=_ERRORS, tags=["agents"])
-async def delete_agent(request: Request, agent_id: str, svc: Svc, tenant: Admin) -> Response:
+async def delete_agent(request: Request, agent_id: AgentId, svc: Svc, tenant: Admin) -> Response:
     await svc.delete_agent(tenant, agent_id)
     await audit(request, "agent.delete", agent_id)
     return Response(status_code=204)
@@ -156,7 +159,7 @@ async def list_sessions(
     responses=_ERRORS,
     tags=["sessions"],
 )
-async def get_session(session_id: str, svc: Svc, tenant: Reader) -> dict[str, Any]:
+async def get_session(session_id: SessionId, svc: Svc, tenant: Reader) -> dict[str, Any]:
     return views.session(await svc.get_session(tenant, session_id))
 
 
@@ -167,7 +170,7 @@ async def get_session(session_id: str, svc: Svc, tenant: Reader) -> dict[str, An
     tags=["sessions"],
 )
 async def close_session(
-    request: Request, session_id: str, svc: Svc, tenant: Writer
+    request: Request, session_id: SessionId, svc: Svc, tenant: Writer
 ) -> dict[str, Any]:
     """Close the session: no new turns; queued turns are cancelled; it stays readable."""
     session = await svc.close_session(tenant, session_id)
@@ -193,7 +196,7 @@ async def close_session(
 )
 async def create_turn(
     request: Request,
-    session_id: str,
+    session_id: SessionId,
     body: schemas.TurnCreate,
     svc: Svc,
     tenant: Writer,
@@ -239,7 +242,7 @@ def _turn_stream(
     tags=["turns"],
 )
 async def list_turns(
-    session_id: str, svc: Svc, tenant: Reader, limit: Limit = 50, cursor: str | None = None
+    session_id: SessionId, svc: Svc, tenant: Reader, limit: Limit = 50, cursor: str | None = None
 ) -> dict[str, Any]:
     page = await svc.list_turns(tenant, session_id, limit, int_cursor(cursor))
     return {"data": [views.turn(t) for t in page.items], "next_cursor": page.next_cursor}
@@ -251,7 +254,9 @@ async def list_turns(
     responses=_ERRORS,
     tags=["turns"],
 )
-async def get_turn(session_id: str, turn_id: str, svc: Svc, tenant: Reader) -> dict[str, Any]:
+async def get_turn(
+    session_id: SessionId, turn_id: TurnId, svc: Svc, tenant: Reader
+) -> dict[str, Any]:
     return views.turn(await svc.get_turn(tenant, session_id, turn_id))
 
 
@@ -279,7 +284,7 @@ def _stop_answer(result: StopResult) -> JSONResponse:
 )
 async def interrupt_session(
     request: Request,
-    session_id: str,
+    session_id: SessionId,
     svc: Svc,
     tenant: Writer,
     body: schemas.StopRequest | None = None,
@@ -308,8 +313,8 @@ async def interrupt_session(
 )
 async def cancel_turn(
     request: Request,
-    session_id: str,
-    turn_id: str,
+    session_id: SessionId,
+    turn_id: TurnId,
     svc: Svc,
     tenant: Writer,
     body: schemas.TurnStopRequest | None = None,
@@ -334,7 +339,7 @@ async def cancel_turn(
     tags=["interrupts"],
 )
 async def list_interrupts(
-    session_id: str,
+    session_id: SessionId,
     svc: Svc,
     tenant: Reader,
     status: domain.InterruptStatus | None = None,
@@ -351,7 +356,7 @@ async def list_interrupts(
     responses=_ERRORS,
     tags=["interrupts"],
 )
-async def get_interrupt(interrupt_id: str, svc: Svc, tenant: Reader) -> dict[str, Any]:
+async def get_interrupt(interrupt_id: InterruptId, svc: Svc, tenant: Reader) -> dict[str, Any]:
     return views.interrupt(await svc.get_interrupt(tenant, interrupt_id))
 
 
@@ -363,7 +368,7 @@ async def get_interrupt(interrupt_id: str, svc: Svc, tenant: Reader) -> dict[str
 )
 async def respond(
     request: Request,
-    interrupt_id: str,
+    interrupt_id: InterruptId,
     body: schemas.RespondRequest,
     svc: Svc,
     tenant: Writer,
@@ -388,7 +393,7 @@ async def respond(
     tags=["sessions"],
 )
 async def list_messages(
-    session_id: str, svc: Svc, tenant: Reader, limit: Limit = 100, cursor: str | None = None
+    session_id: SessionId, svc: Svc, tenant: Reader, limit: Limit = 100, cursor: str | None = None
 ) -> dict[str, Any]:
     page = await svc.list_messages(tenant, session_id, limit, int_cursor(cursor))
     return {"data": [views.message(m) for m in page.items], "next_cursor": page.next_cursor}
@@ -408,7 +413,7 @@ async def list_messages(
 )
 async def session_events(
     request: Request,
-    session_id: str,
+    session_id: SessionId,
     svc: Svc,
     tenant: Reader,
     the_node: Annotated[Node, Depends(node)],

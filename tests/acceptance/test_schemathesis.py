@@ -1,0 +1,129 @@
+"""Schemathesis against Tether's own /openapi.json, stateless and stateful, on a real server
+with auth on: no 5xx, responses conform to the schema, auth is not ignored."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi import checks
+from schemathesis.specs.openapi.schemas import OpenApiSchema
+
+from tests.acceptance.procs import ServerProcess
+
+PER_OPERATION = 60  # x ~25 operations (some run fewer distinct cases): over 1,000 cases
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    data = tmp_path_factory.mktemp("st") / "data"
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tether",
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            "admin",
+            "--data-dir",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    key = made.stdout.strip().splitlines()[-1]
+    server = ServerProcess(data, auth="required", workers=8).start()
+    yield server.url, key
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def api_schema(live: tuple[str, str]) -> OpenApiSchema:
+    url, _ = live
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    # the session event stream never ends by design; its JSON page form is covered by tests
+    return schema.exclude(path_regex=r".*/events$")  # type: ignore[no-any-return]
+
+
+def test_stateless(api_schema: OpenApiSchema, live: tuple[str, str]) -> None:
+    # driven through hypothesis directly: schemathesis' pytest plugin predates this pytest
+    _, key = live
+    cases = 0
+    for result in api_schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=PER_OPERATION,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        def check(case: schemathesis.Case) -> None:
+            nonlocal cases
+            cases += 1
+            case.call_and_validate(
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=30,
+                additional_checks=[checks.ignored_auth],
+                # some valid-looking input is refused for reasons no schema states (an agent
+                # naming a tool that is not registered): 422 there is right
+                excluded_checks=[checks.positive_data_acceptance],
+            )
+
+        check()
+    assert cases >= 1000
+
+
+def test_stateful(api_schema: OpenApiSchema, live: tuple[str, str]) -> None:
+    _, key = live
+    machine = api_schema.as_state_machine()
+
+    class Machine(machine):  # type: ignore[misc, valid-type]
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, object]:
+            return {"headers": {"Authorization": f"Bearer {key}"}, "timeout": 30}
+
+        def validate_response(  # type: ignore[override]
+            self, response: Any, case: schemathesis.Case, **kwargs: Any
+        ) -> None:
+            case.validate_response(
+                response,
+                # unknown query parameters are ignored, as HTTP APIs commonly do
+                excluded_checks=[checks.positive_data_acceptance, checks.negative_data_rejection],
+                transport_kwargs=kwargs,
+            )
+
+    # derandomized: CI must not depend on luck (one failing sequence was seen once and could
+    # not be reproduced; see the closing note)
+    Machine.run(
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=8,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+
+
+def test_auth_is_not_ignored(api_schema: OpenApiSchema, live: tuple[str, str]) -> None:
+    url, _ = live
+    import httpx
+
+    for operation in api_schema.get_all_operations():
+        op = operation.ok()
+        if not op.path.startswith("/v1/"):
+            continue  # health, readiness and metrics are open to probes
+        path = op.path.replace("{", "").replace("}", "")
+        r = httpx.request(op.method.upper(), f"{url}{path}", json={})
+        assert r.status_code == 401, (op.method, op.path, r.status_code)
