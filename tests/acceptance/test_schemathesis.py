@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.specs.openapi import checks
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
@@ -88,6 +88,7 @@ def test_stateless(api_schema: OpenApiSchema, live: tuple[str, str]) -> None:
 def test_stateful(api_schema: OpenApiSchema, live: tuple[str, str]) -> None:
     _, key = live
     machine = api_schema.as_state_machine()
+    failures: list[str] = []
 
     class Machine(machine):  # type: ignore[misc, valid-type]
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, object]:
@@ -96,24 +97,34 @@ def test_stateful(api_schema: OpenApiSchema, live: tuple[str, str]) -> None:
         def validate_response(  # type: ignore[override]
             self, response: Any, case: schemathesis.Case, **kwargs: Any
         ) -> None:
-            case.validate_response(
-                response,
-                # unknown query parameters are ignored, as HTTP APIs commonly do
-                excluded_checks=[checks.positive_data_acceptance, checks.negative_data_rejection],
-                transport_kwargs=kwargs,
-            )
+            # Collected, not raised: raising inside the machine makes Hypothesis replay the
+            # steps against a server whose state moved on, and report that instead.
+            try:
+                case.validate_response(
+                    response,
+                    # unknown query parameters are ignored, as HTTP APIs commonly do
+                    excluded_checks=[
+                        checks.positive_data_acceptance,
+                        checks.negative_data_rejection,
+                    ],
+                    transport_kwargs=kwargs,
+                )
+            except Exception as exc:
+                failures.append(f"{case.method} {case.formatted_path}: {exc}"[:3000])
 
-    # derandomized: CI must not depend on luck (one failing sequence was seen once and could
-    # not be reproduced; see the closing note)
+    # Its steps draw from a live server's answers, so a replay (shrinking, the example
+    # database) sees other data and Hypothesis calls the strategy flaky: generate only.
     Machine.run(
         settings=settings(
             max_examples=40,
             stateful_step_count=8,
             deadline=None,
-            derandomize=True,
+            database=None,
+            phases=[Phase.generate],
             suppress_health_check=list(HealthCheck),
         )
     )
+    assert not failures, "\n\n".join(failures[:3])
 
 
 def test_auth_is_not_ignored(api_schema: OpenApiSchema, live: tuple[str, str]) -> None:
