@@ -19,7 +19,7 @@ from tether.bus import Bus, LocalBus
 from tether.config import Settings
 from tether.runtime.tools import ToolRegistry, builtin_registry, load_tools
 from tether.service import DEFAULT_TENANT, Service
-from tether.store import Store, open_store
+from tether.store import Leases, Store, open_store
 from tether.store.audit import AuditLog
 from tether.worker import Reaper, Worker
 
@@ -118,7 +118,7 @@ class Node:
         await check_exposure(settings, self.keys)
         if self.embedded:
             # we hold the data dir: every lease in the store belongs to a dead process
-            await self.store.expire_all_leases()
+            await Leases(self.store).expire_all_leases()
         if settings.demo_agent:
             await self.service.upsert_agent(DEFAULT_TENANT, DEMO_AGENT)
         if settings.agents_file:

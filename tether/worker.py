@@ -23,7 +23,7 @@ from tether.config import Settings
 from tether.domain import EventType, TurnStatus
 from tether.runtime import loop, providers
 from tether.runtime.tools import ToolRegistry
-from tether.store import Claim, Finish, Store
+from tether.store import Claim, Finish, Leases, Store
 from tether.store.idempotency import IdempotencyKeys
 from tether.store.interrupts import InterruptStore
 
@@ -68,7 +68,7 @@ class _Execution:
         )
 
     async def model_step(self, message: domain.Message, usage: domain.Usage) -> None:
-        await self.worker.store.checkpoint(
+        await self.worker.leases.checkpoint(
             self.turn,
             self.claim.token,
             new_messages=[message],
@@ -79,7 +79,7 @@ class _Execution:
         self.progress.reset()
 
     async def tools_started(self, calls: Sequence[domain.ToolCall]) -> None:
-        await self.worker.store.checkpoint(
+        await self.worker.leases.checkpoint(
             self.turn,
             self.claim.token,
             usage=self.progress.usage,
@@ -97,7 +97,7 @@ class _Execution:
     async def tool_results(
         self, results: Sequence[domain.Message], outcomes: Sequence[str]
     ) -> None:
-        await self.worker.store.checkpoint(
+        await self.worker.leases.checkpoint(
             self.turn,
             self.claim.token,
             new_messages=results,
@@ -179,7 +179,7 @@ class _Execution:
         step_done: bool = False,
         tool_events: Sequence[tuple[EventType, dict[str, object]]] = (),
     ) -> None:
-        await self.worker.store.checkpoint(
+        await self.worker.leases.checkpoint(
             self.turn,
             self.claim.token,
             new_messages=new_messages,
@@ -203,6 +203,7 @@ class Worker:
         concurrency: int | None = None,
     ):
         self.store = store
+        self.leases = Leases(store)
         self.interrupts = InterruptStore(store)
         self.bus = bus
         self.tools = tools
@@ -251,7 +252,7 @@ class Worker:
             claimed = 0
             if free > 0:
                 try:
-                    claims = await self.store.claim(
+                    claims = await self.leases.claim(
                         self.id, min(free, 64), self.settings.lease_ttl_s
                     )
                 except Exception:
@@ -346,7 +347,7 @@ class Worker:
 
     async def _hand_back(self, execution: _Execution) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.shield(self.store.release(execution.turn, execution.claim.token))
+            await asyncio.shield(self.leases.release(execution.turn, execution.claim.token))
 
     # --- leases --------------------------------------------------------------------------------
 
@@ -357,7 +358,7 @@ class Worker:
             if not held:
                 continue
             try:
-                states = await self.store.heartbeat(held, self.settings.lease_ttl_s)
+                states = await self.leases.heartbeat(held, self.settings.lease_ttl_s)
             except Exception:
                 log.exception("heartbeat failed")
                 continue
@@ -377,6 +378,7 @@ class Reaper:
 
     def __init__(self, store: Store, bus: Bus, settings: Settings):
         self.store = store
+        self.leases = Leases(store)
         self.bus = bus
         self.settings = settings
         self._task: asyncio.Task[None] | None = None
@@ -394,8 +396,8 @@ class Reaper:
         now = domain.utcnow()
         recovered = await InterruptStore(self.store).expire(now)
         await IdempotencyKeys(self.store).expire(now - IDEMPOTENCY_KEY_TTL)
-        for session_id, turn_id in await self.store.expired_leases(now):
-            outcome = await self.store.recover_lease(
+        for session_id, turn_id in await self.leases.expired_leases(now):
+            outcome = await self.leases.recover_lease(
                 session_id, turn_id, self.settings.max_attempts, now
             )
             if outcome is not None:

@@ -6,9 +6,20 @@ from sqlalchemy.engine import make_url
 
 from tether import errors
 from tether.store import migrations
-from tether.store.base import Claim, CommitHook, Finish, LeaseState, Page, Runner, Store
+from tether.store.base import CommitHook, Page, Runner, Store
+from tether.store.leases import Claim, Finish, Leases, LeaseState
 
-__all__ = ["Claim", "CommitHook", "Finish", "LeaseState", "Page", "Runner", "Store", "open_store"]
+__all__ = [
+    "Claim",
+    "CommitHook",
+    "Finish",
+    "LeaseState",
+    "Leases",
+    "Page",
+    "Runner",
+    "Store",
+    "open_store",
+]
 
 
 async def open_store(url: str, on_commit: CommitHook | None = None) -> Store:

@@ -13,9 +13,11 @@ from sqlalchemy import Connection, and_, insert, select, update
 from tether import domain, errors, ids, views
 from tether.domain import EventType, InterruptStatus, TurnStatus
 from tether.runtime.loop import Resume
-from tether.store import records
-from tether.store.base import Page, Store, _SessionWrite, cancel_pending, mark_runs
+from tether.store import records, transitions
+from tether.store.base import Page, Store
 from tether.store.schema import interrupts, tool_runs, turns
+from tether.store.session_write import SessionWrite
+from tether.store.transitions import cancel_pending, mark_runs
 
 _PENDING = InterruptStatus.PENDING.value
 
@@ -41,7 +43,7 @@ class InterruptStore:
         """The turn waits: its finished calls and the interrupts it waits on are committed,
         and it gives up its lease (no worker holds a waiting turn)."""
 
-        def body(sw: _SessionWrite) -> list[domain.Interrupt]:
+        def body(sw: SessionWrite) -> list[domain.Interrupt]:
             row = sw.conn.execute(
                 update(turns)
                 .where(
@@ -122,7 +124,7 @@ class InterruptStore:
                 created.append(interrupt)
             return created
 
-        return await self.store._session_write(turn.session_id, body)
+        return await self.store.session_write(turn.session_id, body)
 
     # --- answering -----------------------------------------------------------------------------
 
@@ -165,7 +167,7 @@ class InterruptStore:
         it is queued again to resume. Answers the interrupt and whether the turn resumes."""
         current = await self.get(tenant_id, interrupt_id)
 
-        def body(sw: _SessionWrite) -> tuple[domain.Interrupt, bool]:
+        def body(sw: SessionWrite) -> tuple[domain.Interrupt, bool]:
             row = sw.conn.execute(
                 update(interrupts)
                 .where(interrupts.c.id == interrupt_id, interrupts.c.status == _PENDING)
@@ -190,7 +192,7 @@ class InterruptStore:
             )
             return resolved, _resume_if_settled(sw, resolved.turn_id)
 
-        return await self.store._session_write(current.session_id, body, tenant_id)
+        return await self.store.session_write(current.session_id, body, tenant_id)
 
     async def expire(self, now: datetime) -> int:
         """Pending interrupts past their time become `expired` (never a human denial); the
@@ -205,7 +207,7 @@ class InterruptStore:
             write=False,
         )
         for row in due:
-            await self.store._session_write(
+            await self.store.session_write(
                 row.session_id, functools.partial(_expire_one, self.store, iid=row.id, now=now)
             )
         return len(due)
@@ -255,7 +257,7 @@ def _values(i: domain.Interrupt) -> dict[str, Any]:
     }
 
 
-def _resume_if_settled(sw: _SessionWrite, turn_id: str) -> bool:
+def _resume_if_settled(sw: SessionWrite, turn_id: str) -> bool:
     """A waiting turn with nothing left pending goes back to the queue."""
     pending = sw.conn.execute(
         select(interrupts.c.id)
@@ -278,7 +280,7 @@ def _resume_if_settled(sw: _SessionWrite, turn_id: str) -> bool:
     return True
 
 
-def _expire_one(store: Store, sw: _SessionWrite, *, iid: str, now: datetime) -> None:
+def _expire_one(store: Store, sw: SessionWrite, *, iid: str, now: datetime) -> None:
     interrupt_id = iid
     row = sw.conn.execute(
         update(interrupts)
@@ -313,6 +315,6 @@ def _expire_one(store: Store, sw: _SessionWrite, *, iid: str, now: datetime) -> 
         ).first()
         if turn_row is not None:
             cancel_pending(sw, expired.turn_id)
-            store._ended(sw, turn_row)
+            transitions.ended(sw, turn_row)
         return
     _resume_if_settled(sw, expired.turn_id)
