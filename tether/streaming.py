@@ -61,10 +61,17 @@ def _delta_frame(seq: int, delta: Delta) -> Frame:
 
 
 async def follow(
-    store: Store, bus: Bus, session_id: str, after: int, *, turn_id: str | None = None
-) -> AsyncIterator[Frame]:
-    """Every event of the session after `after`, then live ones, forever (the caller stops).
-    With `turn_id`, only that turn's events and deltas."""
+    store: Store,
+    bus: Bus,
+    session_id: str,
+    after: int,
+    *,
+    turn_id: str | None = None,
+    idle_s: float | None = None,
+) -> AsyncIterator[list[Frame]]:
+    """Every event of the session after `after`, then live ones, forever (the caller stops),
+    in batches: whatever is ready at once goes out together. With `turn_id`, only that turn's
+    events and deltas. After `idle_s` without anything, an empty batch (a keep-alive)."""
     sub = bus.subscribe(session_id)  # before reading the backlog, so nothing falls between
     cursor = after
     sent: dict[str, int] = {}  # message_id -> chars already sent
@@ -100,20 +107,19 @@ async def follow(
         return turn_id is None or frame_turn == turn_id
 
     try:
-        async for frame in backlog():
-            if wanted(frame.turn_id):
-                yield frame
+        batch = [frame async for frame in backlog() if wanted(frame.turn_id)]
         partial = bus.partial(session_id)
         if partial and (part := fresh(partial)) and wanted(part.turn_id):
-            yield _delta_frame(cursor, part)
+            batch.append(_delta_frame(cursor, part))
+        if batch:
+            yield batch
         while True:
-            items = await sub.get_all()
+            items = await sub.get_all(idle_s)
+            batch = []
             if sub.lagged:
                 sub.lagged = False
                 items = []  # dropped: catch up on durable events from the store
-                async for frame in backlog():
-                    if wanted(frame.turn_id):
-                        yield frame
+                batch += [frame async for frame in backlog() if wanted(frame.turn_id)]
             pending: Delta | None = None  # consecutive deltas coalesce into one frame
             for item in items:
                 if isinstance(item, Delta):
@@ -129,25 +135,25 @@ async def follow(
                         )
                     else:
                         if pending:
-                            yield _delta_frame(cursor, pending)
+                            batch.append(_delta_frame(cursor, pending))
                         pending = part
                     continue
                 if pending:
-                    yield _delta_frame(cursor, pending)
+                    batch.append(_delta_frame(cursor, pending))
                     pending = None
                 if item and item[0].seq > cursor + 1:
                     # a commit we have not been told of yet (out-of-order publish): fill the gap
-                    async for frame in backlog():
-                        if wanted(frame.turn_id):
-                            yield frame
+                    batch += [frame async for frame in backlog() if wanted(frame.turn_id)]
                 for event in item:
                     if event.seq <= cursor:
                         continue
                     cursor = event.seq
                     frame = _event_frame(event)
                     if wanted(frame.turn_id):
-                        yield frame
+                        batch.append(frame)
             if pending:
-                yield _delta_frame(cursor, pending)
+                batch.append(_delta_frame(cursor, pending))
+            if batch or not items:
+                yield batch  # an empty batch after idle_s: time for a keep-alive
     finally:
         bus.unsubscribe(sub)

@@ -181,3 +181,12 @@ async def test_many_concurrent_streams_of_one_session(api: Api, client: httpx.As
     end = next(e["seq"] for e in events if e["type"] == "turn.completed")
     for got in results:
         assert got == list(range(1, end + 1))
+
+
+async def test_idle_stream_gets_keepalives(api: Api, client: httpx.AsyncClient) -> None:
+    sid = await api.session(await api.agent(reply="hi"))
+    async with client.stream("GET", f"/v1/sessions/{sid}/events") as r:
+        async for line in r.aiter_lines():
+            if line.startswith(":"):
+                assert line == ": ping"
+                break  # the server pings an idle stream (every sse_ping_s: 1 s in tests)

@@ -14,12 +14,17 @@ from tether.node import Node
 from tether.service import DEFAULT_TENANT, Service
 
 
-def node(request: Request) -> Node:
+# async on purpose: FastAPI runs a sync dependency on its thread pool, once per request
+async def node(request: Request) -> Node:
     return request.app.state.node  # type: ignore[no-any-return]
 
 
-def service(request: Request) -> Service:
-    return node(request).service
+async def service(request: Request) -> Service:
+    return (await node(request)).service
+
+
+def node_of(request: Request) -> Node:
+    return request.app.state.node  # type: ignore[no-any-return]
 
 
 # Declares the scheme in OpenAPI; the checking is ours (auto_error=False).
@@ -35,7 +40,7 @@ async def principal(
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
-    the_node = node(request)
+    the_node = node_of(request)
     header = request.headers.get("authorization")
     if header is not None:
         scheme, _, key = header.partition(" ")
@@ -63,7 +68,7 @@ def tenant_for(role: Role) -> Callable[..., Awaitable[str]]:
 async def audit(request: Request, action: str, target: str | None, **details: Any) -> None:
     """Append a record of a mutation to the audit log."""
     who: Principal = request.state.principal
-    await node(request).audit.record(
+    await node_of(request).audit.record(
         who.tenant_id,
         action,
         target,
@@ -76,7 +81,7 @@ async def audit(request: Request, action: str, target: str | None, **details: An
 
 def stream_slot(request: Request, tenant: str) -> Callable[[], None]:
     """Take one of the tenant's SSE connections (429 past the limit); answers its release."""
-    the_node = node(request)
+    the_node = node_of(request)
     cap = the_node.settings.max_streams_per_tenant
     if cap is not None and the_node.streams[tenant] >= cap:
         raise errors.TooManyRequests(f"tenant has {cap} open streams (the limit)", retry_after_s=5)

@@ -229,10 +229,15 @@ def _turn_stream(
 ) -> Response:
     """A turn's events from just before it was queued until it ends (or waits)."""
     release = stream_slot(request, tenant)
-    frames = streaming.follow(
-        svc.store, svc.bus, replay["session_id"], replay["after"], turn_id=replay["turn_id"]
+    batches = streaming.follow(
+        svc.store,
+        svc.bus,
+        replay["session_id"],
+        replay["after"],
+        turn_id=replay["turn_id"],
+        idle_s=ping_s,
     )
-    return sse.response(frames, ping_s=ping_s, until_terminal=True, replay=replay, on_close=release)
+    return sse.response(batches, until_terminal=True, replay=replay, on_close=release)
 
 
 @router.get(
@@ -438,5 +443,7 @@ async def session_events(
             "next_cursor": str(items[-1].seq) if more else None,
         }
     release = stream_slot(request, tenant)
-    frames = streaming.follow(svc.store, svc.bus, session_id, after)
-    return sse.response(frames, ping_s=the_node.settings.sse_ping_s, on_close=release)
+    batches = streaming.follow(
+        svc.store, svc.bus, session_id, after, idle_s=the_node.settings.sse_ping_s
+    )
+    return sse.response(batches, on_close=release)

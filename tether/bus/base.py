@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,11 +47,17 @@ class Subscription:
             self._items.append(item)
         self._ready.set()
 
-    async def get_all(self) -> list[Item]:
-        """Everything published since the last call; waits for at least one item (or lag)."""
+    async def get_all(self, idle_s: float | None = None) -> list[Item]:
+        """Everything published since the last call; waits for at least one item (or lag),
+        or answers nothing after `idle_s`."""
         if not self._items and not self.lagged:
             self._ready.clear()
-            await self._ready.wait()
+            if idle_s is None:
+                await self._ready.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(idle_s):
+                        await self._ready.wait()
         items = list(self._items)
         self._items.clear()
         return items

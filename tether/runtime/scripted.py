@@ -44,9 +44,12 @@ class ScriptedModel:
                 reply = request.messages[last_user].content or "" if last_user >= 0 else ""
             tokens = _tokens(reply, self.spec.tokens)
         delay = self.spec.token_delay_ms / 1000
-        for token in tokens:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, token in enumerate(tokens, 1):
             if delay:
-                await asyncio.sleep(delay)
+                # to a fixed schedule: a late wake-up does not push every later token back
+                await asyncio.sleep(max(0.0, start + i * delay - loop.time()))
             yield TextDelta(token)
         if scripted and scripted.tool_calls:
             for call in scripted.tool_calls:
