@@ -29,6 +29,7 @@ from tether.store.interrupts import InterruptStore
 
 log = logging.getLogger("tether.worker")
 IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
+CLAIM_BATCH = 16  # turns claimed per store round trip; small, so claiming interleaves
 
 
 @dataclass(eq=False)
@@ -253,7 +254,7 @@ class Worker:
             if free > 0:
                 try:
                     claims = await self.leases.claim(
-                        self.id, min(free, 64), self.settings.lease_ttl_s
+                        self.id, min(free, CLAIM_BATCH), self.settings.lease_ttl_s
                     )
                 except Exception:
                     log.exception("claim failed")
@@ -261,8 +262,12 @@ class Worker:
                 for claim in claims:
                     self._start(claim)
                 claimed = len(claims)
-            if claimed and claimed < free:
-                continue  # there may be more; a full batch means we are saturated
+            if claimed:
+                # An inline store never suspends: yield, so the turns just claimed get to
+                # stream before we claim more.
+                await asyncio.sleep(0)
+                if claimed < free:
+                    continue  # there may be more; a full batch means we are saturated
             await self.bus.wait_for_work(self.settings.poll_interval_s)
 
     def _start(self, claim: Claim) -> None:
@@ -285,10 +290,10 @@ class Worker:
             execution.request_stop()
 
     async def _agent(self, agent_id: str) -> tuple[domain.Agent, loop.Agent]:
-        record = await self.store.agent_by_id(agent_id)
         cached = self._agents.get(agent_id)
-        if cached and cached[0].updated_at == record.updated_at:
+        if cached and cached[0].updated_at == await self.store.agent_version(agent_id):
             return cached
+        record = await self.store.agent_by_id(agent_id)
         if cached:
             await cached[1].model.aclose()
         model = providers.model_for(record.spec.model, self.settings)

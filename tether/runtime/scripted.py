@@ -47,9 +47,11 @@ class ScriptedModel:
         loop = asyncio.get_running_loop()
         start = loop.time()
         for i, token in enumerate(tokens, 1):
-            if delay:
-                # to a fixed schedule: a late wake-up does not push every later token back
-                await asyncio.sleep(max(0.0, start + i * delay - loop.time()))
+            # To a fixed schedule: behind it, every due token goes at once (no sleep), so a
+            # busy server falls back to fewer, larger deltas instead of ever later ones.
+            wait = start + i * delay - loop.time() if delay else 0.0
+            if wait > 0:
+                await asyncio.sleep(wait)
             yield TextDelta(token)
         if scripted and scripted.tool_calls:
             for call in scripted.tool_calls:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
@@ -158,6 +159,14 @@ class Store:
         if row is None:
             raise errors.NotFound(f"agent {agent_id} not found")
         return records.agent(row)
+
+    async def agent_version(self, agent_id: str) -> datetime | None:
+        """When the agent was last changed: enough to tell whether a cached copy is current."""
+        return await self.read(
+            lambda conn: conn.execute(
+                select(agents.c.updated_at).where(agents.c.id == agent_id)
+            ).scalar()
+        )
 
     async def list_agents(self, tenant_id: str, limit: int, cursor: str | None) -> Page:
         query = select(agents).where(agents.c.tenant_id == tenant_id, agents.c.deleted_at.is_(None))
