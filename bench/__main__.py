@@ -52,7 +52,14 @@ FULL = Sizes()
 QUICK = Sizes(warmup_s=1.0, duration_s=3.0, stream_counts=(50, 100), ttft_samples=30)
 
 
-Spy = Callable[[str], Path | None]  # benchmark name -> where py-spy should write, if profiling
+@dataclass(frozen=True)
+class Spy:
+    """Where py-spy should write each benchmark's stacks; no `dir`: no profiling."""
+
+    dir: Path | None
+
+    def __call__(self, label: str) -> Path | None:
+        return self.dir / f"{label}.txt" if self.dir else None
 
 
 def with_server_stats(result: dict[str, Any], server: Server) -> dict[str, Any]:
@@ -103,6 +110,11 @@ def caveats(r: dict[str, Any]) -> list[str]:
     out = []
     if other >= OTHER_LOAD_WARN:
         out.append(f"  WARNING: other processes used ~{other:.0f}% CPU meanwhile; figures skewed")
+    if r.get("machine_steal_percent", 0) >= OTHER_LOAD_WARN:
+        out.append(
+            f"  WARNING: the hypervisor stole {r['machine_steal_percent']:.0f}% CPU meanwhile "
+            "(other guests on the host); figures skewed"
+        )
     if client >= CLIENT_BOUND_WARN:
         out.append(f"  WARNING: client CPU {client}%: the client may be the bottleneck")
     return out
@@ -218,37 +230,47 @@ def main(argv: list[str] | None = None) -> int:
         "attempts": {},
         "results": {},
     }
-    spy_dir = RESULTS / f"{name}-{stamp}-profile"
+    spy = Spy(RESULTS / f"{name}-{stamp}-profile" if args.profile else None)
 
-    def spy(label: str) -> Path | None:
-        return spy_dir / f"{label}.txt" if args.profile else None
-
-    for bench in chosen:
-        for attempt in range(1 + args.retries):
-            if args.wait_quiet > 0:
-                busy = wait_for_quiet(args.wait_quiet, OTHER_LOAD_WARN)
-                report["machine_busy_before_percent"][bench] = busy
-                if busy >= OTHER_LOAD_WARN:
-                    print(f"machine still busy ({busy}% CPU) after {args.wait_quiet:g} s")
-            print(f"running {bench}…", flush=True)
-            code = code_version()
-            began = time.monotonic()
-            report["results"][bench] = result = RUNNERS[bench](sizes, spy)
-            lines = summary(bench, result)
-            print("\n".join([*lines, f"  ({time.monotonic() - began:.0f} s)"]))
-            report["attempts"][bench] = attempt + 1
-            report["code"][bench] = code  # tether/ may be edited between benchmarks
-            if not any("other processes" in line for line in lines):
-                break
-        for stacks in sorted(spy_dir.glob(f"{bench}*.txt")) if args.profile else []:
-            print("\n".join(profile.report(stacks)))
-        print()
+    failed = [b for b in chosen if not run_benchmark(b, sizes, spy, args, report)]
 
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}-{stamp}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results: {path}")
-    return 0
+    if failed:
+        print(f"FAILED: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+def run_benchmark(
+    bench: str, sizes: Sizes, spy: Spy, args: argparse.Namespace, report: dict[str, Any]
+) -> bool:
+    """Run one benchmark (again while other load skews it) into `report`; False if it failed."""
+    for attempt in range(1 + args.retries):
+        if args.wait_quiet > 0:
+            busy = wait_for_quiet(args.wait_quiet, OTHER_LOAD_WARN)
+            report["machine_busy_before_percent"][bench] = busy
+            if busy >= OTHER_LOAD_WARN:
+                print(f"machine still busy ({busy}% CPU) after {args.wait_quiet:g} s")
+        print(f"running {bench}…", flush=True)
+        report["code"][bench] = code_version()  # tether/ may be edited between benchmarks
+        report["attempts"][bench] = attempt + 1
+        began = time.monotonic()
+        try:
+            report["results"][bench] = result = RUNNERS[bench](sizes, spy)
+        except Exception as exc:
+            report["results"][bench] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"  {bench} failed: {type(exc).__name__}: {exc}\n")
+            return False
+        lines = summary(bench, result)
+        print("\n".join([*lines, f"  ({time.monotonic() - began:.0f} s)"]))
+        if not any("figures skewed" in line for line in lines):
+            break
+    for stacks in sorted(spy.dir.glob(f"{bench}*.txt")) if spy.dir else []:
+        print("\n".join(profile.report(stacks)))
+    print()
+    return True
 
 
 if __name__ == "__main__":

@@ -42,14 +42,15 @@ class Sample:
     system: float
     rss_kb: int
     machine: float  # the whole machine's busy CPU seconds so far
+    steal: float  # CPU seconds the hypervisor gave to other guests so far
 
 
-def _machine_busy_s() -> float:
-    """CPU seconds the whole machine has spent busy (all cores), from /proc/stat: user, nice,
-    system, irq and softirq (not steal: time the hypervisor gave to someone else)."""
+def _machine_cpu_s() -> tuple[float, float]:
+    """CPU seconds the whole machine has spent busy (all cores: user, nice, system, irq,
+    softirq) and stolen (by the hypervisor, for other guests), from /proc/stat."""
     with open("/proc/stat") as f:
         ticks = [int(x) for x in f.readline().split()[1:]]
-    return sum(ticks[i] for i in (0, 1, 2, 5, 6)) / _TICK
+    return sum(ticks[i] for i in (0, 1, 2, 5, 6)) / _TICK, ticks[7] / _TICK
 
 
 def wait_for_quiet(max_wait_s: float, busy_below: float = 20.0) -> float:
@@ -57,9 +58,9 @@ def wait_for_quiet(max_wait_s: float, busy_below: float = 20.0) -> float:
     `busy_below` % of a core: other work would skew the figures. Returns the last reading."""
     deadline = time.monotonic() + max_wait_s
     while True:
-        t0, busy0 = time.monotonic(), _machine_busy_s()
+        t0, (busy0, _) = time.monotonic(), _machine_cpu_s()
         time.sleep(1.0)
-        busy = 100 * (_machine_busy_s() - busy0) / (time.monotonic() - t0)
+        busy = 100 * (_machine_cpu_s()[0] - busy0) / (time.monotonic() - t0)
         if busy < busy_below or time.monotonic() >= deadline:
             return round(busy, 1)
 
@@ -185,14 +186,16 @@ class Server:
                 return  # the server is gone
             self.hwm_kb = max(self.hwm_kb, status.get("VmHWM", 0))
             rss = status.get("VmRSS", 0)
-            self.samples.append(Sample(time.monotonic(), user, system, rss, _machine_busy_s()))
+            now = time.monotonic()
+            self.samples.append(Sample(now, user, system, rss, *_machine_cpu_s()))
 
     def peak_rss_mb(self) -> float:
         return round(max((s.rss_kb for s in self.samples), default=0) / 1024, 1)
 
     def cpu_percent(self, start: float, end: float) -> dict[str, float]:
         """CPU use over [start, end] (100 = one core): the server's, its system (kernel) part,
-        and the whole machine's (to spot other load), from the samples inside the window."""
+        the whole machine's and the time stolen by the hypervisor (to spot other load), from
+        the samples inside the window."""
         inside = [s for s in self.samples if start <= s.at <= end]
         if len(inside) < 2:
             return {}
@@ -205,6 +208,7 @@ class Server:
             "server_cpu_percent": pct(b.user + b.system - a.user - a.system),
             "server_sys_cpu_percent": pct(b.system - a.system),
             "machine_cpu_percent": pct(b.machine - a.machine),
+            "machine_steal_percent": pct(b.steal - a.steal),
         }
 
     def stats(self, start: float, end: float) -> dict[str, float]:
