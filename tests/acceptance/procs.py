@@ -68,6 +68,30 @@ class ServerProcess:
                 self.proc.wait(5)
 
 
+def create_key(data_dir: Path, tenant: str = "acme", role: str = "admin") -> str:
+    """`tether keys create`, as an operator would run it; answers the printed key."""
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tether",
+            "keys",
+            "create",
+            "--tenant",
+            tenant,
+            "--role",
+            role,
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return made.stdout.strip().splitlines()[-1]
+
+
 def wait_until(check: Any, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while True:

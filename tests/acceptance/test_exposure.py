@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.acceptance.procs import ServerProcess
+from tests.acceptance.procs import ServerProcess, create_key
 from tests.helpers import free_port
 
 
@@ -42,26 +42,7 @@ def test_refuses_public_bind_without_keys(tmp_path: Path) -> None:
 
 def test_public_bind_with_a_key_requires_it(tmp_path: Path) -> None:
     data = tmp_path / "d"
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tether",
-            "keys",
-            "create",
-            "--tenant",
-            "acme",
-            "--role",
-            "admin",
-            "--data-dir",
-            str(data),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    key = made.stdout.strip().splitlines()[-1]
+    key = create_key(data)
     assert key.startswith("tth_")
     listed = subprocess.run(
         [sys.executable, "-m", "tether", "keys", "list", "--data-dir", str(data)],

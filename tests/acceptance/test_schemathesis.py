@@ -3,8 +3,6 @@ with auth on: no 5xx, responses conform to the schema, auth is not ignored."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +12,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.specs.openapi import checks
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from tests.acceptance.procs import ServerProcess
+from tests.acceptance.procs import ServerProcess, create_key
 
 PER_OPERATION = 60  # x ~25 operations (some run fewer distinct cases): over 1,000 cases
 
@@ -22,26 +20,7 @@ PER_OPERATION = 60  # x ~25 operations (some run fewer distinct cases): over 1,0
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     data = tmp_path_factory.mktemp("st") / "data"
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tether",
-            "keys",
-            "create",
-            "--tenant",
-            "acme",
-            "--role",
-            "admin",
-            "--data-dir",
-            str(data),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    key = made.stdout.strip().splitlines()[-1]
+    key = create_key(data)
     server = ServerProcess(data, auth="required", workers=8).start()
     yield server.url, key
     server.stop()
