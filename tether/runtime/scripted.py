@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from tether import domain, errors, ids
 from tether.runtime.model import Finished, ModelEvent, ModelRequest, TextDelta, UsageReport
 
 
-def _tokens(text: str, count: int | None) -> list[str]:
+def _tokens(text: str, count: int | None) -> Iterator[str]:
+    """The reply as tokens, lazily: a million-token reply costs no memory up front."""
     words = text.split(" ")
     if count is None:
-        return [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)] if text else []
-    cycle = itertools.cycle(w for w in words if w) if text.strip() else itertools.repeat("token")
-    return [next(cycle) + " " for _ in range(count)]
+        if text:
+            yield from (w if i == len(words) - 1 else w + " " for i, w in enumerate(words))
+        return
+    cycle = itertools.cycle([w for w in words if w] if text.strip() else ["token"])
+    yield from (next(cycle) + " " for _ in range(count))
 
 
 class ScriptedModel:
@@ -46,16 +49,18 @@ class ScriptedModel:
         delay = self.spec.token_delay_ms / 1000
         loop = asyncio.get_running_loop()
         start = loop.time()
+        emitted = 0
         for i, token in enumerate(tokens, 1):
             # To a fixed schedule: behind it, every due token goes at once (no sleep), so a
             # busy server falls back to fewer, larger deltas instead of ever later ones.
             wait = start + i * delay - loop.time() if delay else 0.0
             if wait > 0:
                 await asyncio.sleep(wait)
+            emitted += 1
             yield TextDelta(token)
         if scripted and scripted.tool_calls:
             for call in scripted.tool_calls:
                 yield domain.ToolCall(f"call_{ids.new_ulid()}", call.name, dict(call.arguments))
         prompt_chars = sum(len(m.content or "") for m in request.messages)
-        yield UsageReport(input_tokens=prompt_chars // 4 + 1, output_tokens=len(tokens))
+        yield UsageReport(input_tokens=prompt_chars // 4 + 1, output_tokens=emitted)
         yield Finished("tool_calls" if scripted and scripted.tool_calls else "stop")
