@@ -3,12 +3,14 @@ with auth on: no 5xx, responses conform to the schema, auth is not ignored."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import FlakyStrategyDefinition
 from schemathesis.specs.openapi import checks
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
@@ -68,6 +70,7 @@ def test_stateful(api_schema: OpenApiSchema, live: tuple[str, str]) -> None:
     _, key = live
     machine = api_schema.as_state_machine()
     failures: list[str] = []
+    steps: list[str] = []
 
     class Machine(machine):  # type: ignore[misc, valid-type]
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, object]:
@@ -90,19 +93,25 @@ def test_stateful(api_schema: OpenApiSchema, live: tuple[str, str]) -> None:
                 )
             except Exception as exc:
                 failures.append(f"{case.method} {case.formatted_path}: {exc}"[:3000])
+            steps.append(case.method)
 
     # Its steps draw from a live server's answers, so a replay (shrinking, the example
-    # database) sees other data and Hypothesis calls the strategy flaky: generate only.
-    Machine.run(
-        settings=settings(
-            max_examples=40,
-            stateful_step_count=8,
-            deadline=None,
-            database=None,
-            phases=[Phase.generate],
-            suppress_health_check=list(HealthCheck),
+    # database) sees other data; and as the server's lists grow, Hypothesis may find that the
+    # same choices led to other draws and stop with FlakyStrategyDefinition. That ends the
+    # exploration early but says nothing of Tether: every step that ran was checked, and
+    # those checks are what this test asserts.
+    with contextlib.suppress(FlakyStrategyDefinition):
+        Machine.run(
+            settings=settings(
+                max_examples=40,
+                stateful_step_count=8,
+                deadline=None,
+                database=None,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
         )
-    )
+    assert steps, "the stateful run made calls"
     assert not failures, "\n\n".join(failures[:3])
 
 
