@@ -15,6 +15,7 @@ from tether.domain import EventType, InterruptStatus, TurnStatus
 from tether.runtime.loop import Resume
 from tether.store import records, transitions
 from tether.store.base import Page, Store
+from tether.store.leases import refused
 from tether.store.schema import interrupts, tool_runs, turns
 from tether.store.session_write import SessionWrite
 from tether.store.transitions import cancel_pending, mark_runs
@@ -62,14 +63,7 @@ class InterruptStore:
                 .returning(turns.c.step)
             ).first()
             if row is None:
-                held = sw.conn.execute(
-                    select(turns.c.status).where(
-                        turns.c.id == turn.id, turns.c.claim_token == token
-                    )
-                ).scalar()
-                if held == TurnStatus.CANCELLING.value:
-                    raise errors.StopRequested(f"turn {turn.id} is being stopped")
-                raise errors.LeaseLost(f"turn {turn.id} is no longer held by this worker")
+                refused(sw.conn, turn.id, token)
             for result, outcome in zip(results, outcomes, strict=True):
                 sw.message(
                     turn.id,

@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection, String, and_, bindparam, case, func, select, update
 
@@ -95,6 +95,15 @@ _FINISH = {
 _HELD_BY = select(turns.c.status).where(
     turns.c.id == bindparam("tid"), turns.c.claim_token == bindparam("token")
 )
+
+
+def refused(conn: Connection, turn_id: str, token: str) -> NoReturn:
+    """A fenced write changed nothing: say why. A stop written meanwhile (the turn is
+    `cancelling`, still ours) is StopRequested; anything else means we lost the turn."""
+    held = conn.execute(_HELD_BY, {"tid": turn_id, "token": token}).scalar()
+    if held == TurnStatus.CANCELLING.value:
+        raise errors.StopRequested(f"turn {turn_id} is being stopped")
+    raise errors.LeaseLost(f"turn {turn_id} is no longer held by this worker")
 
 
 class Leases:
@@ -233,10 +242,7 @@ class Leases:
                 ).first()
                 written = row is not None
             if not written:
-                held = sw.conn.execute(_HELD_BY, {"tid": turn.id, "token": token}).scalar()
-                if held == TurnStatus.CANCELLING.value:
-                    raise errors.StopRequested(f"turn {turn.id} is being stopped")
-                raise errors.LeaseLost(f"turn {turn.id} is no longer held by this worker")
+                refused(sw.conn, turn.id, token)
             for m in new_messages:
                 sw.message(
                     m.turn_id,
