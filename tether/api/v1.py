@@ -434,14 +434,14 @@ async def session_events(
             raise errors.InvalidRequest(f"invalid Last-Event-ID {last_event_id!r}")
         after = int(last_event_id)
     after = after or 0
-    await svc.get_session(tenant, ids.check_session(session_id))
     if not stream:
-        items = await svc.events_after(tenant, session_id, after, limit)
+        items = await svc.events_after(tenant, session_id, after, limit)  # checks the session
         more = len(items) == limit
         return {
             "data": [e.as_dict() for e in items],
             "next_cursor": str(items[-1].seq) if more else None,
         }
+    await svc.get_session(tenant, session_id)  # tenant scope before streaming
     release = stream_slot(request, tenant)
     batches = streaming.follow(
         svc.store, svc.bus, session_id, after, idle_s=the_node.settings.sse_ping_s

@@ -15,7 +15,7 @@ from tether.domain import EventType, InterruptStatus, TurnStatus
 from tether.runtime.loop import Resume
 from tether.store import records, transitions
 from tether.store.base import Page, Store
-from tether.store.leases import refused
+from tether.store.leases import held_running, refused
 from tether.store.schema import interrupts, tool_runs, turns
 from tether.store.session_write import SessionWrite
 from tether.store.transitions import cancel_pending, mark_runs
@@ -47,11 +47,7 @@ class InterruptStore:
         def body(sw: SessionWrite) -> list[domain.Interrupt]:
             row = sw.conn.execute(
                 update(turns)
-                .where(
-                    turns.c.id == turn.id,
-                    turns.c.claim_token == token,
-                    turns.c.status == TurnStatus.RUNNING.value,
-                )
+                .where(held_running(turn.id, token))
                 .values(
                     status=TurnStatus.WAITING.value,
                     usage=usage.as_dict(),

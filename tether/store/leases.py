@@ -10,7 +10,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
-from sqlalchemy import Connection, String, and_, bindparam, case, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    String,
+    and_,
+    bindparam,
+    case,
+    func,
+    select,
+    update,
+)
 
 from tether import domain, errors, views
 from tether.domain import EventType, TurnStatus, utcnow
@@ -95,6 +105,15 @@ _FINISH = {
 _HELD_BY = select(turns.c.status).where(
     turns.c.id == bindparam("tid"), turns.c.claim_token == bindparam("token")
 )
+
+
+def held_running(turn_id: str, token: str) -> ColumnElement[bool]:
+    """The guard of a fenced write: the turn is running under this claim token."""
+    return and_(
+        turns.c.id == turn_id,
+        turns.c.claim_token == token,
+        turns.c.status == TurnStatus.RUNNING.value,
+    )
 
 
 def refused(conn: Connection, turn_id: str, token: str) -> NoReturn:
@@ -284,11 +303,7 @@ class Leases:
         def body(sw: SessionWrite) -> bool:
             row = sw.conn.execute(
                 update(turns)
-                .where(
-                    turns.c.id == turn.id,
-                    turns.c.claim_token == token,
-                    turns.c.status == TurnStatus.RUNNING.value,
-                )
+                .where(held_running(turn.id, token))
                 .values(
                     status=TurnStatus.QUEUED.value,
                     claim_token=None,
