@@ -1,12 +1,71 @@
+"""Fixtures. `TETHER_TEST_BACKEND=cluster` runs every test on PostgreSQL + Redis (private
+servers started for this run; a fresh database and Redis prefix per test) instead of SQLite."""
+
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests import helpers, infra
 from tests.helpers import Api, Server, running_server
+
+CLUSTER = os.environ.get("TETHER_TEST_BACKEND", "sqlite") == "cluster"
+_TEMPLATE = "tether_template"
+_numbers = itertools.count()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    skip = pytest.mark.skip(reason="embedded mode only (a SQLite data dir)")
+    for item in items:
+        if CLUSTER and item.get_closest_marker("embedded"):
+            item.add_marker(skip)
+        if not CLUSTER and item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.skip(reason="cluster mode only"))
+
+
+@pytest.fixture(scope="session")
+def cluster_servers() -> Iterator[tuple[infra.PostgresServer, infra.RedisServer]]:
+    """A private PostgreSQL (with a migrated template database) and Redis for this run."""
+    from tether.store import open_store
+
+    pg = infra.PostgresServer().start()
+    redis = infra.RedisServer().start()
+
+    async def make_template() -> None:
+        url = await infra.create_database(pg, _TEMPLATE)
+        store = await open_store(url)
+        await store.close()
+
+    try:
+        asyncio.run(make_template())
+        yield pg, redis
+    finally:
+        redis.close()
+        pg.close()
+
+
+@pytest.fixture(autouse=True)
+def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """This test's store and bus: nothing in embedded mode; a fresh database and Redis prefix
+    of its own in cluster mode."""
+    if not CLUSTER:
+        yield {}
+        return
+    pg, redis = request.getfixturevalue("cluster_servers")
+    name = f"t{next(_numbers)}"
+    url = asyncio.run(infra.create_database(pg, name, template=_TEMPLATE))
+    helpers.BACKEND = {"store_url": url, "bus_url": redis.url, "bus_prefix": name}
+    try:
+        yield helpers.BACKEND
+    finally:
+        helpers.BACKEND = {}
+        asyncio.run(infra.drop_database(pg, name))
 
 
 @pytest.fixture

@@ -68,6 +68,10 @@ class Server:
             await self._task
 
 
+# Set per test by conftest: what runs the store and the bus (empty: embedded SQLite).
+BACKEND: dict[str, Any] = {}
+
+
 def settings_for(tmp: Path, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "data_dir": tmp,
@@ -77,6 +81,8 @@ def settings_for(tmp: Path, **overrides: Any) -> Settings:
         "poll_interval_s": 0.2,
         "reaper_interval_s": 0.2,
         "sse_ping_s": 1.0,
+        "shutdown_grace_s": 0.0,
+        **BACKEND,
     }
     base.update(overrides)
     return Settings(**base)

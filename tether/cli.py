@@ -31,6 +31,7 @@ def serve(
     store: Annotated[
         str | None, typer.Option(help="store URL (default: SQLite in data dir)")
     ] = None,
+    bus: Annotated[str | None, typer.Option(help="bus URL, redis://… (cluster mode)")] = None,
     agents_file: Annotated[Path | None, typer.Option(help="YAML agent definitions to load")] = None,
     tools: Annotated[str | None, typer.Option(help="your tools: 'package.module:attr'")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning…")] = None,
@@ -48,6 +49,7 @@ def serve(
             "data_dir": data_dir,
             "workers": workers,
             "store_url": store,
+            "bus_url": bus,
             "agents_file": agents_file,
             "log_level": log_level,
             "tools": tools,
@@ -65,7 +67,8 @@ def serve(
     )
     console.print(
         f"[bold]tether[/] serving on http://{settings.host}:{settings.port} "
-        f"(store: {settings.resolved_store_url}, workers: {settings.workers})"
+        f"(store: {_safe(settings.resolved_store_url)}, bus: {_safe(settings.bus_url)}, "
+        f"workers: {settings.workers})"
     )
     uvicorn.run(
         create_app(settings),
@@ -75,6 +78,64 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+
+
+@app.command()
+def worker(
+    store: Annotated[str, typer.Option(help="store URL, postgresql://…")],
+    bus: Annotated[str, typer.Option(help="bus URL, redis://…")],
+    concurrency: Annotated[
+        int | None, typer.Option(help="turns this process runs at once (TETHER_WORKERS)")
+    ] = None,
+    zone: Annotated[str | None, typer.Option(help="the zone this worker serves")] = None,
+    tools: Annotated[str | None, typer.Option(help="your tools: 'package.module:attr'")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning…")] = None,
+) -> None:
+    """Run turns for a cluster (no API): claim, run, heartbeat, stop on cancel. SIGTERM stops
+    claiming and gives running turns `TETHER_SHUTDOWN_GRACE_S` to finish before handing them
+    back."""
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "store_url": store,
+            "bus_url": bus,
+            "workers": concurrency,
+            "zone": zone,
+            "tools": tools,
+            "log_level": log_level,
+        }.items()
+        if value is not None
+    }
+    settings = Settings(**overrides)
+    if not store.startswith("postgresql"):
+        console.print("[red]tether worker needs a PostgreSQL store[/] (SQLite: tether serve)")
+        raise typer.Exit(2)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from tether.node import run_worker
+
+    console.print(
+        f"[bold]tether worker[/] (store: {_safe(store)}, bus: {_safe(bus)}, "
+        f"concurrency: {settings.workers}, zone: {settings.zone})"
+    )
+    try:
+        asyncio.run(run_worker(settings))
+    except TetherError as exc:
+        console.print(f"[red]worker failed:[/] {exc.message}", markup=True)
+        raise typer.Exit(1) from exc
+
+
+def _safe(url: str | None) -> str:
+    """A URL fit for logs: no password."""
+    if url is None:
+        return "in-process"
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
 
 
 async def _check_exposure(settings: Settings) -> None:

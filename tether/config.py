@@ -22,6 +22,17 @@ class Settings(BaseSettings):
     store_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default is a SQLite file in data_dir"
     )
+    store_pool_size: int = Field(
+        default=20, ge=1, description="PostgreSQL connections per process (and as many again)"
+    )
+    bus_url: str | None = Field(
+        default=None, description="redis://host:port/db for cluster mode; default in-process"
+    )
+    bus_prefix: str = Field(
+        default="tether",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="prefix of every Redis key and channel (deployments sharing one Redis)",
+    )
     zone: str = Field(default="local", pattern=r"^[a-z0-9-]{1,32}$")
 
     workers: int = Field(default=128, ge=0, description="concurrent turn executors")
@@ -29,6 +40,9 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(default=1.0, gt=0, description="worker backstop poll")
     reaper_interval_s: float = Field(default=2.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+    shutdown_grace_s: float = Field(
+        default=10.0, ge=0, description="on SIGTERM, running turns get this long to finish"
+    )
 
     auth: Literal["auto", "required", "disabled"] = Field(
         default="auto",

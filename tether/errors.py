@@ -127,6 +127,10 @@ class Unavailable(TetherError):
 
     code = "unavailable"
 
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
 
 # --- control flow inside a worker: never reach a client -----------------------------------
 

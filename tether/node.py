@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -76,8 +78,11 @@ async def check_exposure(settings: Settings, keys: Keys) -> None:
 
 
 class Node:
-    def __init__(self, settings: Settings, tools: ToolRegistry | None = None):
+    """`api=False` is a worker process: no API, so no exposure check and no agents to load."""
+
+    def __init__(self, settings: Settings, tools: ToolRegistry | None = None, *, api: bool = True):
         self.settings = settings
+        self.api = api
         self.tools = tools or builtin_registry()
         if settings.tools:
             load_tools(settings.tools, self.tools)
@@ -108,22 +113,25 @@ class Node:
         settings = self.settings
         if self.embedded:
             self._lock_data_dir(settings.data_dir)
-        self.bus = LocalBus()
+        self.bus = await open_bus(settings)
         self.store = await open_store(
-            settings.resolved_store_url, on_commit=self.bus.publish_events
+            settings.resolved_store_url,
+            on_commit=self.bus.publish_events,
+            pool_size=settings.store_pool_size,
         )
         self.service = Service(self.store, self.bus, self.tools, settings.zone, settings)
         self.keys = Keys(self.store)
         self.audit = AuditLog(self.store)
-        await check_exposure(settings, self.keys)
         if self.embedded:
             # we hold the data dir: every lease in the store belongs to a dead process
             await Leases(self.store).expire_all_leases()
-        if settings.demo_agent:
-            await self.service.upsert_agent(DEFAULT_TENANT, DEMO_AGENT)
-        if settings.agents_file:
-            for spec in load_agents_file(settings.agents_file):
-                await self.service.upsert_agent(DEFAULT_TENANT, spec)
+        if self.api:
+            await check_exposure(settings, self.keys)
+            if settings.demo_agent:
+                await self.service.upsert_agent(DEFAULT_TENANT, DEMO_AGENT)
+            if settings.agents_file:
+                for spec in load_agents_file(settings.agents_file):
+                    await self.service.upsert_agent(DEFAULT_TENANT, spec)
         if settings.workers > 0:
             self.reaper = Reaper(self.store, self.bus, settings)
             await self.reaper.reap_once()
@@ -133,7 +141,7 @@ class Node:
 
     async def stop(self) -> None:
         if self.worker:
-            await self.worker.stop()
+            await self.worker.stop(grace_s=self.settings.shutdown_grace_s)
         if self.reaper:
             await self.reaper.stop()
         await self.bus.close()
@@ -153,6 +161,37 @@ class Node:
         lock.write(str(os.getpid()))
         lock.flush()
         self._lock_file = lock
+
+
+async def run_worker(settings: Settings) -> None:
+    """A worker process until SIGTERM or SIGINT: then a graceful stop (Worker.stop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    node = Node(settings, api=False)
+    await node.start()
+    log.info("worker %s running", node.worker.id if node.worker else "-")
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
+
+
+async def open_bus(settings: Settings) -> Bus:
+    """In-process unless a bus URL is set (cluster mode: Redis)."""
+    if settings.bus_url is None:
+        return LocalBus()
+    scheme = settings.bus_url.split("://", 1)[0]
+    if scheme not in ("redis", "rediss", "unix"):
+        raise errors.InvalidRequest(f"unsupported bus URL {settings.bus_url!r}: redis://host:port")
+    from tether.bus.redis import RedisBus
+
+    bus = RedisBus(settings.bus_url, settings.bus_prefix)
+    await bus.start()
+    if not bus.up:
+        log.warning("the bus is not reachable yet; serving from the store until it is")
+    return bus
 
 
 def load_agents_file(path: Path) -> list[domain.AgentSpec]:

@@ -17,6 +17,7 @@ from tether.store import Page, Store
 from tether.store.interrupts import InterruptStore
 
 DEFAULT_TENANT = "default"
+_STORE_POLL_S = 0.25  # how often a stop waiting for its confirmation also asks the store
 
 
 def normalize_input(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -198,7 +199,10 @@ class Service:
         session_id = ids.check_session(session_id)
         if turn_id is not None:
             ids.check("turn", turn_id)
-        sub = self.bus.subscribe(session_id)  # before the write: the confirmation cannot slip by
+        try:  # before the write, so the confirmation cannot slip by
+            sub: Subscription | None = await self.bus.subscribe(session_id)
+        except errors.Unavailable:
+            sub = None  # the bus is down: the stop still lands in the store; poll for the end
         try:
             turn, to_wake = await self.store.request_stop(
                 tenant, session_id, turn_id, mode, scope, reason
@@ -209,23 +213,38 @@ class Service:
             if turn is not None and not turn.status.terminal and wait_s > 0:
                 turn = await self._await_end(sub, tenant, turn, wait_s)
         finally:
-            self.bus.unsubscribe(sub)
+            if sub is not None:
+                self.bus.unsubscribe(sub)
         return StopResult(turn, await self.store.get_session(tenant, session_id))
 
     async def _await_end(
-        self, sub: Subscription, tenant: str, turn: domain.Turn, wait_s: float
+        self, sub: Subscription | None, tenant: str, turn: domain.Turn, wait_s: float
     ) -> domain.Turn:
+        """The turn once it ended, or as it is after `wait_s`. The bus says when; the store
+        is asked too every so often, since a cluster bus may lose a message (or be down)."""
         ended = {e.value for e in domain.TERMINAL_EVENT.values()}
+
+        def ends(items: list[Any]) -> bool:
+            return any(
+                isinstance(item, list)
+                and any(e.turn_id == turn.id and e.type in ended for e in item)
+                for item in items
+            )
+
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
                 while True:
-                    items = await sub.get_all()
-                    if sub.lagged or any(
-                        isinstance(item, list)
-                        and any(e.turn_id == turn.id and e.type in ended for e in item)
-                        for item in items
-                    ):
-                        break
+                    if sub is None:
+                        await asyncio.sleep(_STORE_POLL_S)
+                    else:
+                        items = await sub.get_all(_STORE_POLL_S)
+                        if sub.lagged or ends(items):
+                            break
+                        if items:
+                            continue
+                    current = await self.store.get_turn(tenant, turn.session_id, turn.id)
+                    if current.status.terminal:
+                        return current
         return await self.store.get_turn(tenant, turn.session_id, turn.id)
 
     async def get_turn(self, tenant: str, session_id: str, turn_id: str) -> domain.Turn:

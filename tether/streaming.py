@@ -72,7 +72,7 @@ async def follow(
     """Every event of the session after `after`, then live ones, forever (the caller stops),
     in batches: whatever is ready at once goes out together. With `turn_id`, only that turn's
     events and deltas. After `idle_s` without anything, an empty batch (a keep-alive)."""
-    sub = bus.subscribe(session_id)  # before reading the backlog, so nothing falls between
+    sub = await bus.subscribe(session_id)  # before reading the backlog, so nothing falls between
     cursor = after
     sent: dict[str, int] = {}  # message_id -> chars already sent
 
@@ -108,17 +108,20 @@ async def follow(
 
     try:
         batch = [frame async for frame in backlog() if wanted(frame.turn_id)]
-        partial = bus.partial(session_id)
+        partial = await bus.partial(session_id)
         if partial and (part := fresh(partial)) and wanted(part.turn_id):
             batch.append(_delta_frame(cursor, part))
         if batch:
             yield batch
         while True:
             items = await sub.get_all(idle_s)
+            idle = not items and not sub.lagged
             batch = []
-            if sub.lagged:
+            if sub.lagged or idle:
+                # lagged: items were dropped; idle: a publish may have been lost (a cluster
+                # bus is at most once). Either way the store has every durable event.
                 sub.lagged = False
-                items = []  # dropped: catch up on durable events from the store
+                items = []
                 batch += [frame async for frame in backlog() if wanted(frame.turn_id)]
             pending: Delta | None = None  # consecutive deltas coalesce into one frame
             for item in items:
@@ -153,7 +156,7 @@ async def follow(
                         batch.append(frame)
             if pending:
                 batch.append(_delta_frame(cursor, pending))
-            if batch or not items:
+            if batch or idle:
                 yield batch  # an empty batch after idle_s: time for a keep-alive
     finally:
         bus.unsubscribe(sub)

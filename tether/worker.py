@@ -213,30 +213,36 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.new_ulid()[-8:]}"
         self._running: dict[str, _Execution] = {}  # by claim token
         self._by_turn: dict[str, _Execution] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._claiming: asyncio.Task[None]
+        self._heartbeat: asyncio.Task[None]
         self._agents: dict[str, tuple[domain.Agent, loop.Agent]] = {}
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         self.bus.on_stop(self._on_stop)
-        self._tasks = [
-            asyncio.create_task(self._claim_loop(), name="tether-claim"),
-            asyncio.create_task(self._heartbeat_loop(), name="tether-heartbeat"),
-        ]
+        self._claiming = asyncio.create_task(self._claim_loop(), name="tether-claim")
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="tether-heartbeat")
 
-    async def stop(self) -> None:
-        """Stop claiming, cancel running turns and hand them back for another worker."""
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Stop claiming; give running turns `grace_s` to finish, then cancel the rest and
+        hand them back for another worker."""
+        self._claiming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._claiming
+        running = [e.task for e in self._running.values() if e.task]
+        if running and grace_s > 0:
+            log.info("waiting up to %.0f s for %d running turns", grace_s, len(running))
+            await asyncio.wait(running, timeout=grace_s)
         self._stopping.set()
         self.bus.on_stop(None)
         self.bus.notify_work()
-        for task in self._tasks:
-            task.cancel()
+        self._heartbeat.cancel()
         executions = list(self._running.values())
         for execution in executions:
             if execution.task:
                 execution.task.cancel()
         await asyncio.gather(
-            *self._tasks, *(e.task for e in executions if e.task), return_exceptions=True
+            self._heartbeat, *(e.task for e in executions if e.task), return_exceptions=True
         )
         for _, agent in self._agents.values():
             await agent.model.aclose()
@@ -253,15 +259,13 @@ class Worker:
             claimed = 0
             if free > 0:
                 try:
-                    claims = await self.leases.claim(
+                    async for claim in self.leases.claim(
                         self.id, min(free, CLAIM_BATCH), self.settings.lease_ttl_s
-                    )
+                    ):
+                        self._start(claim)
+                        claimed += 1
                 except Exception:
                     log.exception("claim failed")
-                    claims = []
-                for claim in claims:
-                    self._start(claim)
-                claimed = len(claims)
             if claimed:
                 # An inline store never suspends: yield, so the turns just claimed get to
                 # stream before we claim more.

@@ -82,6 +82,8 @@ async def audit(request: Request, action: str, target: str | None, **details: An
 def stream_slot(request: Request, tenant: str) -> Callable[[], None]:
     """Take one of the tenant's SSE connections (429 past the limit); answers its release."""
     the_node = node_of(request)
+    if not the_node.bus.up:
+        raise errors.Unavailable("live streams are unavailable (the bus is down), retry")
     cap = the_node.settings.max_streams_per_tenant
     if cap is not None and the_node.streams[tenant] >= cap:
         raise errors.TooManyRequests(f"tenant has {cap} open streams (the limit)", retry_after_s=5)

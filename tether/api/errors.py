@@ -62,7 +62,7 @@ async def _tether_error(_: Request, exc: Exception) -> JSONResponse:
     headers = None
     if isinstance(exc, errors.Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
-    elif isinstance(exc, errors.TooManyRequests):
+    elif isinstance(exc, errors.TooManyRequests | errors.Unavailable):
         headers = {"Retry-After": str(exc.retry_after_s)}
     return error_response(status, exc.code, exc.message, exc.details, headers=headers)
 

@@ -47,6 +47,12 @@ class Subscription:
             self._items.append(item)
         self._ready.set()
 
+    def lag(self) -> None:
+        """This reader may have missed items: it must catch up from the store."""
+        self._items.clear()
+        self.lagged = True
+        self._ready.set()
+
     async def get_all(self, idle_s: float | None = None) -> list[Item]:
         """Everything published since the last call; waits for at least one item (or lag),
         or answers nothing after `idle_s`."""
@@ -64,15 +70,23 @@ class Subscription:
 
 
 class Bus(Protocol):
+    @property
+    def up(self) -> bool:
+        """Live updates work now (the in-process bus always; Redis when connected)."""
+        ...
+
     def publish_events(self, session_id: str, events: list[domain.Event]) -> None: ...
 
     def publish_delta(self, delta: Delta) -> None: ...
 
-    def subscribe(self, session_id: str) -> Subscription: ...
+    async def subscribe(self, session_id: str) -> Subscription:
+        """A live feed of the session: everything published once this returns is in it.
+        Unavailable if the bus is down."""
+        ...
 
     def unsubscribe(self, sub: Subscription) -> None: ...
 
-    def partial(self, session_id: str) -> Delta | None:
+    async def partial(self, session_id: str) -> Delta | None:
         """The text of the message in flight so far, as one delta from offset 0."""
         ...
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from tether import domain
 from tether.bus.base import Delta, Subscription
 
-_ENDS_MESSAGE = frozenset(
+ENDS_MESSAGE = frozenset(
     {
         domain.EventType.MESSAGE_COMPLETED,
         domain.EventType.TURN_COMPLETED,
@@ -27,8 +27,12 @@ class LocalBus:
         self._work = asyncio.Event()
         self._stop_callback: Callable[[str], None] | None = None
 
+    @property
+    def up(self) -> bool:
+        return True
+
     def publish_events(self, session_id: str, events: list[domain.Event]) -> None:
-        if session_id in self._partials and any(e.type in _ENDS_MESSAGE for e in events):
+        if session_id in self._partials and any(e.type in ENDS_MESSAGE for e in events):
             del self._partials[session_id]
         for sub in self._subs.get(session_id, ()):
             sub.put(events)
@@ -42,7 +46,7 @@ class LocalBus:
         for sub in self._subs.get(delta.session_id, ()):
             sub.put(delta)
 
-    def subscribe(self, session_id: str) -> Subscription:
+    async def subscribe(self, session_id: str) -> Subscription:
         sub = Subscription(session_id)
         self._subs[session_id].add(sub)
         return sub
@@ -54,7 +58,7 @@ class LocalBus:
             if not subs:
                 del self._subs[sub.session_id]
 
-    def partial(self, session_id: str) -> Delta | None:
+    async def partial(self, session_id: str) -> Delta | None:
         current = self._partials.get(session_id)
         if current is None:
             return None

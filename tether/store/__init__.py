@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 
-async def open_store(url: str, on_commit: CommitHook | None = None) -> Store:
+async def open_store(url: str, on_commit: CommitHook | None = None, pool_size: int = 10) -> Store:
     """Connect, apply migrations, and return the Store for `url`."""
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
@@ -32,4 +32,11 @@ async def open_store(url: str, on_commit: CommitHook | None = None) -> Store:
         with engine.begin() as conn:
             migrations.upgrade(conn)
         return Store(sqlite.SQLiteRunner(engine), lock_rows=False, on_commit=on_commit)
-    raise errors.InvalidRequest(f"unsupported store URL {url!r} (sqlite:///path only, for now)")
+    if backend == "postgresql":
+        from tether.store import postgres
+
+        runner = await postgres.open_runner(url, pool_size)
+        return Store(runner, lock_rows=True, on_commit=on_commit)
+    raise errors.InvalidRequest(
+        f"unsupported store URL {url!r}: sqlite:///path or postgresql://user@host/db"
+    )

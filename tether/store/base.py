@@ -43,7 +43,9 @@ CommitHook = Callable[[str, list[domain.Event]], None]
 class Runner(Protocol):
     """Runs a transaction body: a dialect's one job besides building the engine."""
 
-    async def run(self, body: Callable[[Connection], T], *, write: bool) -> T: ...
+    async def run(
+        self, body: Callable[[Connection], T], *, write: bool, urgent: bool = False
+    ) -> T: ...
 
     async def close(self) -> None: ...
 
@@ -53,6 +55,9 @@ class Page:
     items: list[Any]
     next_cursor: str | None
 
+
+_SESSION_FOR_UPDATE = SESSION_BY_ID.with_for_update()
+_SESSION_SKIP_LOCKED = SESSION_BY_ID.with_for_update(skip_locked=True)
 
 # Hot statements, built once: building a statement costs more than SQLite takes to run it.
 
@@ -88,17 +93,28 @@ class Store:
     async def read(self, body: Callable[[Connection], T]) -> T:
         return await self.runner.run(body, write=False)
 
-    async def write(self, body: Callable[[Connection], T]) -> T:
-        return await self.runner.run(body, write=True)
+    async def write(self, body: Callable[[Connection], T], *, urgent: bool = False) -> T:
+        return await self.runner.run(body, write=True, urgent=urgent)
 
     async def session_write(
-        self, session_id: str, body: Callable[[SessionWrite], T], tenant_id: str | None = None
+        self,
+        session_id: str,
+        body: Callable[[SessionWrite], T],
+        tenant_id: str | None = None,
+        *,
+        skip_locked: bool = False,
     ) -> T:
-        """A write transaction on one session; its events reach `on_commit` after commit."""
+        """A write transaction on one session; its events reach `on_commit` after commit.
+        With `skip_locked`, a session another transaction holds is NotFound at once (claims
+        pass over sessions other workers are claiming)."""
+        if not self._lock_rows:
+            query = SESSION_BY_ID
+        else:
+            query = _SESSION_SKIP_LOCKED if skip_locked else _SESSION_FOR_UPDATE
         written: list[domain.Event] = []
 
         def tx(conn: Connection) -> T:
-            query = SESSION_BY_ID.with_for_update() if self._lock_rows else SESSION_BY_ID
+            written.clear()  # a body may run again (PostgreSQL retries deadlocks)
             row = conn.execute(query, {"sid": session_id}).first()
             if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
                 raise errors.NotFound(f"session {session_id} not found")

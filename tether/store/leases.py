@@ -3,9 +3,10 @@ fenced by the claim token, hand it back, and recover expired leases (DESIGN §2,
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -13,6 +14,7 @@ from typing import Any, NoReturn
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Row,
     String,
     and_,
     bindparam,
@@ -129,7 +131,7 @@ class Leases:
     def __init__(self, store: Store):
         self.store = store
 
-    async def claim(self, worker_id: str, limit: int, lease_ttl_s: float) -> list[Claim]:
+    async def claim(self, worker_id: str, limit: int, lease_ttl_s: float) -> AsyncIterator[Claim]:
         """Take up to `limit` runnable turns: the head of the queue of sessions with no active
         turn, oldest first. First attempts put the turn's input into the transcript."""
         head = (
@@ -150,22 +152,31 @@ class Leases:
             .limit(limit)
         )
         candidates = await self.store.read(lambda conn: conn.execute(query).all())
-        claims: list[Claim] = []
-        for cand in candidates:
-            # each claim re-checks under the session's write: a candidate may have gone
-            claim = await self.store.session_write(
-                cand.session_id,
-                functools.partial(
-                    self._claim_one,
-                    turn_id=cand.id,
-                    agent_id=cand.agent_id,
-                    worker_id=worker_id,
-                    lease_ttl_s=lease_ttl_s,
-                ),
-            )
-            if claim:
-                claims.append(claim)
-        return claims
+
+        async def claim_one(cand: Row[Any, Any, Any]) -> Claim | None:
+            # each claim re-checks under the session's write: a candidate may have gone, or
+            # another worker may be claiming it right now (skipped, not waited for)
+            try:
+                return await self.store.session_write(
+                    cand.session_id,
+                    functools.partial(
+                        self._claim_one,
+                        turn_id=cand.id,
+                        agent_id=cand.agent_id,
+                        worker_id=worker_id,
+                        lease_ttl_s=lease_ttl_s,
+                    ),
+                    skip_locked=True,
+                )
+            except errors.NotFound:
+                return None
+
+        # Concurrently (a network store would otherwise claim one round trip at a time), and
+        # each handed over as soon as it is made: its lease is already running.
+        for made in asyncio.as_completed([claim_one(cand) for cand in candidates]):
+            claim = await made
+            if claim is not None:
+                yield claim
 
     @staticmethod
     def _claim_one(
@@ -217,7 +228,7 @@ class Leases:
             ).all()
             return {r.claim_token: LeaseState(TurnStatus(r.status), r.stop) for r in rows}
 
-        return await self.store.write(tx)
+        return await self.store.write(tx, urgent=True)
 
     async def checkpoint(
         self,
@@ -367,9 +378,16 @@ class Leases:
                 target = TurnStatus.CANCELLED
                 stop = row.stop or {}
                 extra = {"reason": stop.get("reason", "client_cancelled"), "finished_at": sw.now}
+            # Conditional on the lease as we read it: a heartbeat that renewed it since (it
+            # does not take the session lock) keeps the turn.
             updated = sw.conn.execute(
                 update(turns)
-                .where(turns.c.id == turn_id, turns.c.status == current.status.value)
+                .where(
+                    turns.c.id == turn_id,
+                    turns.c.status == current.status.value,
+                    turns.c.claim_token == row.claim_token,
+                    turns.c.lease_expires_at < now,
+                )
                 .values(
                     status=target.value,
                     claim_token=None,
@@ -379,7 +397,8 @@ class Leases:
                 )
                 .returning(*turns.c)
             ).first()
-            assert updated is not None
+            if updated is None:
+                return None
             if target is TurnStatus.QUEUED:
                 resumed = views.turn(records.turn(updated))
                 sw.event(EventType.TURN_QUEUED, turn_id, {"turn": resumed, "resumed": True})

@@ -52,7 +52,8 @@ class SQLiteRunner:
         self.engine = engine
         self._conn = engine.connect()
 
-    async def run(self, body: Callable[[Connection], T], *, write: bool) -> T:
+    async def run(self, body: Callable[[Connection], T], *, write: bool, urgent: bool = False) -> T:
+        # `urgent` needs nothing here: bodies run inline, nothing queues ahead of them
         conn = self._conn
         conn.info["tether_write"] = write
         with conn.begin():
