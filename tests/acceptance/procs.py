@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from tests import helpers
 from tests.helpers import free_port
 
 
@@ -23,7 +24,7 @@ class ServerProcess:
         self.env = {
             **os.environ,
             "TETHER_LOG_LEVEL": "warning",
-            **{f"TETHER_{k.upper()}": str(v) for k, v in env.items()},
+            **{f"TETHER_{k.upper()}": str(v) for k, v in {**helpers.BACKEND, **env}.items()},
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"server-{self.port}.log"
@@ -68,6 +69,58 @@ class ServerProcess:
                 self.proc.wait(5)
 
 
+class WorkerProcess:
+    """`tether worker` on the test's PostgreSQL and Redis (cluster mode)."""
+
+    def __init__(self, log_dir: Path, name: str, **env: Any):
+        settings = {**helpers.BACKEND, **env}
+        self.store, self.bus = settings.pop("store_url"), settings.pop("bus_url")
+        self.env = {
+            **os.environ,
+            "TETHER_LOG_LEVEL": "info",
+            **{f"TETHER_{k.upper()}": str(v) for k, v in settings.items()},
+        }
+        self.log = log_dir / f"worker-{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> WorkerProcess:
+        cmd = [sys.executable, "-m", "tether", "worker", "--store", self.store, "--bus", self.bus]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(
+            lambda: "running" in self.log.read_text() or self.proc.poll() is not None,  # type: ignore[union-attr]
+            30,
+            "worker start",
+        )
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited: {self.log.read_text()[-2000:]}")
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill9(self) -> None:
+        self.signal(signal.SIGKILL)
+        assert self.proc is not None
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen one must be able to die
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
 def create_key(data_dir: Path, tenant: str = "acme", role: str = "admin") -> str:
     """`tether keys create`, as an operator would run it; answers the printed key."""
     made = subprocess.run(
@@ -81,8 +134,11 @@ def create_key(data_dir: Path, tenant: str = "acme", role: str = "admin") -> str
             tenant,
             "--role",
             role,
-            "--data-dir",
-            str(data_dir),
+            *(
+                ["--store", helpers.BACKEND["store_url"]]
+                if "store_url" in helpers.BACKEND
+                else ["--data-dir", str(data_dir)]
+            ),
         ],
         capture_output=True,
         text=True,
