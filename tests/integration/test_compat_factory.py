@@ -183,12 +183,12 @@ async def test_failures_in_factory_shape(
         ("GET", f"/sessions/{unknown}/messages"),
         ("GET", "/no/such/endpoint"),
         ("DELETE", f"/sessions/{sid}"),
+        ("GET", "/sessions/not-an-id"),  # the contract's ids are any string: none by that id
+        ("POST", "/sessions/not-an-id/interrupt"),
+        ("POST", "/sessions/%2e%2e/interrupt"),
     ]:
         r = await factory.request(method, path, json={"content": "x"})
         assert_factory_error(r, 404)
-    for path in ("/sessions/not-an-id", "/sessions/not-an-id/interrupt"):
-        r = await factory.request("GET" if path.endswith("id") else "POST", path)
-        assert_factory_error(r, 400, "invalid_id")
     bad: list[tuple[str, Any, int]] = [
         ("/sessions", {}, 422),
         ("/sessions", {"agentId": "nobody"}, 404),

@@ -64,6 +64,14 @@ def failure_of(exc: Exception) -> Failure:
     return Failure(500, "internal_error", "internal error")
 
 
+def malformed_id_as_not_found(failure: Failure) -> Failure:
+    """The vendors' contracts type ids as any string, so a malformed one is a valid request
+    for an object that does not exist: 404, where /v1 says 400."""
+    if failure.code != errors.InvalidId.code:
+        return failure
+    return Failure(404, errors.NotFound.code, failure.message, failure.details, failure.headers)
+
+
 def vendor_route(render: Render) -> type[APIRoute]:
     """A route class whose failures (in dependencies, validation or the endpoint) answer in
     `render`'s shape. Per route rather than app-wide so the surfaces and /v1 cannot disagree

@@ -32,6 +32,7 @@ PREFIX = "/compat/factory/api/v0"
 
 
 def render(failure: common.Failure) -> Response:
+    failure = common.malformed_id_as_not_found(failure)
     try:
         title = http.HTTPStatus(failure.status).phrase
     except ValueError:

@@ -40,16 +40,14 @@ _CODES = {
 
 
 def render(failure: common.Failure) -> Response:
-    status, code = failure.status, failure.code
-    if code == "invalid_id":  # an id that cannot exist names nothing (the contract has no 400)
-        status, code = 404, "not_found"
+    failure = common.malformed_id_as_not_found(failure)
     body = {
-        "code": _CODES.get(code, code),
-        "type": _TYPES.get(status, "api_error"),
+        "code": _CODES.get(failure.code, failure.code),
+        "type": _TYPES.get(failure.status, "api_error"),
         "message": failure.message,
         "details": failure.details or {},
     }
-    return JSONResponse({"error": body}, status_code=status, headers=failure.headers)
+    return JSONResponse({"error": body}, status_code=failure.status, headers=failure.headers)
 
 
 router = APIRouter(prefix=PREFIX, route_class=common.vendor_route(render), tags=["gumloop"])
