@@ -114,8 +114,10 @@ async def test_send_without_stream_and_busy_is_409(
     assert busy.value.code == "interaction_not_in_terminal_state"
     assert busy.value.type == "conflict_error"
     # queued delivery waits its turn instead (with the client's Idempotency-Key)
-    receipt = await gl.sessions.send(sid, input="later", delivery="queued")
+    receipt = await gl.sessions.send(sid, input="later", delivery="queued", idempotency_key="k")
     assert receipt.status == "accepted"
+    repeat = await gl.sessions.send(sid, input="later", delivery="queued", idempotency_key="k")
+    assert repeat.message_id == receipt.message_id, "the same key queues it once"
     assert (await gl.sessions.cancel(sid)).session.state == "failed"
     after = await gl.sessions.retrieve(sid)
     assert after.session.state == "failed"
@@ -207,6 +209,19 @@ async def test_resume_with_last_cursor_no_duplicate_no_gap(
     end = whole[-1].stream_cursor
     assert end is not None
     assert await drain(gl.sessions.resume_stream(sid, end)) == []
+
+
+async def test_a_failed_turn_streams_an_error(admin: httpx.AsyncClient, gl: AsyncGumloop) -> None:
+    agent_id = await compat_helpers.make_agent(admin, "broken", fail="provider down")
+    events = await drain(await gl.sessions.create(agent_id, input="hi", stream=True))
+    error, finish = events[-2:]
+    assert error.type == "error"
+    assert error.error_details is not None
+    assert error.error_details["code"] == "model_error"
+    assert error.error_message
+    assert (finish.type, finish.finish_reason) == ("finish", "error")
+    sid = error.model_dump()["interaction_id"]
+    assert (await gl.sessions.retrieve(sid)).session.state == "failed"
 
 
 async def test_lists_the_agents_sessions(admin: httpx.AsyncClient, gl: AsyncGumloop) -> None:

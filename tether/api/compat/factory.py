@@ -16,6 +16,7 @@ Errors: `{detail, status, title, metadata}` with Tether's stable code in `metada
 from __future__ import annotations
 
 import http
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -101,7 +102,9 @@ def message_view(m: domain.Message) -> dict[str, Any]:
     }
 
 
-async def _idempotent(request: Request, svc: Service, tenant: str, handler: Any) -> Response:
+async def _idempotent(
+    request: Request, svc: Service, tenant: str, handler: Callable[[], Awaitable[Response]]
+) -> Response:
     def no_replay(_: dict[str, Any]) -> Response:
         raise AssertionError("this surface never streams")
 

@@ -7,6 +7,7 @@ Ids are Tether's (a session id is `<ulid>.<zone>`, an agent id `agt_…`, an app
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -159,7 +160,9 @@ async def _answer(svc: Service, tenant: str, session_id: str, status: int = 200)
     return JSONResponse(body, status_code=status)
 
 
-async def _idempotent(request: Request, svc: Service, tenant: str, handler: Any) -> Response:
+async def _idempotent(
+    request: Request, svc: Service, tenant: str, handler: Callable[[], Awaitable[Response]]
+) -> Response:
     def no_replay(_: dict[str, Any]) -> Response:
         raise AssertionError("streams are not recorded under an Idempotency-Key here")
 

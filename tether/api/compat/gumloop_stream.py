@@ -131,8 +131,9 @@ class Translator:
         if type == ET.TURN_CANCELLED:
             return [{"type": "finish", "finishReason": "cancelled", "final": True}]
         if type == ET.TURN_FAILED:
-            error = data.get("error") or {}
-            message = error.get("message") or data.get("reason") or "the turn failed"
+            turn = data.get("turn") or {}
+            error = turn.get("error") or {}
+            message = error.get("message") or turn.get("reason") or "the turn failed"
             return [
                 {
                     "type": "error",
