@@ -206,6 +206,11 @@ async def test_failures_in_factory_shape(
     r = await factory.get(f"/sessions/{sid}/messages", params={"cursor": "x"})
     assert_factory_error(r, 400)
 
+    assert (await admin.delete(f"/v1/sessions/{sid}")).status_code == 200
+    r = await factory.post(f"/sessions/{sid}/messages", json={"content": "x"})
+    assert_factory_error(r, 409, "session_closed")
+    assert (await factory.post(f"/sessions/{sid}/interrupt")).json() == {"status": "idle"}
+
     async with httpx.AsyncClient(base_url=server.url + PREFIX, timeout=30) as anon:
         assert_factory_error(await anon.post(f"/sessions/{sid}/interrupt"), 401, "unauthorized")
         bad_key = {"Authorization": "Bearer nope"}

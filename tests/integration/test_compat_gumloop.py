@@ -296,6 +296,23 @@ async def test_failures_in_gumloop_shape(
         r = await c.get(f"/sessions/{sid}", params={"stream": "true", "last_cursor": "x1"})
         assert_gumloop_error(r, 400)
 
+        # an approval of another session names nothing here
+        careful = await compat_helpers.approval_agent(admin)
+        waiting = (await c.post(f"/agents/{careful}/sessions", json={"input": "go"})).json()
+
+        async def pending() -> Any:
+            r = await c.get(f"/sessions/{waiting['session']['id']}")
+            return r.json()["session"]["pending_approvals"]
+
+        [ask] = await wait_for(pending, 10, "an approval")
+        answer = {"action_request_id": ask["action_request_id"], "action": "accept"}
+        r = await c.post(f"/sessions/{sid}/approvals", json={"approval_responses": [answer]})
+        assert_gumloop_error(r, 404)
+
+        assert (await admin.delete(f"/v1/sessions/{sid}")).status_code == 200
+        r = await c.post(f"/sessions/{sid}/messages", json={"input": "x"})
+        assert_gumloop_error(r, 409, "session_closed")
+
     async with httpx.AsyncClient(base_url=url, timeout=30) as anon:
         r = await anon.post(f"/sessions/{sid}/cancel")
         assert_gumloop_error(r, 401, "unauthorized")
