@@ -209,10 +209,13 @@ def replay(
         try:
             while True:
                 page = await svc.events_after(tenant, session_id, after, _PAGE)
+                out: list[bytes] = []
                 for event in page:
                     parts = translator.parts(event.seq, event.type.value, event.data)
-                    yield b"".join(_encode(part) for part in parts)
+                    out += [_encode(part) for part in parts]
                     after = event.seq
+                if out:
+                    yield b"".join(out)
                 if len(page) < _PAGE:
                     return
         finally:

@@ -122,7 +122,7 @@ def pending_approval(i: domain.Interrupt) -> dict[str, Any]:
     question = i.request.get("question")
     return {
         "action_request_id": i.id,
-        "type": "approval" if i.type == "approval" else i.type,
+        "type": i.type,  # approval | question | a custom type
         "title": f"Run {i.tool_name}?" if i.type == "approval" else question,
         "reason": None,
         "tool_name": i.tool_name,
