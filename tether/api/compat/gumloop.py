@@ -33,11 +33,14 @@ _TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
-# Gumloop's own codes where it documents one for the same refusal
-_CODES = {
-    "session_busy": "interaction_not_in_terminal_state",
-    "internal_error": "failed_to_abort",
-}
+# Gumloop's own code where it documents one for the same refusal
+_CODES = {"session_busy": "interaction_not_in_terminal_state"}
+
+
+class FailedToAbort(errors.TetherError):
+    """The stop could not be recorded."""
+
+    code = "failed_to_abort"  # the cancel contract's 500
 
 
 def render(failure: common.Failure) -> Response:
@@ -302,9 +305,13 @@ async def send_message(
         return await _idempotent(request, svc, tenant, enqueue)
 
     if not body.stream:
-        turn = await svc.start_turn(tenant, session_id, text, domain.OnBusy.REJECT)
-        await deps.audit(request, "turn.create", turn.id, surface="gumloop")
-        return await _answer(svc, tenant, session_id)
+
+        async def start() -> Response:
+            turn = await svc.start_turn(tenant, session_id, text, domain.OnBusy.REJECT)
+            await deps.audit(request, "turn.create", turn.id, surface="gumloop")
+            return await _answer(svc, tenant, session_id)
+
+        return await _idempotent(request, svc, tenant, start)
     release = deps.stream_slot(request, tenant)  # first: past the limit, nothing starts
     try:
         before = (await svc.get_session(tenant, session_id)).last_event_seq
@@ -332,7 +339,12 @@ async def cancel_session(request: Request, session_id: str, svc: Svc, tenant: Wr
     """Stop whatever the session runs or has queued; it ends `failed`. A session at rest is
     returned unchanged. Until the executor confirms (5 s) the state stays `processing`: the
     stop is durable and the turn can only end cancelled."""
-    result = await svc.stop(tenant, session_id, scope=domain.StopScope.ALL)
+    try:
+        result = await svc.stop(tenant, session_id, scope=domain.StopScope.ALL)
+    except errors.TetherError:
+        raise
+    except Exception as exc:
+        raise FailedToAbort() from exc
     await deps.audit(
         request,
         "turn.stop",
