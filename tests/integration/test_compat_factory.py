@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests import compat_helpers
-from tests.helpers import Server, running_server, wait_for
+from tests.helpers import Server, read_sse, running_server, wait_for
 
 PREFIX = "/compat/factory/api/v0"
 
@@ -54,6 +54,14 @@ async def wait_status(factory: httpx.AsyncClient, sid: str, want: str) -> None:
     await wait_for(reached, 20, f"session {sid} {want}")
 
 
+async def first_text(admin: httpx.AsyncClient, sid: str) -> None:
+    """Wait until the agent has said something (a live delta on the native stream)."""
+    async with admin.stream("GET", f"/v1/sessions/{sid}/events") as r:
+        async for _, event, _ in read_sse(r):
+            if event == "message.delta":
+                return
+
+
 async def test_create_message_interrupt_send_again(
     admin: httpx.AsyncClient, factory: httpx.AsyncClient
 ) -> None:
@@ -69,6 +77,7 @@ async def test_create_message_interrupt_send_again(
     assert r.status_code == 202, r.text
     assert r.json()["status"] in ("pending", "running")
     await wait_status(factory, sid, "running")
+    await first_text(admin, sid)
 
     # a stop not yet confirmed (no wait) is pending; then the session comes to rest
     r = await factory.post(f"/sessions/{sid}/interrupt", params={"wait": 0})
@@ -91,7 +100,7 @@ async def test_create_message_interrupt_send_again(
     r = await factory.post(f"/sessions/{sid}/messages", json={"content": "again"})
     assert r.status_code == 202, r.text
     await wait_status(factory, sid, "running")
-    r = await factory.post(f"/sessions/{sid}/interrupt")  # waits for the confirmation
+    r = await factory.post(f"/sessions/{sid}/interrupt", params={"wait": 30})  # confirmed
     assert r.json() == {"status": "idle"}
 
 
@@ -109,7 +118,7 @@ async def test_interrupt_with_input_queued_is_pending_then_runs_it(
     r = await factory.post(f"/sessions/{sid}/interrupt")
     assert r.json()["status"] in ("pending", "running"), "the queued input runs next"
     await wait_status(factory, sid, "running")
-    r = await factory.post(f"/sessions/{sid}/interrupt")
+    r = await factory.post(f"/sessions/{sid}/interrupt", params={"wait": 30})
     assert r.json() == {"status": "idle"}
     r = await factory.get(f"/sessions/{sid}/messages")
     assert [m["content"] for m in r.json()["messages"] if m["role"] == "user"] == [

@@ -63,7 +63,7 @@ async def test_stopped_through_the_surfaces_read_alike_everywhere(server: Server
         # a message through /v1 again, interrupted through Factory
         turn = await api.turn(sid, "two")
         await running(sid)
-        r = await factory.post(f"/sessions/{sid}/interrupt")
+        r = await factory.post(f"/sessions/{sid}/interrupt", params={"wait": 30})
         assert r.json() == {"status": "idle"}
         assert (await api.get_turn(sid, turn["id"]))["status"] == "cancelled"
         assert await states(sid) == ("idle", "cancelled", "idle", "failed")
