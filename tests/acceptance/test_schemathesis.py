@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import FlakyStrategyDefinition
 from schemathesis.specs.openapi import checks
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
+from tests.acceptance import fuzz
 from tests.acceptance.procs import ServerProcess, create_key
 
 PER_OPERATION = 60  # x ~25 operations (some run fewer distinct cases): over 1,000 cases
@@ -37,32 +38,15 @@ def api_schema(live: tuple[str, str]) -> OpenApiSchema:
 
 
 def test_stateless(api_schema: OpenApiSchema, live: tuple[str, str]) -> None:
-    # driven through hypothesis directly: schemathesis' pytest plugin predates this pytest
     _, key = live
-    cases = 0
-    for result in api_schema.get_all_operations():
-        operation = result.ok()
-
-        @given(case=operation.as_strategy())
-        @settings(
-            max_examples=PER_OPERATION,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-            database=None,
-        )
-        def check(case: schemathesis.Case) -> None:
-            nonlocal cases
-            cases += 1
-            case.call_and_validate(
-                headers={"Authorization": f"Bearer {key}"},
-                timeout=30,
-                additional_checks=[checks.ignored_auth],
-                # some valid-looking input is refused for reasons no schema states (an agent
-                # naming a tool that is not registered): 422 there is right
-                excluded_checks=[checks.positive_data_acceptance],
-            )
-
-        check()
+    cases = fuzz.run_stateless(
+        api_schema,
+        key=key,
+        per_operation=PER_OPERATION,
+        # some valid-looking input is refused for reasons no schema states (an agent naming a
+        # tool that is not registered): 422 there is right
+        excluded_checks=[checks.positive_data_acceptance],
+    )
     assert cases >= 1000
 
 
