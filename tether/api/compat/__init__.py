@@ -1,0 +1,1 @@
+"""Compatibility surfaces: other vendors' APIs over Tether's own sessions, turns and stops."""
