@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette import convertors
 
 from tether import domain, errors, ids, streaming, views
 from tether.api import deps, sse
@@ -175,13 +176,32 @@ def _cancel_wait(body: Any) -> float:
     return DEFAULT_CANCEL_WAIT_S
 
 
-@router.post("/{session_id}/cancel")
+class _AnyText(convertors.Convertor[str]):
+    """Any text, slashes and newlines too: the router's `path` stops at a newline."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+convertors.register_url_convertor("tfy_any_text", _AnyText())
+
+
+# so that any id, even one holding a slash or a newline, or none, is answered 400 as the
+# contract says, rather than 404 by the router
+@router.post("/{session_id:tfy_any_text}/cancel")
 async def cancel(
     request: Request, session_id: str, svc: Svc, tenant: Writer, body: Any = Body(None)
 ) -> JSONResponse:
     """Cancel the session's last turn (interrupt mode: what it did is kept). 200 `{}` once
     the executor confirmed, or when nothing was running; 424 if it did not confirm in time
     (the cancel stays requested and completes later)."""
+    if body is not None and not isinstance(body, dict):
+        return edge.error(400, "invalid_request", "the body must be a JSON object", "body")
     try:
         ids.check_session(session_id)
         session = await svc.get_session(tenant, session_id)
