@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 import tether
 from tether.api import admin, errors, health, v1
-from tether.api.compat import truefoundry
+from tether.api.compat import agent_threads, truefoundry
 from tether.api.limits import BodyLimit
 from tether.api.request_id import RequestId
 from tether.config import Settings
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None, tools: ToolRegistry | None = No
     app.include_router(v1.router)
     app.include_router(admin.router)
     app.include_router(truefoundry.router)
+    app.include_router(agent_threads.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
     return app
