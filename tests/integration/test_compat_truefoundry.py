@@ -20,10 +20,12 @@ from truefoundry_gateway_sdk.agents import (
     TurnStateCancelled,
     TurnStateDone,
     UserToolApprovalEvent,
+    UserToolResponseEvent,
 )
 from truefoundry_gateway_sdk.types import ApprovalAllow, UserMessage
 
 from tests.helpers import Server, running_server, scripted_agent, wait_for
+from tether import domain
 from tether.auth import Role
 from tether.runtime.tools import builtin_registry
 
@@ -281,3 +283,45 @@ async def test_auth_and_tenants(world: World) -> None:
         assert r.json()["error"]["type"] == "permission_error"
     with pytest.raises(tfy_errors.NotFoundError):
         await own.create_session(agent_name="no-such-agent")
+
+
+async def test_question_answered_with_a_tool_response(world: World) -> None:
+    async with world.native(world.acme) as c:
+        asking = scripted_agent(
+            "asking",
+            steps=[{"tool_calls": [{"name": "ask_user", "arguments": {"question": "color?"}}]}],
+            reply="noted",
+            tools=[{"name": "ask_user"}],
+        )
+        assert (await c.post("/v1/agents", json=asking)).status_code == 201
+    session = await world.client(world.acme).create_session(agent_name="asking")
+    turn = session.prepare_turn(input=[UserMessage(content="ask me")])
+    async for item in turn.execute():
+        last = item.event
+    assert isinstance(last, TurnDoneEvent) and isinstance(last.state, TurnStateDone)
+    (required,) = last.state.required_actions
+    assert required.type == "tool.response_required"
+    answer = UserToolResponseEvent(
+        thread_id=session.id, tool_call_id=required.tool_calls[0].id, content="blue"
+    )
+    seen = [item.event async for item in session.prepare_turn(input=[answer]).execute()]
+    (response,) = [e for e in seen if e.type == "tool.response"]
+    assert response.content == "blue"
+    assert isinstance(seen[-1], TurnDoneEvent) and isinstance(seen[-1].state, TurnStateDone)
+    # an answer to nothing pending is refused in the vendor's shape
+    with pytest.raises(tfy_errors.BadRequestError) as refused:
+        await session.prepare_turn(input=[answer]).execute(stream=False)
+    assert refused.value.body.error.type == "invalid_request_error"
+
+
+async def test_with_auth_off_the_path_names_the_tenant(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as srv, httpx.AsyncClient(timeout=30) as transport:
+        await srv.node.service.upsert_agent("initech", domain.AgentSpec.model_validate(STREAMING))
+        client = AsyncAgentSessionClient(
+            base_url=f"{srv.url}/compat/truefoundry/initech",
+            api_key="unused",  # the client always sends a key: with auth off, it is none
+            httpx_client=transport,
+        )
+        made = await client.create_session(agent_name="streaming")
+        assert (await srv.node.service.get_session("initech", made.id)).id == made.id
+        assert made.created_by_subject.subject_slug == "initech"

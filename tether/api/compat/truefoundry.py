@@ -266,7 +266,7 @@ async def create_turn(
     body: TurnCreate,
     svc: Svc,
     tenant: Writer,
-    who: Annotated[Principal, Depends(deps.principal)],
+    who: Annotated[Principal, Depends(edge.caller)],
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Messages start a turn (a running one is cancelled, `cancelled-for-next-turn`); tool
