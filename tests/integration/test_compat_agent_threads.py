@@ -145,7 +145,13 @@ async def test_replay_then_live_then_resume(server: Server, keys: dict[str, str]
 
 
 async def test_protocol_errors(server: Server, keys: dict[str, str], api: Api) -> None:
-    sid = await api.session(await api.agent(**STREAMING))
+    # a session made through another surface is a session like any other
+    agent = await api.agent(**STREAMING)
+    made = await api.c.post(
+        "/compat/truefoundry/acme/v1/agents/sessions", json={"agent_name": agent}
+    )
+    assert made.status_code == 200, made.text
+    sid = made.json()["data"]["id"]
     async with httpx.AsyncClient(
         base_url=server.url, headers={"Authorization": f"Bearer {keys['globex']}"}
     ) as other:

@@ -227,36 +227,30 @@ async def cancel(
 # --- turns -----------------------------------------------------------------------------------
 
 
-async def _answer(
-    svc: Service, tenant: str, session_id: str, items: list[ToolApproval | ToolResponse], who: str
-) -> str | None:
-    """Answer the pending interrupts the items name; the turn they paused resumes. Answers
-    the resumed turn's id."""
+async def _answers(
+    svc: Service, tenant: str, session_id: str, items: list[ToolApproval | ToolResponse]
+) -> list[tuple[dict[str, Any], Any]]:
+    """The pending interrupts the items answer, each with its Tether response; all checked
+    before any is answered, so a bad item changes nothing."""
     pending = await reads.pending_interrupts(svc, tenant, session_id)
     by_call = {i["tool_call_id"]: i for waiting in pending.values() for i in waiting}
-    resumed = None
+    out: list[tuple[dict[str, Any], Any]] = []
     for item in items:
         interrupt = by_call.get(item.tool_call_id)
         if interrupt is None:
             raise errors.InvalidRequest(f"no pending tool call {item.tool_call_id!r} to answer")
-        response: Any
+        wants = "user.tool_approval" if interrupt["type"] == "approval" else "user.tool_response"
+        if item.type != wants:
+            raise errors.InvalidRequest(f"tool call {item.tool_call_id!r} waits for a {wants}")
         if isinstance(item, ToolApproval):
-            if interrupt["type"] != "approval":
-                raise errors.InvalidRequest(
-                    f"tool call {item.tool_call_id!r} waits for a user.tool_response"
-                )
-            response = {"decision": "approve" if item.approval.status == "allow" else "deny"}
+            decision = "approve" if item.approval.status == "allow" else "deny"
+            response: Any = {"decision": decision}
             if item.approval.reason:
                 response["reason"] = item.approval.reason
         else:
-            if interrupt["type"] == "approval":
-                raise errors.InvalidRequest(
-                    f"tool call {item.tool_call_id!r} waits for a user.tool_approval"
-                )
             response = item.content
-        await svc.respond(tenant, interrupt["id"], response, who)
-        resumed = interrupt["turn_id"]
-    return resumed
+        out.append((interrupt, response))
+    return out
 
 
 @router.post("/{session_id}/turns")
@@ -273,25 +267,30 @@ async def create_turn(
     approvals and responses answer the waiting turn, which resumes: that turn is the answer."""
     items = body.input or []
     messages = [i.text for i in items if isinstance(i, UserMessage)]
-    answers = [i for i in items if not isinstance(i, UserMessage)]
     if not items:
         raise errors.InvalidRequest("input must hold at least one item")
     session = await svc.get_session(tenant, session_id)
     if session.closed_at is not None:
         raise errors.SessionClosed(f"session {session_id} is closed")
     before = session.last_event_seq
-    resumed = await _answer(svc, tenant, session_id, answers, who.key_id or tenant)
+    answers = await _answers(
+        svc, tenant, session_id, [i for i in items if not isinstance(i, UserMessage)]
+    )
+    for interrupt, response in answers:
+        await svc.respond(tenant, interrupt["id"], response, who.key_id or tenant)
+        await deps.audit(request, "interrupt.respond", interrupt["id"])
     if messages:
         # after answers the resumed turn goes first; else the new input supersedes
         on_busy = domain.OnBusy.ENQUEUE if answers else domain.OnBusy.INTERRUPT
         new = [{"role": "user", "content": text} for text in messages]
         turn = await svc.start_turn(tenant, session_id, new, on_busy)
+        await deps.audit(request, "turn.create", turn.id, on_busy=on_busy.value)
+        context_from = before  # a new turn: nothing of it came before
     else:
-        assert resumed is not None
-        turn = await svc.get_turn(tenant, session_id, resumed)
-    await deps.audit(request, "turn.create", turn.id)
+        turn = await svc.get_turn(tenant, session_id, answers[-1][0]["turn_id"])
+        context_from = 0  # a resumed turn: its first part tells which message made each call
     if body.stream or "text/event-stream" in (accept or ""):
-        return _stream(request, svc, tenant, turn.id, before)
+        return _stream(request, svc, tenant, turn.id, after=before, context_from=context_from)
     return JSONResponse({"data": await reads.one_turn(svc, tenant, turn)})
 
 
@@ -346,20 +345,22 @@ async def subscribe(
             raise errors.InvalidRequest(f"invalid Last-Event-ID {last_event_id!r}")
         after = int(last_event_id)
     await svc.get_turn(tenant, session_id, turn_id)
-    return _stream(request, svc, tenant, turn_id, after or 0)
+    return _stream(request, svc, tenant, turn_id, after=after or 0, context_from=0)
 
 
-def _stream(request: Request, svc: Service, tenant: str, turn_id: str, after: int) -> Response:
-    """SSE of a turn in TrueFoundry's events: `id:` is the Tether event seq (a delta carries
-    the seq of the event before it, as on /v1). The turn's events up to `after` are read to
-    give the translator its context (which message made a tool call, the turn's output) and
-    are not sent again."""
+def _stream(
+    request: Request, svc: Service, tenant: str, turn_id: str, *, after: int, context_from: int
+) -> Response:
+    """SSE of a turn in TrueFoundry's events after `after`: `id:` is the Tether event seq (a
+    delta carries the seq of the event before it, as on /v1). The turn's events from
+    `context_from` to `after` are read, not sent: they give the translator its context
+    (which message made a tool call, the turn's output)."""
     release = deps.stream_slot(request, tenant)
     batches = streaming.follow(
         svc.store,
         svc.bus,
         request.path_params["session_id"],
-        0,
+        context_from,
         turn_id=turn_id,
         idle_s=deps.node_of(request).settings.sse_ping_s,
     )
