@@ -19,7 +19,8 @@ from tether.auth import Role
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "compat_node"
 SCRIPT = NODE_DIR / "threads_client.mjs"
-STREAMING = {"reply": "echo", "tokens": 120, "token_delay_ms": 15}
+# ~4.5 s of tokens: still streaming once node has started and subscribed
+STREAMING = {"reply": "echo", "tokens": 300, "token_delay_ms": 15}
 UNKNOWN_SESSION = "01arz3ndektsv4rrffq69g5fav.local"
 
 

@@ -29,7 +29,7 @@ from tether import domain
 from tether.auth import Role
 from tether.runtime.tools import builtin_registry
 
-STREAMING = scripted_agent("streaming", reply="word", tokens=60, token_delay_ms=15)
+STREAMING = scripted_agent("streaming", reply="word", tokens=150, token_delay_ms=15)
 GUARDED = scripted_agent(
     "guarded",
     steps=[{"text": "checking", "tool_calls": [{"name": "sleep", "arguments": {"seconds": 0}}]}],
