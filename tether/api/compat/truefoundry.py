@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import sqlalchemy.exc
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -212,8 +213,9 @@ async def cancel(
         return edge.error(400, exc.code, exc.message, "sessionId")
     except errors.NotFound:
         return edge.error(412, "session_not_found", f"session {session_id} not found")
-    except errors.Unavailable as exc:
-        return edge.error(400, "store_unavailable", exc.message)
+    except (errors.Unavailable, sqlalchemy.exc.OperationalError) as exc:
+        # the contract's 400 "store unavailable": the store is locked, down or unreachable
+        return edge.error(400, "store_unavailable", f"the store is unavailable: {exc}"[:500])
     await deps.audit(request, "turn.stop", result.turn.id if result.turn else session_id)
     if not result.confirmed:
         return edge.error(
