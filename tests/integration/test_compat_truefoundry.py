@@ -325,3 +325,22 @@ async def test_with_auth_off_the_path_names_the_tenant(tmp_path: Path) -> None:
         made = await client.create_session(agent_name="streaming")
         assert (await srv.node.service.get_session("initech", made.id)).id == made.id
         assert made.created_by_subject.subject_slug == "initech"
+
+
+async def test_session_lists_page_and_filter(world: World) -> None:
+    client = world.client(world.acme)
+    made = [(await client.create_session(agent_name="guarded")).id for _ in range(3)]
+    pager = await client.list_sessions(agent_name="guarded", limit=2)
+    assert [s.id for s in pager.items] == made[::-1][:2], "newest first"
+    assert [s.id async for s in pager] == made[::-1], "the next page follows"
+    earlier = "2000-01-01T00:00:00"  # no zone: UTC
+    assert [
+        s async for s in await client.list_sessions(agent_name="guarded", end_timestamp=earlier)
+    ] == []
+    since = [
+        s.id
+        async for s in await client.list_sessions(agent_name="guarded", start_timestamp=earlier)
+    ]
+    assert since == made[::-1]
+    with pytest.raises(tfy_errors.BadRequestError):
+        await client.list_sessions(agent_name="guarded", start_timestamp="yesterday")

@@ -8,7 +8,7 @@ here: a session made through this surface is a Tether session, visible through /
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy.exc
@@ -111,9 +111,12 @@ async def _session_out(svc: Service, tenant: str, session: domain.Session) -> di
 
 
 @router.post("")
-async def create_session(body: SessionCreate, svc: Svc, tenant: Writer) -> dict[str, Any]:
+async def create_session(
+    request: Request, body: SessionCreate, svc: Svc, tenant: Writer
+) -> dict[str, Any]:
     agent = await svc.store.get_agent(tenant, body.agent_name)
     session, _ = await svc.create_session(tenant, agent.id)
+    await deps.audit(request, "session.create", session.id)
     return {"data": wire.session(views.session(session), agent.spec.name, tenant)}
 
 
@@ -121,9 +124,10 @@ def _timestamp(value: str | None, name: str) -> datetime | None:
     if value is None:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
         raise errors.InvalidRequest(f"{name} is not an ISO-8601 timestamp") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # no zone: UTC
 
 
 @router.get("")
