@@ -203,8 +203,9 @@ async def cancel(
     request: Request, session_id: str, svc: Svc, tenant: Writer, body: Any = Body(None)
 ) -> JSONResponse:
     """Cancel the session's last turn (interrupt mode: what it did is kept). 200 `{}` once
-    the executor confirmed, or when nothing was running; 424 if it did not confirm in time
-    (the cancel stays requested and completes later)."""
+    the executor confirmed, or when it was not running (queued or waiting: cancelled at once;
+    finished: nothing changes); 424 if it did not confirm in time (the cancel stays
+    requested and completes later)."""
     if body is not None and not isinstance(body, dict):
         return edge.error(400, "invalid_request", "the body must be a JSON object", "body")
     try:
@@ -212,7 +213,10 @@ async def cancel(
         session = await svc.get_session(tenant, session_id)
         if session.closed_at is not None:
             return edge.error(412, "session_closed", f"session {session_id} is closed")
-        result = await svc.stop(tenant, session_id, wait_s=_cancel_wait(body))
+        last = session.last_turn.id if session.last_turn else None
+        if last is None:
+            return JSONResponse({})  # no turn yet: nothing to cancel
+        result = await svc.stop(tenant, session_id, turn_id=last, wait_s=_cancel_wait(body))
     except errors.InvalidId as exc:
         return edge.error(400, exc.code, exc.message, "sessionId")
     except errors.NotFound:
