@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tether import streaming
+from tether.api.compat import agent_threads
 from tether.api.compat import agent_threads_wire as wire
 
 SID = "01arz3ndektsv4rrffq69g5fav.local"
@@ -104,3 +105,23 @@ def test_resume_mid_message_while_it_still_streams() -> None:
     out = again.frame(delta(4, 0, "hello"))  # the partial so far, coalesced
     out += again.durable(assistant("hello there"))
     assert texts(out) == "lo there"
+
+
+@pytest.mark.parametrize(
+    ("raw", "ok"),
+    [
+        ('{"type": "hello", "version": 1}', True),
+        ('{"type": "hello"}', False),
+        ('{"type": "subscribe", "streamId": "s", "afterSeq": 3}', True),
+        ('{"type": "subscribe", "streamId": "s", "afterSeq": -1}', False),
+        ('{"type": "subscribe", "streamId": "s", "afterSeq": true}', False),
+        ('{"type": "subscribe", "streamId": 7}', False),
+        ('{"type": "unsubscribe", "streamId": "s"}', True),
+        ('{"type": "pong"}', True),
+        ('{"type": "ping"}', False),
+        ("[1]", False),
+        ("nope", False),
+    ],
+)
+def test_client_messages_are_checked_as_the_package_does(raw: str, ok: bool) -> None:
+    assert (agent_threads.decode(raw) is not None) is ok
