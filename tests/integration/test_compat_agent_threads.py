@@ -204,3 +204,20 @@ async def test_version_mismatch_and_invalid_messages(server: Server, keys: dict[
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1002
+
+
+async def test_a_client_that_never_pongs_is_closed(server: Server, keys: dict[str, str]) -> None:
+    pings = 0
+
+    async def read_until_closed(ws: websockets.ClientConnection) -> None:
+        nonlocal pings
+        async with asyncio.timeout(20):
+            while True:
+                pings += json.loads(await ws.recv())["type"] == "ping"
+
+    async with websockets.connect(ws_url(server, keys["acme"])) as ws:
+        await ws.send(json.dumps({"type": "hello", "version": 1}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await read_until_closed(ws)
+    assert pings >= 2
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001

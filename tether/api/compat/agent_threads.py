@@ -34,7 +34,7 @@ log = logging.getLogger("tether.api.agent_threads")
 
 PROTOCOL_VERSION = 1
 _PAGE = 500
-_PONG_TIMEOUT_MIN_S = 10.0  # as the package's own server: 10 s for a pong
+_PONG_TIMEOUT_MIN_S = 2.0  # a pong may take 3 ping intervals, never less than this
 
 router = APIRouter()
 
@@ -111,7 +111,7 @@ class _Connection:
         self.svc = svc
         self.tenant = tenant
         self.interval_s = interval_s
-        self.pong_timeout_s = max(_PONG_TIMEOUT_MIN_S, 3 * interval_s)
+        self.pong_timeout_s = max(_PONG_TIMEOUT_MIN_S, 3 * interval_s)  # 45 s by default
         self.subscriptions: dict[str, asyncio.Task[None]] = {}
         self.heartbeat: asyncio.Task[None] | None = None
         self.ping_unanswered_since: float | None = None
