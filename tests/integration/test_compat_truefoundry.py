@@ -152,7 +152,10 @@ async def test_stream_cancel_send_again_approve(world: World) -> None:
     # send again: works
     again = session.prepare_turn(input=[UserMessage(content="again")])
     async for item in again.execute():
-        last = item.event
+        last, last_seq = item.event, item.sequence_number
+    # resubscribed after its very end: nothing more, and the stream ends rather than waits
+    async with asyncio.timeout(10):
+        assert [i async for i in again.stream(after_sequence_number=last_seq)] == []
     assert isinstance(last, TurnDoneEvent) and isinstance(last.state, TurnStateDone)
     assert last.state.output is not None and "word" in str(last.state.output.content)
     assert last.state.required_actions == []

@@ -358,6 +358,9 @@ async def subscribe(
     return _stream(request, svc, tenant, turn_id, after=after or 0, context_from=0)
 
 
+_TURN_ENDS = frozenset(domain.TERMINAL_EVENT.values())
+
+
 def _stream(
     request: Request, svc: Service, tenant: str, turn_id: str, *, after: int, context_from: int
 ) -> Response:
@@ -386,6 +389,8 @@ def _stream(
                     else:
                         payloads = translator.durable(frame.payload)
                         if frame.seq <= after:
+                            if frame.type in _TURN_ENDS:
+                                return  # ended before the client's point: nothing can follow
                             continue
                     out += [
                         streaming.Frame(frame.seq, p["type"], p, turn_id, terminal=False)
