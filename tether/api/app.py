@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 import tether
 from tether.api import admin, errors, health, v1
-from tether.api.compat import factory, gumloop
+from tether.api.compat import agent_threads, factory, gumloop, truefoundry
 from tether.api.limits import BodyLimit
 from tether.api.request_id import RequestId
 from tether.config import Settings
@@ -42,6 +42,8 @@ def create_app(settings: Settings | None = None, tools: ToolRegistry | None = No
     app.include_router(admin.router)
     app.include_router(gumloop.router, include_in_schema=False)  # its contract: docs/compat
     app.include_router(factory.router, include_in_schema=False)
+    app.include_router(truefoundry.router)
+    app.include_router(agent_threads.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
     return app
