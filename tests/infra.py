@@ -95,6 +95,12 @@ class PostgresServer:
                 [*cmd, str(self.port), *args], stdout=log, stderr=subprocess.STDOUT
             )
         _wait_port(self.port, self.proc, "postgres", self.log)
+        ready = [_pg_bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        deadline = time.monotonic() + 30
+        while subprocess.run(ready, check=False).returncode != 0:  # listening, not yet ready
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"postgres not ready: {self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
         return self
 
     def stop(self, mode: str = "fast") -> None:

@@ -75,6 +75,7 @@ async def follow(
     sub = await bus.subscribe(session_id)  # before reading the backlog, so nothing falls between
     cursor = after
     sent: dict[str, int] = {}  # message_id -> chars already sent
+    ended: set[str] = set()  # turns whose end we passed: a late delta (a stale worker) is not
 
     async def backlog() -> AsyncIterator[Frame]:
         nonlocal cursor
@@ -82,12 +83,14 @@ async def follow(
             page = await store.events_after(session_id, cursor, _PAGE)
             for event in page:
                 cursor = event.seq
-                yield _event_frame(event)
+                yield note_end(_event_frame(event))
             if len(page) < _PAGE:
                 return
 
     def fresh(delta: Delta) -> Delta | None:
         """The part of `delta` not yet sent."""
+        if delta.turn_id in ended:
+            return None
         done = sent.get(delta.message_id, 0)
         end = delta.offset + len(delta.text)
         if end <= done:
@@ -102,6 +105,11 @@ async def follow(
             )
         sent[delta.message_id] = end
         return delta
+
+    def note_end(frame: Frame) -> Frame:
+        if frame.terminal and frame.turn_id and frame.type != "interrupt.created":
+            ended.add(frame.turn_id)
+        return frame
 
     def wanted(frame_turn: str | None) -> bool:
         return turn_id is None or frame_turn == turn_id
@@ -151,7 +159,7 @@ async def follow(
                     if event.seq <= cursor:
                         continue
                     cursor = event.seq
-                    frame = _event_frame(event)
+                    frame = note_end(_event_frame(event))
                     if wanted(frame.turn_id):
                         batch.append(frame)
             if pending:

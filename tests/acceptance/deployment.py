@@ -12,7 +12,12 @@ import httpx
 from tests.acceptance.procs import ServerProcess, WorkerProcess
 
 # Short leases, so recovery is quick to observe.
-TIMINGS = {"lease_ttl_s": 3.0, "reaper_interval_s": 0.5, "poll_interval_s": 0.2}
+TIMINGS = {
+    "lease_ttl_s": 3.0,
+    "reaper_interval_s": 0.5,
+    "poll_interval_s": 0.2,
+    "shutdown_grace_s": 1.0,
+}
 
 
 class Deployment:
@@ -63,13 +68,17 @@ def turns_held_by(store_url: str, worker: WorkerProcess) -> set[str]:
     return {r["id"] for r in rows}
 
 
+# One client for the helpers: a new httpx.get builds an SSL context each time (~20 ms).
+http = httpx.Client(timeout=30)
+
+
 def events(url: str, sid: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{url}/v1/sessions/{sid}/events", params={"stream": "false", "limit": 1000})
+    r = http.get(f"{url}/v1/sessions/{sid}/events", params={"stream": "false", "limit": 1000})
     r.raise_for_status()
     return r.json()["data"]  # type: ignore[no-any-return]
 
 
 def turn(url: str, sid: str, tid: str) -> dict[str, Any]:
-    r = httpx.get(f"{url}/v1/sessions/{sid}/turns/{tid}")
+    r = http.get(f"{url}/v1/sessions/{sid}/turns/{tid}")
     r.raise_for_status()
     return r.json()  # type: ignore[no-any-return]

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests import helpers
-from tests.acceptance.deployment import Deployment, events, sql, turn, turns_held_by
+from tests.acceptance.deployment import Deployment, events, http, sql, turn, turns_held_by
 from tests.acceptance.procs import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -51,14 +51,14 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 
 
 def _agent(url: str, spec: dict[str, Any]) -> str:
-    r = httpx.post(f"{url}/v1/agents", json=spec)
+    r = http.post(f"{url}/v1/agents", json=spec)
     r.raise_for_status()
     return r.json()["id"]  # type: ignore[no-any-return]
 
 
 def _session_and_turn(url: str, agent: str, text: str = "go") -> tuple[str, str]:
-    sid = httpx.post(f"{url}/v1/sessions", json={"agent_id": agent}).json()["id"]
-    r = httpx.post(f"{url}/v1/sessions/{sid}/turns", json={"input": text})
+    sid = http.post(f"{url}/v1/sessions", json={"agent_id": agent}).json()["id"]
+    r = http.post(f"{url}/v1/sessions/{sid}/turns", json={"input": text})
     assert r.status_code == 202, r.text
     return sid, r.json()["id"]
 
@@ -71,6 +71,7 @@ def _store_url() -> str:
     return str(helpers.BACKEND["store_url"])
 
 
+@pytest.mark.timeout(400)
 def test_kill9_one_of_three_workers_with_200_turns(deployment: Deployment) -> None:
     """2 API nodes, 3 workers, 200 turns running; kill -9 one worker. Nothing is lost, no step
     is recorded twice, and every orphan is back in the queue within lease TTL + reaper interval.
@@ -101,7 +102,7 @@ def test_kill9_one_of_three_workers_with_200_turns(deployment: Deployment) -> No
         evs = events(url, sid)
         assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1)), "gap-free event log"
         assert turn(url, sid, tid)["status"] == "completed"
-        msgs = httpx.get(f"{url}/v1/sessions/{sid}/messages", params={"limit": 100}).json()
+        msgs = http.get(f"{url}/v1/sessions/{sid}/messages", params={"limit": 100}).json()
         roles = [m["role"] for m in msgs["data"]]
         assert roles == ["user"] + ["assistant", "tool"] * TOOL_STEPS + ["assistant"], (
             f"every step recorded exactly once in {sid}: {roles}"
@@ -160,12 +161,12 @@ def test_frozen_worker_stop_unconfirmed_then_stale_writes_rejected(
         lambda: any(e["type"] == "turn.started" for e in events(node.url, sid)), 10, "started"
     )
     holder.signal(signal.SIGSTOP)
-    r = httpx.post(f"{node.url}/v1/sessions/{sid}/interrupt", json={"mode": "cancel", "wait": 1})
+    r = http.post(f"{node.url}/v1/sessions/{sid}/interrupt", json={"wait": 1})
     assert r.status_code == 202, r.text
     assert r.json()["turn"]["status"] == "cancelling"
     wait_until(lambda: _status(node.url, sid, tid) == "cancelled", 15, "cancelled by lease expiry")
     before = events(node.url, sid)
-    messages_before = httpx.get(f"{node.url}/v1/sessions/{sid}/messages").json()["data"]
+    messages_before = http.get(f"{node.url}/v1/sessions/{sid}/messages").json()["data"]
 
     holder.signal(signal.SIGCONT)
     wait_until(
@@ -177,10 +178,10 @@ def test_frozen_worker_stop_unconfirmed_then_stale_writes_rejected(
     )
     after = events(node.url, sid)
     assert after == before, "stale writes accepted: 0"
-    assert httpx.get(f"{node.url}/v1/sessions/{sid}/messages").json()["data"] == messages_before
+    assert http.get(f"{node.url}/v1/sessions/{sid}/messages").json()["data"] == messages_before
     assert _status(node.url, sid, tid) == "cancelled"
     # and the session is usable: the next turn runs on a live worker
-    r = httpx.post(f"{node.url}/v1/sessions/{sid}/turns", json={"input": "again"})
+    r = http.post(f"{node.url}/v1/sessions/{sid}/turns", json={"input": "again"})
     tid2 = r.json()["id"]
     wait_until(lambda: _status(node.url, sid, tid2) in ("running", "completed"), 15, "next turn")
 
@@ -193,12 +194,12 @@ def test_stop_sent_to_another_node_is_confirmed(deployment: Deployment) -> None:
         sid, tid = _session_and_turn(a.url, agent)
         wait_until(lambda: _status(b.url, sid, tid) == "running", 10, "running")  # noqa: B023
         began = time.monotonic()
-        r = httpx.post(f"{b.url}/v1/sessions/{sid}/interrupt", json={"mode": "cancel", "wait": 5})
+        r = http.post(f"{b.url}/v1/sessions/{sid}/interrupt", json={"wait": 5})
         assert r.status_code == 200, r.text
         assert r.json()["turn"]["status"] == "cancelled"
         assert time.monotonic() - began < 2, "confirmed over the bus, not by lease expiry"
-        tail = events(a.url, sid)[-1]
-        assert tail["type"] == "turn.cancelled"
+        ends = [e["type"] for e in events(a.url, sid) if e["turn_id"] == tid][-1]
+        assert ends == "turn.cancelled"
 
 
 def test_bus_down_stops_land_through_the_store_and_streams_503(
@@ -213,25 +214,24 @@ def test_bus_down_stops_land_through_the_store_and_streams_503(
     redis.stop()
     try:
         wait_until(
-            lambda: httpx.get(f"{node.url}/v1/sessions/{sid}/events").status_code == 503,
+            lambda: http.get(f"{node.url}/v1/sessions/{sid}/events").status_code == 503,
             10,
             "streams answer 503 once the bus is gone",
         )
-        r = httpx.get(f"{node.url}/v1/sessions/{sid}/events")
+        r = http.get(f"{node.url}/v1/sessions/{sid}/events")
         assert r.headers["retry-after"] == "1"
+        assert http.get(f"{node.url}/readyz").json()["bus"] == "down"
         assert r.json()["error"]["code"] == "unavailable"
         # JSON reads need no bus
-        assert httpx.get(f"{node.url}/v1/sessions/{sid}/events?stream=false").status_code == 200
-        r = httpx.post(
-            f"{node.url}/v1/sessions/{sid}/interrupt", json={"mode": "cancel", "wait": 8}
-        )
+        assert http.get(f"{node.url}/v1/sessions/{sid}/events?stream=false").status_code == 200
+        r = http.post(f"{node.url}/v1/sessions/{sid}/interrupt", json={"wait": 8})
         assert r.status_code in (200, 202), r.text
         wait_until(lambda: _status(node.url, sid, tid) == "cancelled", 15, "stop through the store")
     finally:
         redis.start()
     # everything reconnects: a new turn streams live again through the node
-    sid2, tid2 = _session_and_turn(node.url, agent)
-    wait_until(lambda: httpx.get(f"{node.url}/readyz").status_code == 200, 15, "node ready again")
+    sid2, _ = _session_and_turn(node.url, agent)
+    wait_until(lambda: http.get(f"{node.url}/readyz").json()["bus"] == "ok", 15, "bus back")
     deltas = 0
     with httpx.stream("GET", f"{node.url}/v1/sessions/{sid2}/events", timeout=30) as r:
         assert r.status_code == 200
@@ -240,7 +240,7 @@ def test_bus_down_stops_land_through_the_store_and_streams_503(
                 deltas += 1
                 if deltas >= 3:
                     break
-    httpx.post(f"{node.url}/v1/sessions/{sid2}/interrupt", json={"mode": "cancel"})
+    http.post(f"{node.url}/v1/sessions/{sid2}/interrupt", json={})
 
 
 def test_sse_resume_across_nodes_random_drops(deployment: Deployment) -> None:
@@ -341,13 +341,13 @@ def test_postgres_restart_503_then_recovery_nothing_acknowledged_lost(tmp_path: 
             agent = _agent(node.url, SLOW_AGENT)
             acknowledged = [_session_and_turn(node.url, agent) for _ in range(10)]
             pg.stop()
-            r = httpx.post(f"{node.url}/v1/sessions", json={"agent_id": agent})
+            r = http.post(f"{node.url}/v1/sessions", json={"agent_id": agent})
             assert r.status_code == 503, r.text
             assert r.json()["error"]["code"] == "unavailable"
             assert "retry-after" in r.headers
-            assert httpx.get(f"{node.url}/readyz").status_code == 503
+            assert http.get(f"{node.url}/readyz").status_code == 503
             pg.start()
-            wait_until(lambda: httpx.get(f"{node.url}/readyz").status_code == 200, 30, "ready")
+            wait_until(lambda: http.get(f"{node.url}/readyz").status_code == 200, 30, "ready")
             acknowledged += [_session_and_turn(node.url, agent) for _ in range(10)]
             wait_until(
                 lambda: all(_status(node.url, s, t) == "completed" for s, t in acknowledged),

@@ -28,7 +28,9 @@ async def readyz(the_node: Node = Depends(node)) -> Any:
             {"status": "unavailable", "store": f"{type(exc).__name__}"}, status_code=503
         )
     busy = the_node.worker.busy if the_node.worker else 0
-    return {"status": "ready", "store": "ok", "running_turns": busy}
+    # Still ready with the bus down: everything but live streams works, and they say 503.
+    bus = "ok" if the_node.bus.up else "down"
+    return {"status": "ready", "store": "ok", "bus": bus, "running_turns": busy}
 
 
 @router.get("/metrics", response_class=Response)
