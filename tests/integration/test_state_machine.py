@@ -5,6 +5,7 @@ after every step."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -38,18 +39,23 @@ SHAPES = {
 SESSIONS = 3
 
 
+_instances = itertools.count()
+
+
 class ServiceMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.tmp = tempfile.TemporaryDirectory()
+        # a tenant of its own: in cluster mode every example shares the test's database
+        self.tenant = f"t-{next(_instances)}"
         self.node = Node(settings_for(Path(self.tmp.name), workers=4))
         self.run(self.node.start())
         self.svc = self.node.service
         self.agents = {
             name: self.run(
                 self.svc.create_agent(
-                    "default",
+                    self.tenant,
                     domain.AgentSpec(
                         name=name,
                         model=spec,
@@ -74,7 +80,7 @@ class ServiceMachine(RuleBasedStateMachine):
     @rule(shape=st.sampled_from(sorted(SHAPES)))
     @precondition(lambda self: len(self.sessions) < SESSIONS)
     def new_session(self, shape: str) -> None:
-        session, _ = self.run(self.svc.create_session("default", self.agents[shape].id))
+        session, _ = self.run(self.svc.create_session(self.tenant, self.agents[shape].id))
         self.sessions.append(session.id)
         self.created[session.id] = []
 
@@ -83,7 +89,7 @@ class ServiceMachine(RuleBasedStateMachine):
     def start_turn(self, index: int, on_busy: domain.OnBusy) -> None:
         sid = self.sessions[index % len(self.sessions)]
         try:
-            turn = self.run(self.svc.start_turn("default", sid, "hi", on_busy))
+            turn = self.run(self.svc.start_turn(self.tenant, sid, "hi", on_busy))
         except errors.SessionBusy:
             assert on_busy is domain.OnBusy.REJECT  # only `reject` refuses a busy session
             return
@@ -98,7 +104,7 @@ class ServiceMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.sessions)
     def stop(self, index: int, mode: domain.StopMode, scope: domain.StopScope, wait: float) -> None:
         sid = self.sessions[index % len(self.sessions)]
-        result = self.run(self.svc.stop("default", sid, mode=mode, scope=scope, wait_s=wait))
+        result = self.run(self.svc.stop(self.tenant, sid, mode=mode, scope=scope, wait_s=wait))
         if result.turn is not None and result.confirmed:
             assert result.turn.status in domain.TERMINAL
 
@@ -118,7 +124,7 @@ class ServiceMachine(RuleBasedStateMachine):
     # --- invariants ------------------------------------------------------------------------
 
     def _turns(self, sid: str) -> list[domain.Turn]:
-        page = self.run(self.svc.list_turns("default", sid, 1000, None))
+        page = self.run(self.svc.list_turns(self.tenant, sid, 1000, None))
         return list(page.items)
 
     @invariant()
@@ -139,7 +145,7 @@ class ServiceMachine(RuleBasedStateMachine):
     @invariant()
     def events_gap_free_and_fifo(self) -> None:
         for sid in self.sessions:
-            events = self.run(self.svc.events_after("default", sid, 0, 100_000))
+            events = self.run(self.svc.events_after(self.tenant, sid, 0, 100_000))
             assert [e.seq for e in events] == list(range(1, len(events) + 1))
             first_starts = [
                 e.turn_id
@@ -155,7 +161,7 @@ class ServiceMachine(RuleBasedStateMachine):
     def every_tool_call_has_one_result(self) -> None:
         for sid in self.sessions:
             finished = {t.id for t in self._turns(sid) if t.status.terminal}
-            msgs = self.run(self.svc.list_messages("default", sid, 100_000, None)).items
+            msgs = self.run(self.svc.list_messages(self.tenant, sid, 100_000, None)).items
             calls = [c.id for m in msgs if m.turn_id in finished for c in m.tool_calls]
             results = Counter(
                 m.tool_call_id for m in msgs if m.role == "tool" and m.turn_id in finished
