@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint pytest bench clean
+.PHONY: run test lint pytest pytest-cluster bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/tether serve $(ARGS)
 
-test: lint pytest
+test: lint pytest pytest-cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -24,6 +24,10 @@ lint: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(ARGS)
+
+# the same suite on PostgreSQL + Redis (private servers started by the tests)
+pytest-cluster: $(STAMP)
+	TETHER_TEST_BACKEND=cluster $(BIN)/pytest $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)

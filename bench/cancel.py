@@ -218,7 +218,15 @@ async def _stops(port: int, fake_port: int, count: int, warmup: int) -> dict[str
 
 
 async def _running_turns(conn: Connection) -> int:
-    return int((await conn.json("GET", "/readyz"))["running_turns"])
+    """Sessions with a running turn, through the API (so on any node, with or without
+    workers)."""
+    count, cursor = 0, ""
+    while True:
+        page = await conn.json("GET", f"/v1/sessions?status=running&limit=100{cursor}")
+        count += len(page["data"])
+        if not page.get("next_cursor"):
+            return count
+        cursor = f"&cursor={page['next_cursor']}"
 
 
 async def _background(pipe: Pipe, port: int, count: int) -> dict[str, Any]:

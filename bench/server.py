@@ -69,9 +69,14 @@ class Server:
     """Usage: `with Server(workers=128) as server: ...`; the process is killed on exit."""
 
     def __init__(
-        self, workers: int, profile: Path | None = None, ready_timeout_s: float = 30.0
+        self,
+        workers: int,
+        profile: Path | None = None,
+        ready_timeout_s: float = 30.0,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.workers = workers
+        self.args = args  # more `tether serve` options (cluster mode: --store, --bus)
         self.profile = profile  # py-spy collapsed stacks of the whole run go here
         self.ready_timeout_s = ready_timeout_s
         self.port = free_port()
@@ -92,7 +97,7 @@ class Server:
     def __enter__(self) -> Server:
         tether = Path(sys.executable).parent / "tether"
         cmd = [str(tether), "serve", "--data-dir", str(self.data_dir)]
-        cmd += ["--port", str(self.port), "--workers", str(self.workers)]
+        cmd += ["--port", str(self.port), "--workers", str(self.workers), *self.args]
         env = {**os.environ, "TETHER_LOG_LEVEL": "warning"}
         log = (self.data_dir / "server.log").open("wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
