@@ -136,7 +136,7 @@ class RedisBus:
         self._write(pipe, batch)
         try:
             await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # never let the one publishing task die
             # Dropped: events are durable; readers resync when the bus comes back.
             log.warning("bus publish failed (%d items dropped): %s", len(batch), exc)
             self._partial_of.clear()  # the partial keys may be behind now: start over
@@ -275,11 +275,15 @@ class RedisBus:
                 self._pubsub = pubsub
                 while True:
                     message = await pubsub.get_message(timeout=None)
-                    if message is not None:
-                        if failures or not self._connected.is_set():
-                            self._on_connected()
-                            failures = 0
+                    if message is None:
+                        continue
+                    if failures or not self._connected.is_set():
+                        self._on_connected()
+                        failures = 0
+                    try:
                         self._dispatch(message)
+                    except Exception:  # a malformed message must not stop the listener
+                        log.exception("bus message dropped: %r", message)
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
