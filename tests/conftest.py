@@ -8,6 +8,7 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -51,7 +52,7 @@ def cluster_servers() -> Iterator[tuple[infra.PostgresServer, infra.RedisServer]
 
 
 @pytest.fixture(autouse=True)
-def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """This test's store and bus: nothing in embedded mode; a fresh database and Redis prefix
     of its own in cluster mode."""
     if not CLUSTER:
@@ -60,7 +61,15 @@ def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     pg, redis = request.getfixturevalue("cluster_servers")
     name = f"t{next(_numbers)}"
     url = asyncio.run(infra.create_database(pg, name, template=_TEMPLATE))
-    helpers.BACKEND = {"store_url": url, "bus_url": redis.url, "bus_prefix": name}
+    helpers.BACKEND = {
+        "store_url": url,
+        "bus_url": redis.url,
+        "bus_prefix": name,
+        # A restarted process does not take over the leases of the dead one here (others may
+        # be alive): short leases keep the crash tests quick.
+        "lease_ttl_s": 3.0,
+        "reaper_interval_s": 0.3,
+    }
     try:
         yield helpers.BACKEND
     finally:

@@ -116,6 +116,7 @@ def test_kill9_after_max_attempts_fails_worker_lost(
     _check_transcript(second.url, sid)
 
 
+@pytest.mark.embedded
 def test_second_server_on_same_data_dir_refuses(tmp_path: Path, procs: list[ServerProcess]) -> None:
     server = ServerProcess(tmp_path / "data").start()
     procs.append(server)

@@ -1,5 +1,5 @@
-"""One session, every surface: what /v1 starts, Gumloop and Factory stop, and all of them
-read back the same final state."""
+"""One session, every surface: what /v1 starts, Gumloop, Factory and TrueFoundry stop, and
+all of them read back the same final state."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tests.helpers import Api, Server, running_server, wait_for
 
 GUMLOOP = "/compat/gumloop/api/v1"
 FACTORY = "/compat/factory/api/v0"
+TRUEFOUNDRY = "/compat/truefoundry/acme/v1/agents"
 
 
 @pytest.fixture
@@ -29,6 +30,7 @@ async def test_stopped_through_the_surfaces_read_alike_everywhere(server: Server
     async with (
         httpx.AsyncClient(base_url=server.url, headers=auth, timeout=30) as native,
         httpx.AsyncClient(base_url=server.url + FACTORY, headers=auth, timeout=30) as factory,
+        httpx.AsyncClient(base_url=server.url + TRUEFOUNDRY, headers=auth, timeout=30) as tfy,
         AsyncGumloop(
             api_key=keys["write"],
             base_url=server.url + GUMLOOP,
@@ -45,11 +47,13 @@ async def test_stopped_through_the_surfaces_read_alike_everywhere(server: Server
 
             await wait_for(check, 20, f"{sid} running")
 
-        async def states(sid: str) -> tuple[str, str | None, str, str | None]:
+        async def states(sid: str) -> tuple[str, str | None, str, str | None, str]:
             v1 = (await native.get(f"/v1/sessions/{sid}")).json()
             f = (await factory.get(f"/sessions/{sid}")).json()
             g = (await gl.sessions.retrieve(sid)).session
-            return v1["status"], v1["last_turn"]["status"], f["status"], g.state
+            turns = (await tfy.get(f"/sessions/{sid}/turns")).json()["data"]
+            last_turn = turns[0]["state"]["status"]  # newest first
+            return v1["status"], v1["last_turn"]["status"], f["status"], g.state, last_turn
 
         # started through /v1, cancelled through Gumloop
         sid = await api.session(agent_id)
@@ -58,7 +62,7 @@ async def test_stopped_through_the_surfaces_read_alike_everywhere(server: Server
         cancelled = await gl.sessions.cancel(sid)
         assert cancelled.session.state == "failed"
         assert (await api.get_turn(sid, turn["id"]))["reason"] == "client_cancelled"
-        assert await states(sid) == ("idle", "cancelled", "idle", "failed")
+        assert await states(sid) == ("idle", "cancelled", "idle", "failed", "cancelled")
 
         # a message through /v1 again, interrupted through Factory
         turn = await api.turn(sid, "two")
@@ -66,7 +70,7 @@ async def test_stopped_through_the_surfaces_read_alike_everywhere(server: Server
         r = await factory.post(f"/sessions/{sid}/interrupt", params={"wait": 30})
         assert r.json() == {"status": "idle"}
         assert (await api.get_turn(sid, turn["id"]))["status"] == "cancelled"
-        assert await states(sid) == ("idle", "cancelled", "idle", "failed")
+        assert await states(sid) == ("idle", "cancelled", "idle", "failed", "cancelled")
 
         # a message through Gumloop, stopped through /v1
         answer = await gl.sessions.send(sid, input="three")
@@ -74,12 +78,22 @@ async def test_stopped_through_the_surfaces_read_alike_everywhere(server: Server
         await running(sid)
         r = await native.post(f"/v1/sessions/{sid}/interrupt")
         assert r.status_code == 200, r.text
-        assert await states(sid) == ("idle", "cancelled", "idle", "failed")
-        messages = await api.messages(sid)
-        assert [m["content"] for m in messages if m["role"] == "user"] == ["one", "two", "three"]
+        assert await states(sid) == ("idle", "cancelled", "idle", "failed", "cancelled")
 
-        # created through Gumloop: listed by /v1 and Factory
+        # a message through /v1 again, cancelled through TrueFoundry
+        turn = await api.turn(sid, "four")
+        await running(sid)
+        r = await tfy.post(f"/sessions/{sid}/cancel", json={"wait": 30})
+        assert (r.status_code, r.json()) == (200, {})
+        assert (await api.get_turn(sid, turn["id"]))["status"] == "cancelled"
+        assert await states(sid) == ("idle", "cancelled", "idle", "failed", "cancelled")
+        messages = await api.messages(sid)
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        assert users == ["one", "two", "three", "four"]
+
+        # created through Gumloop: listed by /v1, Factory and TrueFoundry
         made = (await gl.sessions.create(agent_id)).session.id
         listed = (await native.get("/v1/sessions", params={"agent_id": agent_id})).json()
         assert made in {s["id"] for s in listed["data"]}
         assert made in {s["id"] for s in (await factory.get("/sessions")).json()["sessions"]}
+        assert (await tfy.get(f"/sessions/{made}")).status_code == 200
