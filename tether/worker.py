@@ -217,6 +217,7 @@ class Worker:
         self._heartbeat: asyncio.Task[None]
         self._agents: dict[str, tuple[domain.Agent, loop.Agent]] = {}
         self._stopping = asyncio.Event()
+        self._draining = False  # stop() began: claim nothing more
 
     async def start(self) -> None:
         self.bus.on_stop(self._on_stop)
@@ -226,6 +227,7 @@ class Worker:
     async def stop(self, grace_s: float = 0.0) -> None:
         """Stop claiming; give running turns `grace_s` to finish, then cancel the rest and
         hand them back for another worker."""
+        self._draining = True
         self._claiming.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._claiming
@@ -254,7 +256,7 @@ class Worker:
     # --- claiming ------------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
-        while not self._stopping.is_set():
+        while not self._draining:
             free = self.concurrency - len(self._running)
             claimed = 0
             if free > 0:

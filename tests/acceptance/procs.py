@@ -121,6 +121,17 @@ class WorkerProcess:
                 self.proc.wait(5)
 
 
+def store_args(data_dir: Path) -> list[str]:
+    """The CLI options that name this test's store: the data dir, or the cluster's database."""
+    if "store_url" in helpers.BACKEND:
+        return ["--store", str(helpers.BACKEND["store_url"])]
+    return ["--data-dir", str(data_dir)]
+
+
+def backend_env() -> dict[str, str]:
+    return {f"TETHER_{k.upper()}": str(v) for k, v in helpers.BACKEND.items()}
+
+
 def create_key(data_dir: Path, tenant: str = "acme", role: str = "admin") -> str:
     """`tether keys create`, as an operator would run it; answers the printed key."""
     made = subprocess.run(
@@ -134,11 +145,7 @@ def create_key(data_dir: Path, tenant: str = "acme", role: str = "admin") -> str
             tenant,
             "--role",
             role,
-            *(
-                ["--store", helpers.BACKEND["store_url"]]
-                if "store_url" in helpers.BACKEND
-                else ["--data-dir", str(data_dir)]
-            ),
+            *store_args(data_dir),
         ],
         capture_output=True,
         text=True,

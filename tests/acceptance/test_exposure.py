@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.acceptance.procs import ServerProcess, create_key
+from tests.acceptance.procs import ServerProcess, backend_env, create_key, store_args
 from tests.helpers import free_port
 
 
@@ -26,7 +26,7 @@ def _serve(data: Path, *args: str, **env: str) -> subprocess.CompletedProcess[st
         *args,
     ]
     return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=60, env={**os.environ, **env}
+        cmd, capture_output=True, text=True, timeout=60, env={**os.environ, **backend_env(), **env}
     )
 
 
@@ -45,7 +45,7 @@ def test_public_bind_with_a_key_requires_it(tmp_path: Path) -> None:
     key = create_key(data)
     assert key.startswith("tth_")
     listed = subprocess.run(
-        [sys.executable, "-m", "tether", "keys", "list", "--data-dir", str(data)],
+        [sys.executable, "-m", "tether", "keys", "list", *store_args(data)],
         capture_output=True,
         text=True,
         timeout=60,

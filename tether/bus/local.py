@@ -69,8 +69,11 @@ class LocalBus:
         self._work.set()
 
     async def wait_for_work(self, max_wait_s: float) -> None:
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+        # arrives as the wait ends, and a worker stopping would then never stop claiming
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._work.wait(), max_wait_s)
+            async with asyncio.timeout(max_wait_s):
+                await self._work.wait()
         self._work.clear()
 
     def signal_stop(self, turn_id: str) -> None:

@@ -255,8 +255,11 @@ class RedisBus:
         return Delta(session_id, m["t"], m["m"], m["o"], str(text))
 
     async def wait_for_work(self, max_wait_s: float) -> None:
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+        # arrives as the wait ends, and a worker stopping would then never stop claiming
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._work.wait(), max_wait_s)
+            async with asyncio.timeout(max_wait_s):
+                await self._work.wait()
         self._work.clear()
 
     def on_stop(self, callback: Callable[[str], None] | None) -> None:
