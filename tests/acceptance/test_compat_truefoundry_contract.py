@@ -14,10 +14,10 @@ from schemathesis.specs.openapi import checks
 from truefoundry_gateway_sdk import TrueFoundryGateway
 from truefoundry_gateway_sdk import errors as tfy_errors
 
-from tests.acceptance import compat_schemathesis
+from tests.acceptance import fuzz
 from tests.acceptance.procs import ServerProcess, create_key
 
-SPEC = compat_schemathesis.SPECS / "truefoundry-cancel-turn.openapi.yaml"
+SPEC = "truefoundry-cancel-turn.openapi.yaml"
 TENANT = "acme"
 
 
@@ -50,26 +50,20 @@ def _session_with_a_turn(url: str, key: str) -> str:
 def test_cancel_contract(live: Live) -> None:
     url, key = live.url, live.key
     base = f"{url}/compat/truefoundry/{TENANT}"
-    auth = {"Authorization": f"Bearer {key}"}
     # The contract types sessionId as any string but documents 400 for an invalid one
     # (`<ulid>.<zone>`): a schema-valid request answered 400 is the contract, not a failure.
     lenient = [checks.positive_data_acceptance]
-    statuses = compat_schemathesis.run_stateless(
-        compat_schemathesis.vendor_schema(SPEC, base),
-        auth,
-        300,
-        additional_checks=[checks.ignored_auth],
-        excluded_checks=lenient,
+    statuses = fuzz.run_stateless(
+        fuzz.vendor_schema(SPEC, base), key=key, per_operation=300, excluded_checks=lenient
     )
     assert {400, 412} <= set(statuses), "generated ids: malformed and unknown"
     # a real session: its turn is cancelled (or already over), then every repeat is a no-op
     session = _session_with_a_turn(url, key)
-    statuses = compat_schemathesis.run_stateless(
-        compat_schemathesis.vendor_schema(SPEC, base),
-        auth,
-        50,
+    statuses = fuzz.run_stateless(
+        fuzz.vendor_schema(SPEC, base),
+        key=key,
+        per_operation=50,
         path={"sessionId": session},
-        additional_checks=[checks.ignored_auth],
         excluded_checks=lenient,
     )
     assert 200 in statuses
@@ -77,6 +71,7 @@ def test_cancel_contract(live: Live) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.embedded  # a SQLite write lock; PostgreSQL down is tests/acceptance/test_cluster.py
 def test_cancel_while_the_store_is_locked_is_400(live: Live) -> None:
     """Another process holds SQLite's write lock past the store's busy timeout (10 s): the
     contract's 400 "store unavailable"; the same cancel works once the lock is gone."""
