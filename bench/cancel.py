@@ -119,6 +119,8 @@ class Stop:
 async def provider_call(fake: Connection, index: int) -> dict[str, Any] | None:
     """The fake's record of its call number `index`, once that connection closed (bounded)."""
     for _ in range(200):
+        if not fake.open_:  # the fake closes connections idle for 5 s (a slow trial)
+            fake = await Connection.open(fake.port)
         calls = await fake.json("GET", f"/_calls?after={index}")
         if calls and calls[0]["closed_at"] is not None:
             return dict(calls[0])

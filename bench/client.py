@@ -50,6 +50,10 @@ class Connection(asyncio.Protocol):
         if self._transport:
             self._transport.close()
 
+    @property
+    def open_(self) -> bool:
+        return self._transport is not None
+
     async def request(
         self,
         method: str,

@@ -238,10 +238,11 @@ class Service:
                         await asyncio.sleep(_STORE_POLL_S)
                     else:
                         items = await sub.get_all(_STORE_POLL_S)
-                        if sub.lagged or ends(items):
+                        if ends(items):
                             break
-                        if items:
+                        if items and not sub.lagged:
                             continue
+                        sub.lagged = False  # lagged or quiet: the store says how it stands
                     current = await self.store.get_turn(tenant, turn.session_id, turn.id)
                     if current.status.terminal:
                         return current

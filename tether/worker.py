@@ -228,9 +228,8 @@ class Worker:
         """Stop claiming; give running turns `grace_s` to finish, then cancel the rest and
         hand them back for another worker."""
         self._draining = True
-        self._claiming.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._claiming
+        self.bus.notify_work()  # wakes the claim loop, which sees it is draining and returns
+        await self._claiming  # not cancelled: claims in flight are started, not orphaned
         running = [e.task for e in self._running.values() if e.task]
         if running and grace_s > 0:
             log.info("waiting up to %.0f s for %d running turns", grace_s, len(running))

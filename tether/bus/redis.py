@@ -37,6 +37,7 @@ log = logging.getLogger("tether.bus")
 
 PARTIAL_TTL_S = 3600  # a message in flight longer than this loses its catch-up text
 _RECONNECT_S = (0.05, 0.1, 0.25, 0.5, 1.0)
+_PING_S = 5.0  # a quiet subscription pings this often (under socket_timeout)
 
 
 def _encode_events(events: list[domain.Event]) -> str:
@@ -69,7 +70,8 @@ class RedisBus:
             decode_responses=True,
             retry=Retry(NoBackoff(), 0),
             socket_connect_timeout=2,
-            health_check_interval=0,
+            socket_timeout=10,  # a connection dead without a reset must not hang us
+            socket_keepalive=True,
         )
         self._subs: defaultdict[str, set[Subscription]] = defaultdict(set)
         self._confirmed: dict[str, asyncio.Future[None]] = {}  # channel -> subscribe ack
@@ -132,9 +134,9 @@ class RedisBus:
                 self._outbox_empty.set()
 
     async def _send(self, batch: list[tuple[str, Any]]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        self._write(pipe, batch)
         try:
+            pipe = self._redis.pipeline(transaction=False)
+            self._write(pipe, batch)
             await pipe.execute()
         except Exception as exc:  # never let the one publishing task die
             # Dropped: events are durable; readers resync when the bus comes back.
@@ -152,6 +154,7 @@ class RedisBus:
             sid = pending.session_id
             if self._partial_of.get(sid) == pending.message_id:
                 pipe.append(k.partial_text(sid), pending.text)
+                pipe.expire(k.partial_text(sid), PARTIAL_TTL_S)  # APPEND may have re-made it
             else:
                 self._partial_of[sid] = pending.message_id
                 meta = {"t": pending.turn_id, "m": pending.message_id, "o": pending.offset}
@@ -277,8 +280,9 @@ class RedisBus:
                 await pubsub.subscribe(*channels)
                 self._pubsub = pubsub
                 while True:
-                    message = await pubsub.get_message(timeout=None)
+                    message = await pubsub.get_message(timeout=_PING_S)
                     if message is None:
+                        await pubsub.ping()  # quiet: is the connection still there?
                         continue
                     if failures or not self._connected.is_set():
                         self._on_connected()
@@ -291,7 +295,7 @@ class RedisBus:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # whatever it was, reconnect
                 if self._connected.is_set():
                     log.warning("bus connection lost: %s", exc)
                 self._connected.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import secrets
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -127,6 +128,9 @@ def refused(conn: Connection, turn_id: str, token: str) -> NoReturn:
     raise errors.LeaseLost(f"turn {turn_id} is no longer held by this worker")
 
 
+log = logging.getLogger("tether.worker")
+
+
 class Leases:
     def __init__(self, store: Store):
         self.store = store
@@ -171,11 +175,14 @@ class Leases:
             except errors.NotFound:
                 return None
 
-        # Concurrently (a network store would otherwise claim one round trip at a time), and
-        # each handed over as soon as it is made: its lease is already running.
-        for made in asyncio.as_completed([claim_one(cand) for cand in candidates]):
-            claim = await made
-            if claim is not None:
+        # Concurrently (a network store would otherwise claim one round trip at a time); every
+        # claim made is handed over, even when another failed: a claim nobody runs would wait
+        # out its lease.
+        made = await asyncio.gather(*(claim_one(c) for c in candidates), return_exceptions=True)
+        for claim in made:
+            if isinstance(claim, BaseException):
+                log.warning("claim failed: %s", claim)
+            elif claim is not None:
                 yield claim
 
     @staticmethod

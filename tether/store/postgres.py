@@ -39,7 +39,7 @@ def engine_for(url: str, pool_size: int, max_overflow: int) -> AsyncEngine:
         max_overflow=max_overflow,
         pool_timeout=10,
         # no pre-ping (a round trip per transaction): a connection a restarted server left
-        # dead fails its first use, is discarded, and the body runs again on a fresh one
+        # dead fails its first use (503), and the pool then replaces all it holds
         connect_args={"timeout": 5, "command_timeout": 30},
         # the store has more distinct statements than asyncpg's default cache of 100
         query_cache_size=1200,
@@ -75,16 +75,31 @@ class PostgresRunner:
         self.reader = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def run(self, body: Callable[[Connection], T], *, write: bool, urgent: bool = False) -> T:
+        """Run `body` in a transaction. A cancellation arriving meanwhile (a stop cancels a
+        worker's task wherever it is) waits for the transaction to end, then lands at the
+        caller's next await: the caller never sees CancelledError for a write that committed,
+        so it never loses track of what it wrote."""
+        inner = asyncio.ensure_future(self._run(body, write=write, urgent=urgent))
+        try:
+            return await asyncio.shield(inner)
+        except asyncio.CancelledError:
+            result = await inner
+            me = asyncio.current_task()
+            if me is not None:
+                me.uncancel()
+                me.cancel()  # delivered at the next await, after the caller's bookkeeping
+            return result
+
+    async def _run(self, body: Callable[[Connection], T], *, write: bool, urgent: bool) -> T:
         engine = self.urgent if urgent else self.engine if write else self.reader
         for attempt in range(_RETRIES):
             try:
                 async with engine.begin() as conn:
                     return await conn.run_sync(body)
             except DBAPIError as exc:
-                retry = _sqlstate(exc) in _RETRIED_SQLSTATES or (
-                    exc.connection_invalidated and attempt == 0
-                )
-                if retry and attempt + 1 < _RETRIES:
+                # Not retried: a lost connection (its COMMIT may have been applied). The pool
+                # drops its other connections then, so the next request gets a fresh one.
+                if _sqlstate(exc) in _RETRIED_SQLSTATES and attempt + 1 < _RETRIES:
                     await asyncio.sleep(0.005 * (attempt + 1))
                     continue
                 if _unavailable(exc):

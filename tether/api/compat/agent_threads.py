@@ -34,6 +34,7 @@ log = logging.getLogger("tether.api.agent_threads")
 
 PROTOCOL_VERSION = 1
 _PAGE = 500
+_CATCH_UP_S = 5.0  # a quiet subscription checks the store this often
 _PONG_TIMEOUT_MIN_S = 2.0  # a pong may take 3 ping intervals, never less than this
 
 router = APIRouter()
@@ -205,7 +206,10 @@ class _Connection:
                 return
             end = {"type": "replay-end", "streamId": stream, "lastReplaySeq": mapper.last_seq}
             await self.send(end)
-            follow = streaming.follow(self.svc.store, self.svc.bus, session_id, cursor)
+            # idle_s: a quiet stream re-reads the store now and then (a lost publish)
+            follow = streaming.follow(
+                self.svc.store, self.svc.bus, session_id, cursor, idle_s=_CATCH_UP_S
+            )
             async with contextlib.aclosing(follow) as batches:  # type: ignore[type-var]
                 async for batch in batches:
                     for frame in batch:
