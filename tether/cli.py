@@ -41,22 +41,17 @@ def serve(
 
     from tether.api import create_app
 
-    overrides: dict[str, Any] = {
-        key: value
-        for key, value in {
-            "host": host,
-            "port": port,
-            "data_dir": data_dir,
-            "workers": workers,
-            "store_url": store,
-            "bus_url": bus,
-            "agents_file": agents_file,
-            "log_level": log_level,
-            "tools": tools,
-        }.items()
-        if value is not None
-    }
-    settings = Settings(**overrides)
+    settings = _settings_given(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        workers=workers,
+        store_url=store,
+        bus_url=bus,
+        agents_file=agents_file,
+        log_level=log_level,
+        tools=tools,
+    )
     try:
         asyncio.run(_check_exposure(settings))
     except TetherError as exc:
@@ -94,19 +89,14 @@ def worker(
     """Run turns for a cluster (no API): claim, run, heartbeat, stop on cancel. SIGTERM stops
     claiming and gives running turns `TETHER_SHUTDOWN_GRACE_S` to finish before handing them
     back."""
-    overrides: dict[str, Any] = {
-        key: value
-        for key, value in {
-            "store_url": store,
-            "bus_url": bus,
-            "workers": concurrency,
-            "zone": zone,
-            "tools": tools,
-            "log_level": log_level,
-        }.items()
-        if value is not None
-    }
-    settings = Settings(**overrides)
+    settings = _settings_given(
+        store_url=store,
+        bus_url=bus,
+        workers=concurrency,
+        zone=zone,
+        tools=tools,
+        log_level=log_level,
+    )
     if not store.startswith("postgresql"):
         console.print("[red]tether worker needs a PostgreSQL store[/] (SQLite: tether serve)")
         raise typer.Exit(2)
@@ -158,8 +148,12 @@ DataDirOption = Annotated[Path | None, typer.Option(help="data dir of the SQLite
 
 
 def _settings(store: str | None, data_dir: Path | None) -> Settings:
-    overrides: dict[str, Any] = {"store_url": store, "data_dir": data_dir}
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    return _settings_given(store_url=store, data_dir=data_dir)
+
+
+def _settings_given(**options: Any) -> Settings:
+    """Settings from the environment, overridden by the options given (None: not given)."""
+    return Settings(**{k: v for k, v in options.items() if v is not None})
 
 
 @keys_app.command("create")
