@@ -258,9 +258,9 @@ async def _background(pipe: Pipe, port: int, count: int) -> dict[str, Any]:
     await asyncio.to_thread(pipe.poll, LOAD_MAX_S)  # until told to stop
     end, client_cpu = time.monotonic(), time.process_time() - cpu0
     setup = await Connection.open(port)  # the server closes idle keep-alive connections
-    async with asyncio.timeout(60):
-        for sid in session_ids:
-            await setup.json("POST", f"/v1/sessions/{sid}/interrupt", {"wait": STOP_WAIT_S})
+    async with asyncio.timeout(120):
+        for sid in session_ids:  # not waiting for each: their streams say when they end
+            await setup.json("POST", f"/v1/sessions/{sid}/interrupt", {"wait": 0})
         outcomes = await asyncio.gather(*turns, return_exceptions=True)
     done = [s for s in outcomes if isinstance(s, Stream)]
     window = [(at, n) for s in done for at, n in s.frames if start <= at <= end]
