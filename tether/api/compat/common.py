@@ -5,7 +5,7 @@ for paths under a surface's prefix that name no endpoint."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,9 @@ from starlette.exceptions import HTTPException
 
 from tether import errors
 from tether.api import errors as api_errors
+from tether.api import idempotency
+from tether.service import Service
+from tether.store.idempotency import IdempotencyKeys
 
 log = logging.getLogger("tether.api.compat")
 
@@ -107,4 +110,17 @@ def add_fallback(router: APIRouter) -> None:
         no_such_endpoint,
         methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
         include_in_schema=False,
+    )
+
+
+async def idempotent(
+    request: Request, svc: Service, tenant: str, handler: Callable[[], Awaitable[Response]]
+) -> Response:
+    """/v1's Idempotency-Key handling for a compat route whose answers are never streams."""
+
+    def no_replay(_: dict[str, Any]) -> Response:
+        raise AssertionError("compat surfaces record no streams under an Idempotency-Key")
+
+    return await idempotency.idempotent(
+        request, tenant, IdempotencyKeys(svc.store), handler, no_replay
     )

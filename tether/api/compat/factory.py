@@ -16,7 +16,6 @@ Errors: `{detail, status, title, metadata}` with Tether's stable code in `metada
 from __future__ import annotations
 
 import http
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -24,10 +23,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether import auth, domain, views
-from tether.api import deps, idempotency
+from tether.api import deps
 from tether.api.compat import common
 from tether.service import Service
-from tether.store.idempotency import IdempotencyKeys
 
 PREFIX = "/compat/factory/api/v0"
 
@@ -102,17 +100,6 @@ def message_view(m: domain.Message) -> dict[str, Any]:
     }
 
 
-async def _idempotent(
-    request: Request, svc: Service, tenant: str, handler: Callable[[], Awaitable[Response]]
-) -> Response:
-    def no_replay(_: dict[str, Any]) -> Response:
-        raise AssertionError("this surface never streams")
-
-    return await idempotency.idempotent(
-        request, tenant, IdempotencyKeys(svc.store), handler, no_replay
-    )
-
-
 @router.post("/sessions", status_code=201)
 async def create_session(
     request: Request, body: SessionCreate, svc: Svc, tenant: Writer
@@ -127,7 +114,7 @@ async def create_session(
             session = await svc.get_session(tenant, session.id)
         return JSONResponse(session_view(session), status_code=201)
 
-    return await _idempotent(request, svc, tenant, handler)
+    return await common.idempotent(request, svc, tenant, handler)
 
 
 @router.get("/sessions")
@@ -156,7 +143,7 @@ async def send_message(
         answer = {"sessionId": session.id, "turnId": turn.id, "status": status(session)}
         return JSONResponse(answer, status_code=202)
 
-    return await _idempotent(request, svc, tenant, handler)
+    return await common.idempotent(request, svc, tenant, handler)
 
 
 @router.get("/sessions/{sessionId}/messages")

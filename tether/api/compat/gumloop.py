@@ -7,7 +7,6 @@ Ids are Tether's (a session id is `<ulid>.<zone>`, an agent id `agt_…`, an app
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -15,11 +14,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether import auth, domain, errors
-from tether.api import deps, idempotency
+from tether.api import deps
 from tether.api.compat import common, gumloop_stream, gumloop_views
 from tether.node import Node
 from tether.service import Service
-from tether.store.idempotency import IdempotencyKeys
 
 PREFIX = "/compat/gumloop/api/v1"
 
@@ -163,17 +161,6 @@ async def _answer(svc: Service, tenant: str, session_id: str, status: int = 200)
     return JSONResponse(body, status_code=status)
 
 
-async def _idempotent(
-    request: Request, svc: Service, tenant: str, handler: Callable[[], Awaitable[Response]]
-) -> Response:
-    def no_replay(_: dict[str, Any]) -> Response:
-        raise AssertionError("streams are not recorded under an Idempotency-Key here")
-
-    return await idempotency.idempotent(
-        request, tenant, IdempotencyKeys(svc.store), handler, no_replay
-    )
-
-
 # --- sessions ----------------------------------------------------------------------------------
 
 
@@ -214,7 +201,7 @@ async def create_session(
         )
 
     if release is None:
-        return await _idempotent(request, svc, tenant, handler)
+        return await common.idempotent(request, svc, tenant, handler)
     try:
         return await handler()
     except BaseException:
@@ -302,7 +289,7 @@ async def send_message(
             await deps.audit(request, "turn.create", turn.id, surface="gumloop")
             return JSONResponse({"message_id": turn.id, "status": "accepted"}, status_code=202)
 
-        return await _idempotent(request, svc, tenant, enqueue)
+        return await common.idempotent(request, svc, tenant, enqueue)
 
     if not body.stream:
 
@@ -311,7 +298,7 @@ async def send_message(
             await deps.audit(request, "turn.create", turn.id, surface="gumloop")
             return await _answer(svc, tenant, session_id)
 
-        return await _idempotent(request, svc, tenant, start)
+        return await common.idempotent(request, svc, tenant, start)
     release = deps.stream_slot(request, tenant)  # first: past the limit, nothing starts
     try:
         before = (await svc.get_session(tenant, session_id)).last_event_seq
