@@ -83,12 +83,13 @@ class PostgresRunner:
         try:
             return await asyncio.shield(inner)
         except asyncio.CancelledError:
-            result = await inner
             me = asyncio.current_task()
-            if me is not None:
-                me.uncancel()
-                me.cancel()  # delivered at the next await, after the caller's bookkeeping
-            return result
+            try:
+                return await inner  # its result, or its error
+            finally:
+                if me is not None:  # re-armed: delivered at the caller's next await
+                    me.uncancel()
+                    me.cancel()
 
     async def _run(self, body: Callable[[Connection], T], *, write: bool, urgent: bool) -> T:
         engine = self.urgent if urgent else self.engine if write else self.reader
