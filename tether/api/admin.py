@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether import ids
+from tether.api import cursors
 from tether.api.deps import audit, node, tenant_for
 from tether.api.schemas import ErrorOut
 from tether.auth import Role
@@ -98,5 +99,5 @@ async def audit_log(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Mutations of your tenant, newest first."""
-    page = await the_node.audit.page(tenant, limit, cursor)
+    page = await the_node.audit.page(tenant, limit, cursors.id_cursor(cursor, "aud"))
     return {"data": page.items, "next_cursor": page.next_cursor}

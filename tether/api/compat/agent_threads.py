@@ -88,8 +88,8 @@ def decode(raw: str) -> dict[str, Any] | None:
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         return None
 
-    def natural(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    def position(value: Any) -> bool:  # a seq the client can hold: no overflow downstream
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= wire.MAX_SEQ
 
     kind = msg["type"]
     if kind == "hello":
@@ -97,7 +97,7 @@ def decode(raw: str) -> dict[str, Any] | None:
         return msg if isinstance(version, int | float) and not isinstance(version, bool) else None
     if kind == "subscribe":
         after = msg.get("afterSeq")
-        ok = isinstance(msg.get("streamId"), str) and (after is None or natural(after))
+        ok = isinstance(msg.get("streamId"), str) and (after is None or position(after))
         return msg if ok else None
     if kind == "unsubscribe":
         return msg if isinstance(msg.get("streamId"), str) else None

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether import auth, domain, errors
-from tether.api import deps
+from tether.api import cursors, deps
 from tether.api.compat import common, gumloop_stream, gumloop_views
 from tether.node import Node
 from tether.service import Service
@@ -216,12 +216,13 @@ async def list_sessions(
     tenant: Reader,
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
-    state: str | None = None,
+    state: gumloop_views.State | None = None,
 ) -> dict[str, Any]:
     """The agent's sessions, newest first. `state` filters each page (a page may come back
     short of `page_size`; follow `next_cursor`)."""
+    after = cursors.id_cursor(cursor, "session")
     agent = await svc.get_agent(tenant, agent_id)
-    page = await svc.list_sessions(tenant, page_size, cursor, None, agent.id)
+    page = await svc.list_sessions(tenant, page_size, after, None, agent.id)
     sessions = [gumloop_views.envelope(s, agent) for s in page.items]
     if state is not None:
         sessions = [s for s in sessions if s["state"] == state]

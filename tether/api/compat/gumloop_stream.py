@@ -18,12 +18,12 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
-from tether import domain, errors, streaming
-from tether.api import sse
+from tether import domain, streaming
+from tether.api import cursors, sse
 from tether.service import Service
 
 _KEEPALIVE = b": ping\n\n"
-_CURSOR = re.compile(r"^(\d{1,18})(?::(msg_[0-9a-z]{26}):(\d{1,12}))?$")
+_CURSOR = re.compile(r"([0-9]{1,10})(?::(msg_[0-9a-hjkmnp-tv-z]{26}):([0-9]{1,12}))?")
 _PAGE = 500
 ET = domain.EventType
 
@@ -39,9 +39,10 @@ class Cursor:
 
     @classmethod
     def parse(cls, text: str) -> Cursor:
-        match = _CURSOR.match(text.strip())
-        if match is None:
-            raise errors.InvalidRequest(f"invalid last_cursor {text!r}")
+        """A cursor as `__str__` writes it: ASCII digits, a seq the store can hold."""
+        match = _CURSOR.fullmatch(text)
+        if match is None or int(match[1]) > cursors.MAX_POSITION:
+            raise cursors.invalid("last_cursor", text, "a stream_cursor of this session")
         seq, message_id, chars = match.groups()
         return cls(int(seq), message_id, int(chars or 0))
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette import convertors
 
 from tether import domain, errors, ids, streaming, views
-from tether.api import deps, sse
+from tether.api import cursors, deps, sse
 from tether.api.compat import truefoundry_edge as edge
 from tether.api.compat import truefoundry_reads as reads
 from tether.api.compat import truefoundry_wire as wire
@@ -96,7 +96,9 @@ class TurnCreate(_In):
 
 
 class Subscribe(_In):
-    after_sequence_number: int | None = Field(default=None, ge=0)
+    after_sequence_number: int | None = Field(
+        default=None, ge=0, le=cursors.MAX_POSITION, strict=True
+    )
 
 
 # --- sessions --------------------------------------------------------------------------------
@@ -145,7 +147,7 @@ async def list_sessions(
     start = _timestamp(start_timestamp, "start_timestamp")
     end = _timestamp(end_timestamp, "end_timestamp")
     found: list[domain.Session] = []
-    cursor, more = page_token, True
+    cursor, more = cursors.id_cursor(page_token, "session", "page_token"), True
     while more and len(found) < limit:
         page = await svc.list_sessions(tenant, limit, cursor, None, agent.id)
         for session in page.items:
@@ -313,10 +315,9 @@ async def list_turns(
     limit: Annotated[int, Query(ge=1, le=25)] = 10,
 ) -> dict[str, Any]:
     """Newest first; `page_token` is the seq of the last turn of the previous page."""
-    if page_token is not None and not page_token.isdigit():
-        raise errors.InvalidRequest(f"invalid page_token {page_token!r}")
+    before = cursors.position(page_token, "page_token")
     turns = await reads.all_turns(svc, tenant, session_id)
-    older = [t for t in reversed(turns) if page_token is None or t.seq < int(page_token)]
+    older = [t for t in reversed(turns) if before is None or t.seq < before]
     page = older[:limit]
     index = await reads.transcript_index(svc, tenant, session_id)
     pending = await reads.pending_interrupts(svc, tenant, session_id)
@@ -350,10 +351,9 @@ async def subscribe(
     """The turn's events after `after_sequence_number` (or `Last-Event-ID`), then live ones,
     until it ends or waits for an answer."""
     after = body.after_sequence_number if body else None
-    if after is None and last_event_id is not None:
-        if not last_event_id.strip().isdigit():
-            raise errors.InvalidRequest(f"invalid Last-Event-ID {last_event_id!r}")
-        after = int(last_event_id)
+    resumed = cursors.position(last_event_id, "Last-Event-ID")
+    if after is None:
+        after = resumed
     await svc.get_turn(tenant, session_id, turn_id)
     return _stream(request, svc, tenant, turn_id, after=after or 0, context_from=0)
 
@@ -411,11 +411,7 @@ def _stream(
 
 
 def _offset(page_token: str | None) -> int:
-    if page_token is None:
-        return 0
-    if not page_token.isdigit():
-        raise errors.InvalidRequest(f"invalid page_token {page_token!r}")
-    return int(page_token)
+    return cursors.position(page_token, "page_token") or 0
 
 
 def _page(items: list[Any], offset: int, limit: int) -> tuple[list[Any], str | None]:

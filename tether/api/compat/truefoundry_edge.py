@@ -8,6 +8,7 @@ off (loopback, no keys) a request acts in the path's tenant.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any
 
@@ -21,6 +22,8 @@ from tether import errors
 from tether.api import deps
 from tether.api import errors as api_errors
 from tether.auth import Principal, Role
+
+log = logging.getLogger("tether.api.compat")
 
 _TYPES = {
     400: "invalid_request_error",
@@ -63,7 +66,8 @@ def from_exception(exc: Exception) -> JSONResponse:
             headers["WWW-Authenticate"] = "Bearer"
         elif isinstance(exc, errors.TooManyRequests):
             headers["Retry-After"] = str(exc.retry_after_s)
-        return error(status_of(exc), exc.code, exc.message, **headers)
+        param = (exc.details or {}).get("param")
+        return error(status_of(exc), exc.code, exc.message, param, **headers)
     if isinstance(exc, RequestValidationError):
         problems = exc.errors()
         first = problems[0] if problems else {}
@@ -75,12 +79,13 @@ def from_exception(exc: Exception) -> JSONResponse:
         return error(400, "invalid_request", summary or "invalid request", param)
     if isinstance(exc, HTTPException):
         return error(exc.status_code, "http_error", str(exc.detail))
-    raise exc
+    log.exception("unexpected error", exc_info=exc)
+    return error(500, "internal_error", "internal error")
 
 
 class VendorRoute(APIRoute):
     """A route whose failures answer in TrueFoundry's shape, whatever raised them: the
-    route, its dependencies (auth) or request validation."""
+    route, its dependencies (auth), request validation, or a bug (500)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -88,7 +93,7 @@ class VendorRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
-            except (errors.TetherError, RequestValidationError, HTTPException) as exc:
+            except Exception as exc:  # every failure leaves in TrueFoundry's shape
                 return from_exception(exc)
 
         return route
