@@ -142,9 +142,17 @@ async def _transcript(svc: Service, tenant: str, session_id: str) -> list[domain
         cursor = int(page.next_cursor)
 
 
+async def _agent(svc: Service, tenant: str, session: domain.Session) -> domain.Agent | None:
+    try:
+        return await svc.get_agent(tenant, session.agent_id)
+    except errors.NotFound:  # a deleted agent's sessions stay readable
+        return None
+
+
 async def _full(svc: Service, tenant: str, session: domain.Session) -> dict[str, Any]:
-    """The whole `session` object: transcript, agent, and the asks it waits on."""
-    agent = await svc.get_agent(tenant, session.agent_id)
+    """The whole `session` object: transcript, agent (None once deleted), and the asks it
+    waits on."""
+    agent = await _agent(svc, tenant, session)
     messages = await _transcript(svc, tenant, session.id)
     pending = None
     if session.status is domain.SessionStatus.WAITING:
