@@ -9,6 +9,7 @@ A body never awaits, so it cannot be interrupted half way by a cancellation. Sto
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,6 +61,10 @@ _SESSION_FOR_UPDATE = SESSION_BY_ID.with_for_update()
 _SESSION_SKIP_LOCKED = SESSION_BY_ID.with_for_update(skip_locked=True)
 
 # Hot statements, built once: building a statement costs more than SQLite takes to run it.
+
+
+# what an agent reference can be: an agent id, or a name (domain.AgentSpec.name's pattern)
+_AGENT_REF = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 def _session_row(conn: Connection, tenant_id: str, session_id: str) -> Row[Any]:
@@ -155,6 +160,9 @@ class Store:
 
     async def get_agent(self, tenant_id: str, ref: str) -> domain.Agent:
         """An agent by id or by name, within the tenant."""
+        if _AGENT_REF.fullmatch(ref) is None:
+            # No agent has it, and it may hold what PostgreSQL refuses in text (NUL)
+            raise errors.NotFound(f"agent {ref[:40]!r} not found")
         column = agents.c.id if ref.startswith("agt_") else agents.c.name
         row = await self.read(
             lambda conn: conn.execute(

@@ -1,0 +1,31 @@
+"""An agent named by something no agent can be named (NUL, a space, a slash) is
+simply not found, on every surface, before any query: PostgreSQL refuses NUL in text and
+answered 500 (found by the fuzz campaign's sweep)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.helpers import Api
+
+TRUEFOUNDRY = "/compat/truefoundry/default/v1/agents/sessions"  # auth off: the default tenant
+NAMELESS = ["a\x00b", "\x00", "two words", "é", "a/b"]
+
+
+@pytest.mark.parametrize("ref", NAMELESS)
+async def test_an_impossible_agent_reference_is_not_found(
+    client: httpx.AsyncClient, api: Api, ref: str
+) -> None:
+    await api.agent(reply="hi")  # one that exists: the lookup is not trivially empty
+    answers = {
+        "v1": await client.post("/v1/sessions", json={"agent_id": ref}),
+        "factory": await client.post("/compat/factory/api/v0/sessions", json={"agentId": ref}),
+        "truefoundry": await client.post(TRUEFOUNDRY, json={"agent_name": ref}),
+        "truefoundry list": await client.get(TRUEFOUNDRY, params={"agent_name": ref}),
+    }
+    for surface, r in answers.items():
+        assert r.status_code == 404, (surface, r.status_code, r.text)
+    assert answers["v1"].json()["error"]["code"] == "not_found"
+    assert answers["factory"].json()["metadata"]["code"] == "not_found"
+    assert answers["truefoundry"].json()["error"]["type"] == "not_found_error"
