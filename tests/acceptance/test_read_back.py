@@ -6,7 +6,7 @@ once the server took it, its turns end (never failed or stuck for it), and every
 every surface answers 2xx: get, list, events (JSON page and SSE), messages, turns, interrupts,
 the compat surfaces' reads and streams, agent-threads' replay.
 
-Examples: TETHER_FUZZ_CASES / 30, at least 10 (10 in `make test`, 33 in the full campaign with
+Examples: TETHER_FUZZ_CASES / 20, at least 10 (10 in `make test`, 50 in the full campaign with
 TETHER_FUZZ_CASES=1000): each makes a session, runs its turns and reads it some thirty ways."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.acceptance import fuzz, nasty, readback
 from tests.acceptance.procs import ServerProcess, create_key
 
 TENANT = "acme"
-EXAMPLES = max(10, fuzz.CASES // 30)
+EXAMPLES = max(10, fuzz.CASES // 20)
 FACTORY = readback.FACTORY
 GUMLOOP = readback.GUMLOOP
 _names = itertools.count()
