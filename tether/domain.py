@@ -5,9 +5,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tether import ids
 
 
 def utcnow() -> datetime:
@@ -28,35 +30,108 @@ class TurnStatus(enum.StrEnum):
         return self in TERMINAL
 
 
+class InterruptStatus(enum.StrEnum):
+    PENDING = "pending"
+    RESOLVED = "resolved"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class ToolRunStatus(enum.StrEnum):
+    """A tool call in the ledger (DESIGN §5). No row yet: the call has not been reached."""
+
+    STARTED = "started"  # about to run, or running; after a crash: may or may not have run
+    PAUSED = "paused"  # waits on an interrupt
+    FINISHED = "finished"  # its result is in the transcript
+
+
 TERMINAL = frozenset({TurnStatus.COMPLETED, TurnStatus.FAILED, TurnStatus.CANCELLED})
 # A turn in one of these holds its session: no other turn of the session may start.
 ACTIVE = frozenset({TurnStatus.RUNNING, TurnStatus.CANCELLING, TurnStatus.WAITING})
 UNFINISHED = ACTIVE | {TurnStatus.QUEUED}
+# A worker holds these under a lease (and a claim token).
+HELD = frozenset({TurnStatus.RUNNING, TurnStatus.CANCELLING})
 
-# from -> allowed targets. Terminal states have no exits: the first terminal write wins.
-TRANSITIONS: dict[TurnStatus, frozenset[TurnStatus]] = {
-    TurnStatus.QUEUED: frozenset({TurnStatus.RUNNING, TurnStatus.CANCELLED}),
-    TurnStatus.RUNNING: frozenset(
-        {
-            TurnStatus.COMPLETED,
-            TurnStatus.FAILED,
-            TurnStatus.CANCELLING,
-            TurnStatus.CANCELLED,
-            TurnStatus.WAITING,
-            TurnStatus.QUEUED,  # lease expired: back to the queue, resume from checkpoint
-        }
-    ),
-    TurnStatus.CANCELLING: frozenset({TurnStatus.CANCELLED}),
-    TurnStatus.WAITING: frozenset({TurnStatus.QUEUED, TurnStatus.CANCELLED, TurnStatus.FAILED}),
-    TurnStatus.COMPLETED: frozenset(),
-    TurnStatus.FAILED: frozenset(),
-    TurnStatus.CANCELLED: frozenset(),
-}
+# --- the state machines (DESIGN §2) ---------------------------------------------------------
+#
+# Each machine is the list of its moves. A move is a guarded write: it sets `target` only
+# where the status is one of `sources`, and changes nothing elsewhere. Every status write in
+# the store names one of these moves (store/guards.py applies them), so this is the one place
+# that says which status may follow which. A terminal state is in no move's sources: it
+# absorbs, and the first terminal write wins.
+
+S = TypeVar("S", TurnStatus, InterruptStatus, ToolRunStatus)
+
+
+@dataclass(frozen=True, slots=True)
+class Move(Generic[S]):
+    name: str
+    sources: frozenset[S]
+    target: S
+
+
+def _move(name: str, sources: set[S], target: S) -> Move[S]:
+    return Move(name, frozenset(sources), target)
+
+
+_Q, _R, _W = TurnStatus.QUEUED, TurnStatus.RUNNING, TurnStatus.WAITING
+_CANCELLING = TurnStatus.CANCELLING
+
+
+class TurnMove:
+    """How a turn's status may change, and why."""
+
+    CLAIM = _move("claim", {_Q}, _R)  # a worker takes the head of a session's queue
+    # a step committed under the claim token; a stop written meanwhile makes it refused
+    CHECKPOINT = _move("checkpoint", {_R}, _R)
+    PAUSE = _move("pause", {_R}, _W)  # waits on interrupts, holding no worker
+    RESUME = _move("resume", {_W}, _Q)  # every interrupt answered: back to the queue
+    # handed back by a worker shutting down, or its lease expired with attempts left
+    REQUEUE = _move("requeue", {_R}, _Q)
+    COMPLETE = _move("complete", {_R}, TurnStatus.COMPLETED)
+    FAIL = _move("fail", {_R}, TurnStatus.FAILED)  # the executor failed, or lost its lease
+    EXPIRE = _move("expire", {_W}, TurnStatus.FAILED)  # an interrupt expired, on_expire fail
+    STOP = _move("stop", {_R}, _CANCELLING)  # a stop written for a turn an executor holds
+    # the executor ends its turn stopped (or a timeout); or its lease expired while stopping
+    END_STOPPED = _move("end_stopped", {_R, _CANCELLING}, TurnStatus.CANCELLED)
+    CANCEL = _move("cancel", {_Q, _W}, TurnStatus.CANCELLED)  # no executor: it ends at once
+
+
+class InterruptMove:
+    RESOLVE = _move("resolve", {InterruptStatus.PENDING}, InterruptStatus.RESOLVED)
+    EXPIRE = _move("expire", {InterruptStatus.PENDING}, InterruptStatus.EXPIRED)
+    CANCEL = _move("cancel", {InterruptStatus.PENDING}, InterruptStatus.CANCELLED)
+
+
+_STARTED, _PAUSED = ToolRunStatus.STARTED, ToolRunStatus.PAUSED
+
+
+class ToolRunMove:
+    """A ledger move also creates the row of a call not yet in the ledger."""
+
+    # a call runs; again after a crash only if it is idempotent or was approved again
+    START = _move("start", {_STARTED, _PAUSED}, _STARTED)
+    PAUSE = _move("pause", {_STARTED, _PAUSED}, _PAUSED)
+    FINISH = _move("finish", {_STARTED, _PAUSED}, ToolRunStatus.FINISHED)
+
+
+def moves_of(machine: type) -> tuple[Move[Any], ...]:
+    return tuple(m for m in vars(machine).values() if isinstance(m, Move))
+
+
+def transitions(machine: type) -> dict[Any, frozenset[Any]]:
+    """from -> the statuses that may follow it: the table, read off the moves."""
+    moves = moves_of(machine)
+    statuses = {s for m in moves for s in (*m.sources, m.target)}
+    return {s: frozenset(m.target for m in moves if s in m.sources) for s in statuses}
+
+
+TRANSITIONS: dict[TurnStatus, frozenset[TurnStatus]] = transitions(TurnMove)
 
 
 def sources_of(target: TurnStatus) -> tuple[TurnStatus, ...]:
-    """The states from which `target` may be written: the guard of a guarded update."""
-    return tuple(src for src, targets in TRANSITIONS.items() if target in targets)
+    """The states from which a turn may move to `target`."""
+    return tuple(s for s in TurnStatus if target in TRANSITIONS.get(s, frozenset()))
 
 
 class SessionStatus(enum.StrEnum):
@@ -191,13 +266,6 @@ class AgentSpec(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class InterruptStatus(enum.StrEnum):
-    PENDING = "pending"
-    RESOLVED = "resolved"
-    EXPIRED = "expired"
-    CANCELLED = "cancelled"
-
-
 @dataclass(slots=True)
 class Interrupt:
     """A pause for outside input (DESIGN §4): the lleverage SDK's Interrupt fields, snake_case,
@@ -230,6 +298,7 @@ class InterruptRequest:
     tool_name: str
     request: dict[str, Any]
     ttl_s: float | None = None
+    on_expire: str = "deny"  # the agent's: what an expiry does to the turn
 
 
 # --- stored records ------------------------------------------------------------------------
@@ -323,9 +392,24 @@ class ToolCall:
         return {"id": self.id, "name": self.name, "arguments": self.arguments}
 
 
+class ToolOutcome(enum.StrEnum):
+    """What became of a tool call: the `outcome` of its `tool.completed` event."""
+
+    COMPLETED = "completed"  # it ran; its result is kept
+    ERROR = "error"  # it failed, or could not be called: the model reads why
+    DENIED = "denied"  # the approver said no
+    EXPIRED = "expired"  # its interrupt expired unanswered
+    UNKNOWN = "unknown"  # it may have run before a crash; not run again
+    INTERRUPTED = "interrupted"  # it was running when the turn stopped
+    NOT_RUN = "not_run"  # the turn ended before it ran
+
+
 class MessageStatus(enum.StrEnum):
     COMPLETED = "completed"
     INTERRUPTED = "interrupted"
+
+
+Role = Literal["user", "assistant", "tool", "system"]
 
 
 @dataclass(slots=True)
@@ -334,13 +418,69 @@ class Message:
     session_id: str
     turn_id: str
     seq: int
-    role: Literal["user", "assistant", "tool", "system"]
+    role: Role
     content: str | None
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_id: str | None = None
     name: str | None = None
     status: MessageStatus = MessageStatus.COMPLETED
     created_at: datetime = field(default_factory=utcnow)
+
+    @classmethod
+    def tool_result(cls, session_id: str, turn_id: str, call: ToolCall, content: str) -> Message:
+        """A tool call's result, for the model; numbered when the store appends it."""
+        return cls(
+            id=ids.new("msg"),
+            session_id=session_id,
+            turn_id=turn_id,
+            seq=0,
+            role="tool",
+            content=content,
+            tool_call_id=call.id,
+            name=call.name,
+        )
+
+
+@dataclass(slots=True)
+class ToolResult:
+    """A tool call's result message (role `tool`) and what became of the call."""
+
+    message: Message
+    outcome: ToolOutcome
+
+
+@dataclass(slots=True)
+class TurnEnd:
+    """How a turn ends. A stop's end with no `reason` takes the requested stop's own."""
+
+    status: TurnStatus
+    reason: str | None = None
+    error: TurnError | None = None
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """What one step of a turn makes durable, all in one transaction (DESIGN §5): the step's
+    messages, the calls about to run, the results of those that ran, and whether the turn
+    goes on, waits on interrupts, or ends. The executor's one way to write."""
+
+    usage: Usage
+    step_done: bool = False  # a model call or a tool batch completed: the step counter moves
+    messages: list[Message] = field(default_factory=list)  # assistant messages
+    started: list[ToolCall] = field(default_factory=list)  # calls about to run
+    results: list[ToolResult] = field(default_factory=list)
+    waits: bool = False  # the turn pauses: it waits on interrupts, holding no worker
+    asks: list[InterruptRequest] = field(default_factory=list)  # the interrupts to create
+    end: TurnEnd | None = None
+    interrupted: list[str] = field(default_factory=list)  # calls in flight when it stopped
+
+
+@dataclass(slots=True)
+class ResumeState:
+    """What the store knows of an earlier attempt of a turn's tool calls."""
+
+    interrupts: dict[str, list[Interrupt]] = field(default_factory=dict)  # by call id, in order
+    started: set[str] = field(default_factory=set)  # left `started` by a crash
 
 
 @dataclass(slots=True)

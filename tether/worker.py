@@ -13,41 +13,43 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 from tether import domain, errors, ids, metrics
 from tether.bus import Bus, Delta
 from tether.config import Settings
-from tether.domain import EventType, TurnStatus
+from tether.domain import TurnStatus
 from tether.runtime import loop, providers
 from tether.runtime.tools import ToolRegistry
-from tether.store import Claim, Finish, Leases, Store
+from tether.store import Claim, Leases, Store
 from tether.store.idempotency import IdempotencyKeys
 from tether.store.interrupts import InterruptStore
 
-log = logging.getLogger("tether.worker")
+log = logging.getLogger(__name__)
 IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
 CLAIM_BATCH = 16  # turns claimed per store round trip; small, so claiming interleaves
 
 
-@dataclass(eq=False)
-class _Execution:
-    """One claimed turn being run: the loop's TurnIO, fenced by the claim token."""
+STOPPED = domain.TurnEnd(TurnStatus.CANCELLED)  # on the requested stop's terms
 
-    worker: Worker
-    claim: Claim
-    started: float = field(default_factory=time.monotonic)
-    task: asyncio.Task[None] | None = None
-    progress: loop.Progress = field(default_factory=loop.Progress)
-    stop_requested: bool = False
-    lease_lost: bool = False
-    entered: bool = False  # the task is inside _execute, where cancellation is handled
-    on_expire: str = "deny"
 
-    def request_stop(self) -> None:
-        """Stop at once: cancel the loop wherever it is (model stream, tools)."""
+class Execution:
+    """One claimed turn, run here to its end, its pause or its stop. It is the loop's TurnIO:
+    every write carries the claim token."""
+
+    def __init__(self, worker: Worker, claim: Claim):
+        self.worker = worker
+        self.claim = claim
+        self.turn = claim.turn
+        self.started = time.monotonic()
+        self.progress = loop.Progress()
+        self.task: asyncio.Task[None] | None = None
+        self.stop_requested = False
+        self.lease_lost = False
+        self.entered = False  # the task is inside run(), where cancellation is handled
+
+    def stop_now(self) -> None:
+        """A stop was written: cancel the loop wherever it is (model stream, tools)."""
         if self.stop_requested:
             return
         self.stop_requested = True
@@ -56,141 +58,79 @@ class _Execution:
         if self.entered and self.task and not self.task.done():
             self.task.cancel("stop requested")
 
-    @property
-    def turn(self) -> domain.Turn:
-        return self.claim.turn
-
-    def _run_time(self) -> float:
-        return self.turn.run_time_s + (time.monotonic() - self.started)
+    # --- TurnIO ------------------------------------------------------------------------------
 
     def delta(self, message_id: str, offset: int, text: str) -> None:
         self.worker.bus.publish_delta(
             Delta(self.turn.session_id, self.turn.id, message_id, offset, text)
         )
 
-    async def model_step(self, message: domain.Message, usage: domain.Usage) -> None:
-        await self.worker.leases.checkpoint(
-            self.turn,
-            self.claim.token,
-            new_messages=[message],
-            step_done=True,
-            usage=usage,
-            run_time_s=self._run_time(),
-        )
-        self.progress.reset()
+    async def commit(self, checkpoint: domain.Checkpoint) -> None:
+        run_time = self.turn.run_time_s + (time.monotonic() - self.started)
+        await self.worker.leases.checkpoint(self.turn, self.claim.token, checkpoint, run_time)
+        if checkpoint.end is not None:
+            metrics.TURNS_FINISHED.labels(status=checkpoint.end.status.value).inc()
 
-    async def tools_started(self, calls: Sequence[domain.ToolCall]) -> None:
-        await self.worker.leases.checkpoint(
-            self.turn,
-            self.claim.token,
-            usage=self.progress.usage,
-            run_time_s=self._run_time(),
-            started=calls,
-            tool_events=[
-                (
-                    EventType.TOOL_STARTED,
-                    {"tool_call_id": c.id, "name": c.name, "arguments": c.arguments},
-                )
-                for c in calls
-            ],
-        )
+    # --- the turn's path -----------------------------------------------------------------------
 
-    async def tool_results(
-        self, results: Sequence[domain.Message], outcomes: Sequence[str]
-    ) -> None:
-        await self.worker.leases.checkpoint(
-            self.turn,
-            self.claim.token,
-            new_messages=results,
-            tool_events=[
-                (
-                    EventType.TOOL_COMPLETED,
-                    {"tool_call_id": r.tool_call_id, "name": r.name, "outcome": outcome},
-                )
-                for r, outcome in zip(results, outcomes, strict=True)
-            ],
-            step_done=True,
-            usage=self.progress.usage,
-            run_time_s=self._run_time(),
-        )
-        self.progress.reset()
+    async def run(self) -> None:
+        """Run the agent loop. A stop, a timeout or a failure ends the turn with what the step
+        in flight got done; a shutdown hands the turn back; a lost lease abandons it."""
+        self.entered = True
+        try:
+            end = await self._loop()
+            if end is not None:
+                await self._end(end)
+        except errors.LeaseLost:
+            log.info("turn %s: lease lost, abandoning", self.turn.id)
+        except asyncio.CancelledError:
+            if self.worker.stopping and not self.lease_lost:
+                await self.worker.hand_back(self)
+            raise
 
-    async def pause(
-        self,
-        results: Sequence[domain.Message],
-        outcomes: Sequence[str],
-        requests: Sequence[domain.InterruptRequest],
-    ) -> None:
-        await self.worker.interrupts.pause(
-            self.turn,
-            self.claim.token,
-            usage=self.progress.usage,
-            run_time_s=self._run_time(),
-            results=results,
-            outcomes=outcomes,
-            requests=requests,
-            on_expire=self.on_expire,
-        )
-        self.progress.reset()
+    async def _loop(self) -> domain.TurnEnd | None:
+        """The loop, from the turn's checkpoint; the end to write if the loop did not end or
+        pause the turn itself."""
+        turn = self.turn
+        try:
+            if self.stop_requested:
+                raise errors.StopRequested("stopped before it started")
+            record, agent = await self.worker.agent(self.claim.agent_id)
+            transcript = await self.worker.store.transcript(turn.session_id)
+            # a turn at step 0 has made no tool call yet: nothing to resume
+            resume = await self.worker.interrupts.resume_state(turn.id) if turn.step else None
+            budget = max(0.0, record.spec.turn_timeout_s - turn.run_time_s)
+            async with asyncio.timeout(budget):
+                await loop.run_turn(self, turn, transcript, agent, self.progress, resume)
+            return None
+        except asyncio.CancelledError:
+            if not self.stop_requested or self.worker.stopping:
+                raise
+            # our own stop, not a shutdown: end the turn instead of dying with it
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            return STOPPED
+        except errors.StopRequested:  # a write found the stop before the wake-up did
+            return STOPPED
+        except TimeoutError:
+            return domain.TurnEnd(TurnStatus.CANCELLED, reason="turn_timeout")
+        except errors.TurnFailure as exc:
+            error = domain.TurnError(exc.code or exc.reason, exc.message)
+            return domain.TurnEnd(TurnStatus.FAILED, exc.reason, error)
+        except errors.LeaseLost:
+            raise
+        except Exception as exc:
+            log.exception("turn %s crashed", turn.id)
+            error = domain.TurnError("internal_error", f"{type(exc).__name__}: {exc}")
+            return domain.TurnEnd(TurnStatus.FAILED, "internal_error", error)
 
-    async def complete(self, message: domain.Message, usage: domain.Usage) -> None:
-        await self.finish(Finish(TurnStatus.COMPLETED), [message], usage, step_done=True)
-
-    async def end_stopped(self, reason: str | None) -> None:
-        """End the turn `cancelled`, recording what the step in flight got done: partial text
-        kept and marked interrupted, finished tool calls kept, running ones `interrupted`;
-        calls never started get `not_run` results from the store. `reason` None means the
-        requested stop's own reason (and its mode: a rollback removes the turn's messages)."""
-        progress = self.progress
-        kept: list[domain.Message] = []
-        outcomes: list[tuple[EventType, dict[str, object]]] = []
-        if progress.message_id and (progress.text or progress.tool_calls):
-            kept.append(loop.partial_message(self.turn, progress, domain.MessageStatus.INTERRUPTED))
-        for run in progress.tools:
-            if run.result is not None:
-                kept.append(run.result)
-            elif run.outcome == "running":
-                run.outcome = "interrupted"
-                kept.append(
-                    loop.tool_result(
-                        self.turn, run.call, "Tool call interrupted: the turn was stopped."
-                    )
-                )
-            else:
-                continue  # not started: the store closes it as not_run
-            outcomes.append(
-                (
-                    EventType.TOOL_COMPLETED,
-                    {"tool_call_id": run.call.id, "name": run.call.name, "outcome": run.outcome},
-                )
-            )
-        await self.finish(
-            Finish(TurnStatus.CANCELLED, reason=reason),
-            kept,
-            progress.usage,
-            tool_events=outcomes,
-        )
-
-    async def finish(
-        self,
-        finish: Finish,
-        new_messages: Sequence[domain.Message] = (),
-        usage: domain.Usage | None = None,
-        *,
-        step_done: bool = False,
-        tool_events: Sequence[tuple[EventType, dict[str, object]]] = (),
-    ) -> None:
-        await self.worker.leases.checkpoint(
-            self.turn,
-            self.claim.token,
-            new_messages=new_messages,
-            tool_events=tool_events,
-            step_done=step_done,
-            usage=usage or self.progress.usage,
-            run_time_s=self._run_time(),
-            finish=finish,
-        )
-        metrics.TURNS_FINISHED.labels(status=finish.status.value).inc()
+    async def _end(self, end: domain.TurnEnd) -> None:
+        try:
+            await self.commit(self.progress.ended(self.turn, end))
+        except errors.StopRequested:
+            # a stop was written before our end (the turn is cancelling): its terms win
+            await self.commit(self.progress.ended(self.turn, STOPPED))
 
 
 class Worker:
@@ -211,8 +151,8 @@ class Worker:
         self.settings = settings
         self.concurrency = settings.workers if concurrency is None else concurrency
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.new_ulid()[-8:]}"
-        self._running: dict[str, _Execution] = {}  # by claim token
-        self._by_turn: dict[str, _Execution] = {}
+        self._running: dict[str, Execution] = {}  # by claim token
+        self._by_turn: dict[str, Execution] = {}
         self._claiming: asyncio.Task[None]
         self._heartbeat: asyncio.Task[None]
         self._agents: dict[str, tuple[domain.Agent, loop.Agent]] = {}
@@ -252,6 +192,11 @@ class Worker:
     def busy(self) -> int:
         return len(self._running)
 
+    @property
+    def stopping(self) -> bool:
+        """Shutting down: turns still running are handed back, not ended."""
+        return self._stopping.is_set()
+
     # --- claiming ------------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
@@ -260,7 +205,7 @@ class Worker:
             claimed = 0
             if free > 0:
                 try:
-                    async for claim in self.leases.claim(
+                    for claim in await self.leases.claim(
                         self.id, min(free, CLAIM_BATCH), self.settings.lease_ttl_s
                     ):
                         self._start(claim)
@@ -276,15 +221,15 @@ class Worker:
             await self.bus.wait_for_work(self.settings.poll_interval_s)
 
     def _start(self, claim: Claim) -> None:
-        execution = _Execution(self, claim)
+        execution = Execution(self, claim)
         self._running[claim.token] = execution
         self._by_turn[claim.turn.id] = execution
-        execution.task = asyncio.create_task(self._execute(execution), name=claim.turn.id)
+        execution.task = asyncio.create_task(execution.run(), name=claim.turn.id)
         # a done callback, not a finally: it runs even for a task cancelled before it started
         execution.task.add_done_callback(lambda _: self._forget(execution))
         metrics.TURNS_STARTED.inc()
 
-    def _forget(self, execution: _Execution) -> None:
+    def _forget(self, execution: Execution) -> None:
         self._running.pop(execution.claim.token, None)
         self._by_turn.pop(execution.turn.id, None)
         self.bus.notify_work()  # a slot is free, and the session's next turn may run
@@ -292,9 +237,9 @@ class Worker:
     def _on_stop(self, turn_id: str) -> None:
         execution = self._by_turn.get(turn_id)
         if execution is not None:
-            execution.request_stop()
+            execution.stop_now()
 
-    async def _agent(self, agent_id: str) -> tuple[domain.Agent, loop.Agent]:
+    async def agent(self, agent_id: str) -> tuple[domain.Agent, loop.Agent]:
         cached = self._agents.get(agent_id)
         if cached and cached[0].updated_at == await self.store.agent_version(agent_id):
             return cached
@@ -306,56 +251,8 @@ class Worker:
         self._agents[agent_id] = (record, runnable)
         return record, runnable
 
-    async def _execute(self, execution: _Execution) -> None:
-        turn = execution.turn
-        execution.entered = True
-        try:
-            try:
-                if execution.stop_requested:
-                    raise errors.StopRequested("stopped before it started")
-                record, agent = await self._agent(execution.claim.agent_id)
-                execution.on_expire = record.spec.on_expire
-                transcript = await self.store.transcript(turn.session_id)
-                # a turn at step 0 has made no tool call yet: nothing to resume
-                resume = await self.interrupts.resume_state(turn.id) if turn.step else None
-                budget = max(0.0, record.spec.turn_timeout_s - turn.run_time_s)
-                async with asyncio.timeout(budget):
-                    await loop.run_turn(
-                        execution, turn, transcript, agent, execution.progress, resume
-                    )
-            except asyncio.CancelledError:
-                if not execution.stop_requested or self._stopping.is_set():
-                    raise
-                # our own stop, not a shutdown: finish the turn instead of dying with it
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                await execution.end_stopped(None)
-            except errors.StopRequested:  # a write found the stop before the wake-up did
-                await execution.end_stopped(None)
-            except TimeoutError:
-                await execution.end_stopped("turn_timeout")
-        except errors.LeaseLost:
-            log.info("turn %s: lease lost, abandoning", turn.id)
-        except errors.StopRequested:
-            # the stop landed between our timeout and our write: the stop's terms win
-            await execution.end_stopped(None)
-        except errors.TurnFailure as exc:
-            await self._fail(execution, exc.reason, exc.message, exc.code)
-        except asyncio.CancelledError:
-            if self._stopping.is_set() and not execution.lease_lost:
-                await self._hand_back(execution)
-            raise
-        except Exception as exc:
-            log.exception("turn %s crashed", turn.id)
-            await self._fail(execution, "internal_error", f"{type(exc).__name__}: {exc}")
-
-    async def _fail(
-        self, execution: _Execution, reason: str, message: str, code: str | None = None
-    ) -> None:
-        error = domain.TurnError(code or reason, message)
-        with contextlib.suppress(errors.LeaseLost, errors.StopRequested):
-            await execution.finish(Finish(TurnStatus.FAILED, reason=reason, error=error))
-
-    async def _hand_back(self, execution: _Execution) -> None:
+    async def hand_back(self, execution: Execution) -> None:
+        """Shutting down: the turn goes back to the queue for another worker."""
         with contextlib.suppress(Exception):
             await asyncio.shield(self.leases.release(execution.turn, execution.claim.token))
 
@@ -379,7 +276,7 @@ class Worker:
                     execution.lease_lost = True
                     execution.task.cancel()
                 elif state is not None and state.status is TurnStatus.CANCELLING:
-                    execution.request_stop()  # the backstop for a lost wake-up
+                    execution.stop_now()  # the backstop for a lost wake-up
 
 
 class Reaper:

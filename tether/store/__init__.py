@@ -7,12 +7,11 @@ from sqlalchemy.engine import make_url
 from tether import errors
 from tether.store import migrations
 from tether.store.base import CommitHook, Page, Runner, Store
-from tether.store.leases import Claim, Finish, Leases, LeaseState
+from tether.store.leases import Claim, Leases, LeaseState
 
 __all__ = [
     "Claim",
     "CommitHook",
-    "Finish",
     "LeaseState",
     "Leases",
     "Page",

@@ -4,117 +4,25 @@ and what a resumed turn needs to know."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, select
 
-from tether import domain, errors, ids, views
-from tether.domain import EventType, InterruptStatus, TurnStatus
-from tether.runtime.loop import Resume
-from tether.store import records, transitions
+from tether import domain, errors, views
+from tether.domain import EventType, InterruptMove, InterruptStatus, ToolRunStatus, TurnMove
+from tether.store import guards, records, transitions
 from tether.store.base import Page, Store
-from tether.store.leases import held_running, refused
 from tether.store.schema import interrupts, tool_runs, turns
 from tether.store.session_write import SessionWrite
-from tether.store.transitions import cancel_pending, mark_runs
+from tether.store.transitions import cancel_pending
 
-_PENDING = InterruptStatus.PENDING.value
+_PENDING = guards.status_in(interrupts.c.status, {InterruptStatus.PENDING})
 
 
 class InterruptStore:
     def __init__(self, store: Store):
         self.store = store
-
-    # --- pausing -------------------------------------------------------------------------------
-
-    async def pause(
-        self,
-        turn: domain.Turn,
-        token: str,
-        *,
-        usage: domain.Usage,
-        run_time_s: float,
-        results: Sequence[domain.Message],
-        outcomes: Sequence[str],
-        requests: Sequence[domain.InterruptRequest],
-        on_expire: str,
-    ) -> list[domain.Interrupt]:
-        """The turn waits: its finished calls and the interrupts it waits on are committed,
-        and it gives up its lease (no worker holds a waiting turn)."""
-
-        def body(sw: SessionWrite) -> list[domain.Interrupt]:
-            row = sw.conn.execute(
-                update(turns)
-                .where(held_running(turn.id, token))
-                .values(
-                    status=TurnStatus.WAITING.value,
-                    usage=usage.as_dict(),
-                    run_time_s=run_time_s,
-                    claim_token=None,
-                    lease_expires_at=None,
-                    worker_id=None,
-                )
-                .returning(turns.c.step)
-            ).first()
-            if row is None:
-                refused(sw.conn, turn.id, token)
-            for result, outcome in zip(results, outcomes, strict=True):
-                sw.message(
-                    turn.id,
-                    "tool",
-                    result.content,
-                    tool_call_id=result.tool_call_id,
-                    name=result.name,
-                    message_id=result.id,
-                )
-                sw.event(
-                    EventType.TOOL_COMPLETED,
-                    turn.id,
-                    {"tool_call_id": result.tool_call_id, "name": result.name, "outcome": outcome},
-                )
-            mark_runs(
-                sw.conn,
-                turn.id,
-                [(r.tool_call_id or "", r.name or "") for r in results],
-                "finished",
-                sw.now,
-            )
-            mark_runs(
-                sw.conn,
-                turn.id,
-                [(r.tool_call_id, r.tool_name) for r in requests],
-                "paused",
-                sw.now,
-            )
-            created = []
-            for i, req in enumerate(requests):
-                interrupt = domain.Interrupt(
-                    id=ids.new("int"),
-                    tenant_id=turn.tenant_id,
-                    session_id=turn.session_id,
-                    turn_id=turn.id,
-                    type=req.type,
-                    tool_call_id=req.tool_call_id,
-                    tool_name=req.tool_name,
-                    request=req.request,
-                    response=None,
-                    status=InterruptStatus.PENDING,
-                    step=row.step,
-                    created_at=sw.now,
-                    expires_at=sw.now + timedelta(seconds=req.ttl_s) if req.ttl_s else None,
-                    on_expire=on_expire,
-                )
-                sw.conn.execute(insert(interrupts).values(_values(interrupt)))
-                data: dict[str, Any] = {"interrupt": views.interrupt(interrupt)}
-                if i == len(requests) - 1:
-                    data["turn_waiting"] = True  # a turn's stream ends here, to resume later
-                sw.event(EventType.INTERRUPT_CREATED, turn.id, data)
-                created.append(interrupt)
-            return created
-
-        return await self.store.session_write(turn.session_id, body)
 
     # --- answering -----------------------------------------------------------------------------
 
@@ -159,10 +67,9 @@ class InterruptStore:
 
         def body(sw: SessionWrite) -> tuple[domain.Interrupt, bool]:
             row = sw.conn.execute(
-                update(interrupts)
-                .where(interrupts.c.id == interrupt_id, interrupts.c.status == _PENDING)
+                guards.update(interrupts, InterruptMove.RESOLVE)
+                .where(interrupts.c.id == interrupt_id)
                 .values(
-                    status=InterruptStatus.RESOLVED.value,
                     response=response,
                     resolved_at=sw.now,
                     resolved_by=resolved_by,
@@ -191,7 +98,7 @@ class InterruptStore:
         due = await self.store.runner.run(
             lambda conn: conn.execute(
                 select(interrupts.c.id, interrupts.c.session_id).where(
-                    interrupts.c.status == _PENDING, interrupts.c.expires_at < now
+                    _PENDING, interrupts.c.expires_at < now
                 )
             ).all(),
             write=False,
@@ -204,9 +111,9 @@ class InterruptStore:
 
     # --- resuming ------------------------------------------------------------------------------
 
-    async def resume_state(self, turn_id: str) -> Resume:
-        def read(conn: Connection) -> Resume:
-            resume = Resume()
+    async def resume_state(self, turn_id: str) -> domain.ResumeState:
+        def read(conn: Connection) -> domain.ResumeState:
+            resume = domain.ResumeState()
             for row in conn.execute(
                 select(interrupts)
                 .where(interrupts.c.turn_id == turn_id)
@@ -219,7 +126,8 @@ class InterruptStore:
             resume.started = set(
                 conn.execute(
                     select(tool_runs.c.tool_call_id).where(
-                        tool_runs.c.turn_id == turn_id, tool_runs.c.status == "started"
+                        tool_runs.c.turn_id == turn_id,
+                        guards.status_in(tool_runs.c.status, {ToolRunStatus.STARTED}),
                     )
                 ).scalars()
             )
@@ -228,39 +136,15 @@ class InterruptStore:
         return await self.store.runner.run(read, write=False)
 
 
-def _values(i: domain.Interrupt) -> dict[str, Any]:
-    return {
-        "id": i.id,
-        "tenant_id": i.tenant_id,
-        "session_id": i.session_id,
-        "turn_id": i.turn_id,
-        "type": i.type,
-        "tool_call_id": i.tool_call_id,
-        "tool_name": i.tool_name,
-        "request": i.request,
-        "response": i.response,
-        "status": i.status.value,
-        "step": i.step,
-        "created_at": i.created_at,
-        "expires_at": i.expires_at,
-        "on_expire": i.on_expire,
-    }
-
-
 def _resume_if_settled(sw: SessionWrite, turn_id: str) -> bool:
     """A waiting turn with nothing left pending goes back to the queue."""
     pending = sw.conn.execute(
-        select(interrupts.c.id)
-        .where(interrupts.c.turn_id == turn_id, interrupts.c.status == _PENDING)
-        .limit(1)
+        select(interrupts.c.id).where(interrupts.c.turn_id == turn_id, _PENDING).limit(1)
     ).first()
     if pending is not None:
         return False
     row = sw.conn.execute(
-        update(turns)
-        .where(turns.c.id == turn_id, turns.c.status == TurnStatus.WAITING.value)
-        .values(status=TurnStatus.QUEUED.value)
-        .returning(*turns.c)
+        guards.update(turns, TurnMove.RESUME).where(turns.c.id == turn_id).returning(*turns.c)
     ).first()
     if row is None:
         return False
@@ -273,15 +157,9 @@ def _resume_if_settled(sw: SessionWrite, turn_id: str) -> bool:
 def _expire_one(store: Store, sw: SessionWrite, *, iid: str, now: datetime) -> None:
     interrupt_id = iid
     row = sw.conn.execute(
-        update(interrupts)
-        .where(
-            and_(
-                interrupts.c.id == interrupt_id,
-                interrupts.c.status == _PENDING,
-                interrupts.c.expires_at < now,
-            )
-        )
-        .values(status=InterruptStatus.EXPIRED.value, resolved_at=sw.now)
+        guards.update(interrupts, InterruptMove.EXPIRE)
+        .where(interrupts.c.id == interrupt_id, interrupts.c.expires_at < now)
+        .values(resolved_at=sw.now)
         .returning(*interrupts.c)
     ).first()
     if row is None:
@@ -290,10 +168,9 @@ def _expire_one(store: Store, sw: SessionWrite, *, iid: str, now: datetime) -> N
     sw.event(EventType.INTERRUPT_EXPIRED, expired.turn_id, {"interrupt": views.interrupt(expired)})
     if expired.on_expire == "fail":
         turn_row = sw.conn.execute(
-            update(turns)
-            .where(turns.c.id == expired.turn_id, turns.c.status == TurnStatus.WAITING.value)
+            guards.update(turns, TurnMove.EXPIRE)
+            .where(turns.c.id == expired.turn_id)
             .values(
-                status=TurnStatus.FAILED.value,
                 reason="approval_expired",
                 error={
                     "code": "approval_expired",

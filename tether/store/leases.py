@@ -7,16 +7,16 @@ import asyncio
 import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Row,
     String,
+    Update,
     and_,
     bindparam,
     case,
@@ -26,11 +26,13 @@ from sqlalchemy import (
 )
 
 from tether import domain, errors, views
-from tether.domain import EventType, TurnStatus, utcnow
-from tether.store import records, transitions
+from tether.domain import EventType, TurnMove, TurnStatus, utcnow
+from tether.store import guards, records, transitions
 from tether.store.base import Store
 from tether.store.schema import Json, UTCDateTime, messages, sessions, turns
-from tether.store.session_write import IS_HELD, SESSION_BUSY, SessionWrite, status_in
+from tether.store.session_write import IS_HELD, SESSION_BUSY, SessionWrite
+
+_CLAIMABLE = guards.guard(turns.c.status, TurnMove.CLAIM)
 
 
 @dataclass(slots=True)
@@ -48,20 +50,10 @@ class LeaseState:
     stop: dict[str, Any] | None
 
 
-@dataclass(slots=True)
-class Finish:
-    """How a turn ends: written with the turn's last messages in one transaction."""
-
-    status: TurnStatus
-    reason: str | None = None
-    error: domain.TurnError | None = None
-
-
 _CLAIM_TURN = (
-    update(turns)
-    .where(turns.c.id == bindparam("tid"), turns.c.status == TurnStatus.QUEUED.value)
+    guards.update(turns, TurnMove.CLAIM)
+    .where(turns.c.id == bindparam("tid"))
     .values(
-        status=TurnStatus.RUNNING.value,
         # attempts count lease losses (DESIGN §2), not claims: the first claim makes it 1
         attempt=case((turns.c.attempt == 0, 1), else_=turns.c.attempt),
         worker_id=bindparam("worker"),
@@ -71,31 +63,29 @@ _CLAIM_TURN = (
     )
     .returning(*turns.c)
 )
-_STEP = (
-    update(turns)
-    .where(
-        turns.c.id == bindparam("tid"),
-        turns.c.claim_token == bindparam("token"),
-        turns.c.status == TurnStatus.RUNNING.value,
+
+
+def _fenced(move: domain.Move[TurnStatus]) -> Update:
+    """A write of the turn's holder: fenced by its claim token, and refused once a stop was
+    written (the turn is `cancelling`) unless the move ends it stopped."""
+    return (
+        guards.update(turns, move)
+        .where(turns.c.id == bindparam("tid"), turns.c.claim_token == bindparam("token"))
+        .values(
+            step=turns.c.step + bindparam("step_inc"),
+            usage=bindparam("usage", type_=Json),
+            run_time_s=bindparam("run_time"),
+        )
     )
+
+
+_RELEASE_LEASE = {"claim_token": None, "lease_expires_at": None, "worker_id": None}
+# One statement per move a checkpoint may make, built once.
+_CHECKPOINT = _fenced(TurnMove.CHECKPOINT)
+_PAUSE = _fenced(TurnMove.PAUSE).values(**_RELEASE_LEASE).returning(*turns.c)
+_END = {
+    move.target: _fenced(move)
     .values(
-        step=turns.c.step + bindparam("step_inc"),
-        usage=bindparam("usage", type_=Json),
-        run_time_s=bindparam("run_time"),
-    )
-)
-_FINISH = {
-    target: update(turns)
-    .where(
-        turns.c.id == bindparam("tid"),
-        turns.c.claim_token == bindparam("token"),
-        status_in(s.value for s in domain.sources_of(target)),
-    )
-    .values(
-        status=target.value,
-        step=turns.c.step + bindparam("step_inc"),
-        usage=bindparam("usage", type_=Json),
-        run_time_s=bindparam("run_time"),
         reason=func.coalesce(bindparam("reason", type_=String), turns.c.reason),
         error=bindparam("error", type_=Json),
         finished_at=bindparam("now", type_=UTCDateTime),
@@ -103,20 +93,11 @@ _FINISH = {
         lease_expires_at=None,
     )
     .returning(*turns.c)
-    for target in domain.TERMINAL
+    for move in (TurnMove.COMPLETE, TurnMove.FAIL, TurnMove.END_STOPPED)
 }
 _HELD_BY = select(turns.c.status).where(
     turns.c.id == bindparam("tid"), turns.c.claim_token == bindparam("token")
 )
-
-
-def held_running(turn_id: str, token: str) -> ColumnElement[bool]:
-    """The guard of a fenced write: the turn is running under this claim token."""
-    return and_(
-        turns.c.id == turn_id,
-        turns.c.claim_token == token,
-        turns.c.status == TurnStatus.RUNNING.value,
-    )
 
 
 def refused(conn: Connection, turn_id: str, token: str) -> NoReturn:
@@ -128,19 +109,19 @@ def refused(conn: Connection, turn_id: str, token: str) -> NoReturn:
     raise errors.LeaseLost(f"turn {turn_id} is no longer held by this worker")
 
 
-log = logging.getLogger("tether.worker")
+log = logging.getLogger(__name__)
 
 
 class Leases:
     def __init__(self, store: Store):
         self.store = store
 
-    async def claim(self, worker_id: str, limit: int, lease_ttl_s: float) -> AsyncIterator[Claim]:
+    async def claim(self, worker_id: str, limit: int, lease_ttl_s: float) -> list[Claim]:
         """Take up to `limit` runnable turns: the head of the queue of sessions with no active
         turn, oldest first. First attempts put the turn's input into the transcript."""
         head = (
             select(func.min(turns.c.seq))
-            .where(turns.c.session_id == sessions.c.id, turns.c.status == TurnStatus.QUEUED.value)
+            .where(turns.c.session_id == sessions.c.id, _CLAIMABLE)
             .correlate(sessions)
             .scalar_subquery()
         )
@@ -149,7 +130,7 @@ class Leases:
             .join(sessions, sessions.c.id == turns.c.session_id)
             .where(
                 sessions.c.status == domain.SessionStatus.QUEUED.value,
-                turns.c.status == TurnStatus.QUEUED.value,
+                _CLAIMABLE,
                 turns.c.seq == head,
             )
             .order_by(turns.c.created_at)
@@ -179,11 +160,9 @@ class Leases:
         # claim made is handed over, even when another failed: a claim nobody runs would wait
         # out its lease.
         made = await asyncio.gather(*(claim_one(c) for c in candidates), return_exceptions=True)
-        for claim in made:
-            if isinstance(claim, BaseException):
-                log.warning("claim failed: %s", claim)
-            elif claim is not None:
-                yield claim
+        for failure in (c for c in made if isinstance(c, BaseException)):
+            log.warning("claim failed: %s", failure)
+        return [c for c in made if isinstance(c, Claim)]
 
     @staticmethod
     def _claim_one(
@@ -212,7 +191,7 @@ class Leases:
             ).first()
         ):
             for item in turn.input:
-                sw.message(turn.id, item["role"], item["content"])
+                sw.new_message(turn.id, item["role"], item["content"])
         sw.event(EventType.TURN_STARTED, turn.id, {"attempt": turn.attempt})
         return Claim(turn, agent_id, token)
 
@@ -238,70 +217,49 @@ class Leases:
         return await self.store.write(tx, urgent=True)
 
     async def checkpoint(
-        self,
-        turn: domain.Turn,
-        token: str,
-        *,
-        usage: domain.Usage,
-        run_time_s: float,
-        new_messages: Sequence[domain.Message] = (),
-        tool_events: Sequence[tuple[EventType, dict[str, Any]]] = (),
-        started: Sequence[domain.ToolCall] = (),
-        step_done: bool = False,
-        finish: Finish | None = None,
-    ) -> None:
-        """Commit one step of a turn held under `token`: its messages, usage, step counter and
-        the events describing them, and, if `finish`, the turn's end. All or nothing. Raises
-        StopRequested if a stop was written meanwhile, LeaseLost if the token no longer holds
-        the turn."""
+        self, turn: domain.Turn, token: str, checkpoint: domain.Checkpoint, run_time_s: float
+    ) -> list[domain.Interrupt]:
+        """Commit one step of a turn held under `token`, all or nothing: its messages, the
+        calls it starts and the results of those it ran, its usage and step counter, the
+        events describing them, and its pause (answers the interrupts created) or its end.
+        Raises StopRequested if a stop was written meanwhile, LeaseLost if the token no longer
+        holds the turn."""
+        cp = checkpoint
         params: dict[str, Any] = {
             "tid": turn.id,
             "token": token,
-            "step_inc": 1 if step_done else 0,
-            "usage": usage.as_dict(),
+            "step_inc": 1 if cp.step_done else 0,
+            "usage": cp.usage.as_dict(),
             "run_time": run_time_s,
         }
+        statement: Update
+        if cp.end is not None:
+            error = cp.end.error
+            statement = _END[cp.end.status]
+            params["reason"] = cp.end.reason
+            params["error"] = {"code": error.code, "message": error.message} if error else None
+        else:
+            statement = _PAUSE if cp.waits else _CHECKPOINT
 
-        def body(sw: SessionWrite) -> None:
-            if finish is None:
-                written = sw.conn.execute(_STEP, params).rowcount == 1
-                row = None
-            else:
-                error = finish.error
-                row = sw.conn.execute(
-                    _FINISH[finish.status],
-                    {
-                        **params,
-                        "reason": finish.reason,
-                        "error": {"code": error.code, "message": error.message} if error else None,
-                        "now": sw.now,
-                    },
-                ).first()
-                written = row is not None
-            if not written:
+        def body(sw: SessionWrite) -> list[domain.Interrupt]:
+            if cp.end is not None:
+                params["now"] = sw.now
+            result = sw.conn.execute(statement, params)
+            row = result.first() if cp.waits or cp.end else None
+            if (row is None and (cp.waits or cp.end)) or (
+                statement is _CHECKPOINT and result.rowcount != 1
+            ):
                 refused(sw.conn, turn.id, token)
-            for m in new_messages:
-                sw.message(
-                    m.turn_id,
-                    m.role,
-                    m.content,
-                    tool_calls=m.tool_calls,
-                    tool_call_id=m.tool_call_id,
-                    name=m.name,
-                    status=m.status,
-                    message_id=m.id,
-                )
-            for type_, data in tool_events:
-                sw.event(type_, turn.id, data)
-            # the ledger: `started` before a call runs, `finished` with its result
-            transitions.mark_runs(
-                sw.conn, turn.id, [(c.id, c.name) for c in started], "started", sw.now
-            )
-            finished = [
-                (m.tool_call_id or "", m.name or "") for m in new_messages if m.role == "tool"
-            ]
-            transitions.mark_runs(sw.conn, turn.id, finished, "finished", sw.now)
-            if row is not None:
+            for message in cp.messages:
+                sw.add_message(message)
+            transitions.start_tool_calls(sw, turn.id, cp.started)
+            transitions.record_results(sw, turn.id, cp.results)
+            created: list[domain.Interrupt] = []
+            if cp.waits:
+                assert row is not None
+                created = transitions.create_interrupts(sw, records.turn(row), cp.asks)
+            if cp.end is not None:
+                assert row is not None
                 if row.reason is None and row.status == TurnStatus.CANCELLED.value:
                     # a requested stop ends with its own reason
                     stop_reason = (row.stop or {}).get("reason", "client_cancelled")
@@ -311,23 +269,19 @@ class Leases:
                         .values(reason=stop_reason)
                         .returning(*turns.c)
                     ).one()
-                transitions.ended(sw, row)
+                transitions.ended(sw, row, cp.interrupted)
+            return created
 
-        await self.store.session_write(turn.session_id, body)
+        return await self.store.session_write(turn.session_id, body)
 
     async def release(self, turn: domain.Turn, token: str) -> bool:
         """Hand a running turn back to the queue (graceful shutdown); not an attempt lost."""
 
         def body(sw: SessionWrite) -> bool:
             row = sw.conn.execute(
-                update(turns)
-                .where(held_running(turn.id, token))
-                .values(
-                    status=TurnStatus.QUEUED.value,
-                    claim_token=None,
-                    lease_expires_at=None,
-                    worker_id=None,
-                )
+                guards.update(turns, TurnMove.REQUEUE)
+                .where(turns.c.id == turn.id, turns.c.claim_token == token)
+                .values(**_RELEASE_LEASE)
                 .returning(*turns.c)
             ).first()
             if row is not None:
@@ -369,10 +323,10 @@ class Leases:
             current = records.turn(row)
             extra: dict[str, Any] = {}
             if current.status is TurnStatus.RUNNING and current.attempt < max_attempts:
-                target = TurnStatus.QUEUED
+                move = TurnMove.REQUEUE
                 extra = {"attempt": current.attempt + 1}
             elif current.status is TurnStatus.RUNNING:
-                target = TurnStatus.FAILED
+                move = TurnMove.FAIL
                 extra = {
                     "reason": "worker_lost",
                     "error": {
@@ -382,30 +336,24 @@ class Leases:
                     "finished_at": sw.now,
                 }
             else:
-                target = TurnStatus.CANCELLED
+                move = TurnMove.END_STOPPED
                 stop = row.stop or {}
                 extra = {"reason": stop.get("reason", "client_cancelled"), "finished_at": sw.now}
             # Conditional on the lease as we read it: a heartbeat that renewed it since (it
             # does not take the session lock) keeps the turn.
             updated = sw.conn.execute(
-                update(turns)
+                guards.update(turns, move)
                 .where(
                     turns.c.id == turn_id,
-                    turns.c.status == current.status.value,
                     turns.c.claim_token == row.claim_token,
                     turns.c.lease_expires_at < now,
                 )
-                .values(
-                    status=target.value,
-                    claim_token=None,
-                    lease_expires_at=None,
-                    worker_id=None,
-                    **extra,
-                )
+                .values(**_RELEASE_LEASE, **extra)
                 .returning(*turns.c)
             ).first()
             if updated is None:
                 return None
+            target = move.target
             if target is TurnStatus.QUEUED:
                 resumed = views.turn(records.turn(updated))
                 sw.event(EventType.TURN_QUEUED, turn_id, {"turn": resumed, "resumed": True})

@@ -126,3 +126,22 @@ def interrupt(row: Row[Any]) -> domain.Interrupt:
         expires_at=row.expires_at,
         on_expire=row.on_expire,
     )
+
+
+def interrupt_values(i: domain.Interrupt) -> dict[str, Any]:
+    return {
+        "id": i.id,
+        "tenant_id": i.tenant_id,
+        "session_id": i.session_id,
+        "turn_id": i.turn_id,
+        "type": i.type,
+        "tool_call_id": i.tool_call_id,
+        "tool_name": i.tool_name,
+        "request": i.request,
+        "response": i.response,
+        "status": i.status.value,
+        "step": i.step,
+        "created_at": i.created_at,
+        "expires_at": i.expires_at,
+        "on_expire": i.on_expire,
+    }

@@ -8,30 +8,22 @@ costs more than SQLite takes to run it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Row, bindparam, insert, or_, select, update
 
 from tether import domain, ids, views
 from tether.domain import EventType, TurnStatus, utcnow
 from tether.store import records
+from tether.store.guards import status_in
 from tether.store.schema import events, messages, sessions, turns
 
 UNFINISHED = [s.value for s in domain.UNFINISHED]
-ACTIVE = [s.value for s in domain.ACTIVE]
-HELD = [TurnStatus.RUNNING.value, TurnStatus.CANCELLING.value]
 
-
-def status_in(statuses: Iterable[str]) -> ColumnElement[bool]:
-    """`status IN (...)` for a fixed set, as plain equalities: an IN list is re-expanded at
-    every execution, equalities are compiled once."""
-    return or_(*(turns.c.status == s for s in statuses))
-
-
-IS_UNFINISHED = status_in(UNFINISHED)
-IS_ACTIVE = status_in(ACTIVE)
-IS_HELD = status_in(HELD)
+IS_UNFINISHED = status_in(turns.c.status, domain.UNFINISHED)
+IS_ACTIVE = status_in(turns.c.status, domain.ACTIVE)
+IS_HELD = status_in(turns.c.status, domain.HELD)
 
 SESSION_TURNS = select(turns.c.id, turns.c.status, turns.c.seq).where(
     turns.c.session_id == bindparam("sid"),
@@ -63,35 +55,39 @@ class SessionWrite:
         self._event_seq += 1
         self.events.append(domain.Event(self.id, self._event_seq, type, turn_id, data, self.now))
 
-    def message(
+    def new_message(
         self,
         turn_id: str,
-        role: str,
+        role: domain.Role,
         content: str | None,
         *,
-        tool_calls: Sequence[domain.ToolCall] = (),
         tool_call_id: str | None = None,
         name: str | None = None,
-        status: domain.MessageStatus = domain.MessageStatus.COMPLETED,
-        message_id: str | None = None,
     ) -> domain.Message:
-        self._message_seq += 1
-        msg = domain.Message(
-            id=message_id or ids.new("msg"),
+        """A message the store writes itself (a turn's input, a closed call's result)."""
+        message = domain.Message(
+            id=ids.new("msg"),
             session_id=self.id,
             turn_id=turn_id,
-            seq=self._message_seq,
-            role=role,  # type: ignore[arg-type]
+            seq=0,
+            role=role,
             content=content,
-            tool_calls=list(tool_calls),
             tool_call_id=tool_call_id,
             name=name,
-            status=status,
-            created_at=self.now,
         )
-        self.pending_messages.append(msg)
-        self.event(EventType.MESSAGE_COMPLETED, turn_id, {"message": views.message(msg)})
-        return msg
+        return self.add_message(message)
+
+    def add_message(self, message: domain.Message) -> domain.Message:
+        """Append `message` to the transcript: numbered here, inserted at flush."""
+        self._message_seq += 1
+        numbered = dataclasses.replace(
+            message, session_id=self.id, seq=self._message_seq, created_at=self.now
+        )
+        self.pending_messages.append(numbered)
+        self.event(
+            EventType.MESSAGE_COMPLETED, numbered.turn_id, {"message": views.message(numbered)}
+        )
+        return numbered
 
     def flush(self) -> None:
         rows = self.conn.execute(SESSION_TURNS, {"sid": self.id, "last_seq": self.turn_seq}).all()
