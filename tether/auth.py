@@ -108,7 +108,7 @@ class Keys:
         prefix = secrets.token_hex(6)
         key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
         info = KeyInfo(ids.new("key"), tenant_id, role, name, prefix, domain.utcnow(), None, None)
-        await self.store.runner.run(
+        await self.store.db.dialect.run(
             lambda conn: conn.execute(
                 insert(api_keys).values(
                     id=info.id,
@@ -128,7 +128,7 @@ class Keys:
         query = select(api_keys).order_by(api_keys.c.id)
         if tenant_id is not None:
             query = query.where(api_keys.c.tenant_id == tenant_id)
-        rows = await self.store.runner.run(lambda conn: conn.execute(query).all(), write=False)
+        rows = await self.store.db.dialect.run(lambda conn: conn.execute(query).all(), write=False)
         return Page([_info(r) for r in rows], None)
 
     async def revoke(self, key_id: str, tenant_id: str | None = None) -> KeyInfo:
@@ -142,14 +142,14 @@ class Keys:
                 ).returning(*api_keys.c)
             ).first()
 
-        row = await self.store.runner.run(tx, write=True)
+        row = await self.store.db.dialect.run(tx, write=True)
         if row is None:
             raise errors.NotFound(f"key {key_id} not found")
         self._cache = {d: v for d, v in self._cache.items() if v[1].key_id != key_id}
         return _info(row)
 
     async def any_active(self) -> bool:
-        row = await self.store.runner.run(
+        row = await self.store.db.dialect.run(
             lambda conn: conn.execute(
                 select(api_keys.c.id).where(api_keys.c.revoked_at.is_(None)).limit(1)
             ).first(),
@@ -166,7 +166,7 @@ class Keys:
         parts = key.split("_", 2)  # the secret may itself contain "_"
         if len(parts) != 3 or f"{parts[0]}_" != KEY_PREFIX:
             raise errors.Unauthorized()
-        rows = await self.store.runner.run(
+        rows = await self.store.db.dialect.run(
             lambda conn: conn.execute(select(api_keys).where(api_keys.c.prefix == parts[1])).all(),
             write=False,
         )
@@ -184,7 +184,7 @@ class Keys:
         if last and now - last < _TOUCH_EVERY:
             return
         self._touched[key_id] = now
-        await self.store.runner.run(
+        await self.store.db.dialect.run(
             lambda conn: conn.execute(
                 update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=now)
             ),

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import os
 import signal
 import time
 from collections import Counter
 from pathlib import Path
-from typing import IO, Any
 
 import yaml
-from sqlalchemy.engine import make_url
 
 from tether import domain, errors
 from tether.auth import Keys
@@ -21,8 +17,7 @@ from tether.bus import Bus, LocalBus
 from tether.config import Settings
 from tether.runtime.tools import ToolRegistry, builtin_registry, load_tools
 from tether.service import DEFAULT_TENANT, Service
-from tether.store import Leases, Store, open_store
-from tether.store.audit import AuditLog
+from tether.store import Store, open_store
 from tether.worker import Reaper, Worker
 
 log = logging.getLogger("tether")
@@ -47,12 +42,6 @@ DEMO_AGENT = domain.AgentSpec(
     ),
     tools=[domain.ToolSpec(name="get_time"), domain.ToolSpec(name="sleep")],
 )
-
-
-class DataDirLocked(errors.TetherError):
-    """Another Tether process is using this data directory."""
-
-    code = "data_dir_locked"
 
 
 class RefuseToStart(errors.TetherError):
@@ -91,7 +80,6 @@ class Node:
         self.service: Service
         self.worker: Worker | None = None
         self.reaper: Reaper | None = None
-        self._lock_file: IO[Any] | None = None
         self.streams: Counter[str] = Counter()  # open SSE connections per tenant
         self._auth_checked = (0.0, False)
 
@@ -105,26 +93,21 @@ class Node:
             self._auth_checked = (time.monotonic() + 2.0, required)
         return required
 
-    @property
-    def embedded(self) -> bool:
-        return make_url(self.settings.resolved_store_url).get_backend_name() == "sqlite"
-
     async def start(self) -> None:
         settings = self.settings
-        if self.embedded:
-            self._lock_data_dir(settings.data_dir)
         self.bus = await open_bus(settings)
         self.store = await open_store(
             settings.resolved_store_url,
             on_commit=self.bus.publish_events,
             pool_size=settings.store_pool_size,
+            serve=True,
         )
         self.service = Service(self.store, self.bus, self.tools, settings.zone, settings)
         self.keys = Keys(self.store)
-        self.audit = AuditLog(self.store)
-        if self.embedded:
-            # we hold the data dir: every lease in the store belongs to a dead process
-            await Leases(self.store).expire_all_leases()
+        self.audit = self.store.audit
+        if self.store.exclusive:
+            # the store's only server: every lease in it belongs to a dead process
+            await self.store.leases.expire_all()
         if self.api:
             await check_exposure(settings, self.keys)
             if settings.demo_agent:
@@ -146,21 +129,6 @@ class Node:
             await self.reaper.stop()
         await self.bus.close()
         await self.store.close()
-        if self._lock_file:
-            self._lock_file.close()
-
-    def _lock_data_dir(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(data_dir / "tether.lock", "a+")  # noqa: SIM115 - held for the process life
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            lock.close()
-            raise DataDirLocked(f"another tether process is using {data_dir}") from exc
-        lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
-        self._lock_file = lock
 
 
 async def run_worker(settings: Settings) -> None:

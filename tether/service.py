@@ -14,7 +14,6 @@ from tether.bus import Bus, Subscription
 from tether.config import Settings
 from tether.runtime.tools import ToolRegistry
 from tether.store import Page, Store
-from tether.store.interrupts import InterruptStore
 
 DEFAULT_TENANT = "default"
 _STORE_POLL_S = 0.25  # how often a stop waiting for its confirmation also asks the store
@@ -59,7 +58,6 @@ class Service:
     ):
         self.settings = settings or Settings()
         self.store = store
-        self.interrupts = InterruptStore(store)
         self.bus = bus
         self.tools = tools
         self.zone = zone
@@ -76,24 +74,24 @@ class Service:
 
     async def create_agent(self, tenant: str, spec: domain.AgentSpec) -> domain.Agent:
         self._check_agent(spec)
-        return await self.store.create_agent(tenant, spec)
+        return await self.store.agents.create(tenant, spec)
 
     async def upsert_agent(self, tenant: str, spec: domain.AgentSpec) -> domain.Agent:
         """Create or replace the agent of that name (agents files, the demo agent)."""
         self._check_agent(spec)
         try:
-            current = await self.store.get_agent(tenant, spec.name)
+            current = await self.store.agents.get(tenant, spec.name)
         except errors.NotFound:
-            return await self.store.create_agent(tenant, spec)
+            return await self.store.agents.create(tenant, spec)
         if current.spec == spec:
             return current
-        return await self.store.update_agent(tenant, current.id, spec)
+        return await self.store.agents.update(tenant, current.id, spec)
 
     async def get_agent(self, tenant: str, agent_id: str) -> domain.Agent:
-        return await self.store.get_agent(tenant, ids.check("agt", agent_id))
+        return await self.store.agents.get(tenant, ids.check("agt", agent_id))
 
     async def list_agents(self, tenant: str, limit: int, cursor: str | None) -> Page:
-        return await self.store.list_agents(tenant, limit, cursor)
+        return await self.store.agents.page(tenant, limit, cursor)
 
     async def update_agent(
         self, tenant: str, agent_id: str, changes: dict[str, Any]
@@ -105,10 +103,10 @@ class Service:
         except ValueError as exc:
             raise errors.InvalidAgent(str(exc)) from exc
         self._check_agent(spec)
-        return await self.store.update_agent(tenant, agent_id, spec)
+        return await self.store.agents.update(tenant, agent_id, spec)
 
     async def delete_agent(self, tenant: str, agent_id: str) -> None:
-        await self.store.delete_agent(tenant, ids.check("agt", agent_id))
+        await self.store.agents.delete(tenant, ids.check("agt", agent_id))
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -120,19 +118,19 @@ class Service:
         input: str | list[dict[str, Any]] | None = None,
     ) -> tuple[domain.Session, domain.Turn | None]:
         """`agent_ref` is an agent id or, for convenience, an agent's name."""
-        agent = await self.store.get_agent(tenant, agent_ref)
+        agent = await self.store.agents.get(tenant, agent_ref)
         first = normalize_input(input) if input is not None else None
         if first is not None:
             await self._check_turn_limits(tenant)
-        session, turn = await self.store.create_session(
+        session_id, turn = await self.store.lifecycle.create_session(
             tenant, agent.id, self.zone, metadata or {}, first
         )
         if turn:
             self.bus.notify_work()
-        return session, turn
+        return await self.store.sessions.get(tenant, session_id), turn
 
     async def get_session(self, tenant: str, session_id: str) -> domain.Session:
-        return await self.store.get_session(tenant, ids.check_session(session_id))
+        return await self.store.sessions.get(tenant, ids.check_session(session_id))
 
     async def list_sessions(
         self,
@@ -142,10 +140,12 @@ class Service:
         status: domain.SessionStatus | None,
         agent_id: str | None,
     ) -> Page:
-        return await self.store.list_sessions(tenant, limit, cursor, status, agent_id)
+        return await self.store.sessions.page(tenant, limit, cursor, status, agent_id)
 
     async def close_session(self, tenant: str, session_id: str) -> domain.Session:
-        return await self.store.close_session(tenant, ids.check_session(session_id))
+        session_id = ids.check_session(session_id)
+        await self.store.lifecycle.close_session(tenant, session_id)
+        return await self.store.sessions.get(tenant, session_id)
 
     # --- turns ---------------------------------------------------------------------------------
 
@@ -158,7 +158,7 @@ class Service:
     ) -> domain.Turn:
         session_id = ids.check_session(session_id)
         await self._check_turn_limits(tenant)
-        turn, to_wake = await self.store.create_turn(
+        turn, to_wake = await self.store.lifecycle.create_turn(
             tenant, session_id, normalize_input(input), on_busy
         )
         for turn_id in to_wake:
@@ -171,7 +171,7 @@ class Service:
         queued_cap = self.settings.max_queued_turns_per_tenant
         if running_cap is None and queued_cap is None:
             return
-        counts = await self.store.count_turns(tenant)
+        counts = await self.store.sessions.count_unfinished(tenant)
         running = sum(n for status, n in counts.items() if status in domain.ACTIVE)
         queued = counts.get(domain.TurnStatus.QUEUED, 0)
         if running_cap is not None and running >= running_cap:
@@ -204,7 +204,7 @@ class Service:
         except errors.Unavailable:
             sub = None  # the bus is down: the stop still lands in the store; poll for the end
         try:
-            turn, to_wake = await self.store.request_stop(
+            turn, to_wake, _ = await self.store.lifecycle.stop(
                 tenant, session_id, turn_id, mode, scope, reason
             )
             for wake in to_wake:
@@ -215,7 +215,7 @@ class Service:
         finally:
             if sub is not None:
                 self.bus.unsubscribe(sub)
-        return StopResult(turn, await self.store.get_session(tenant, session_id))
+        return StopResult(turn, await self.store.sessions.get(tenant, session_id))
 
     async def _await_end(
         self, sub: Subscription | None, tenant: str, turn: domain.Turn, wait_s: float
@@ -243,36 +243,38 @@ class Service:
                         if items and not sub.lagged:
                             continue
                         sub.lagged = False  # lagged or quiet: the store says how it stands
-                    current = await self.store.get_turn(tenant, turn.session_id, turn.id)
+                    current = await self.store.sessions.turn(tenant, turn.session_id, turn.id)
                     if current.status.terminal:
                         return current
-        return await self.store.get_turn(tenant, turn.session_id, turn.id)
+        return await self.store.sessions.turn(tenant, turn.session_id, turn.id)
 
     async def get_turn(self, tenant: str, session_id: str, turn_id: str) -> domain.Turn:
-        return await self.store.get_turn(
+        return await self.store.sessions.turn(
             tenant, ids.check_session(session_id), ids.check("turn", turn_id)
         )
 
     async def list_turns(
         self, tenant: str, session_id: str, limit: int, cursor: int | None
     ) -> Page:
-        return await self.store.list_turns(tenant, ids.check_session(session_id), limit, cursor)
+        return await self.store.sessions.turns(tenant, ids.check_session(session_id), limit, cursor)
 
     async def list_messages(
         self, tenant: str, session_id: str, limit: int, cursor: int | None
     ) -> Page:
-        return await self.store.list_messages(tenant, ids.check_session(session_id), limit, cursor)
+        return await self.store.sessions.messages(
+            tenant, ids.check_session(session_id), limit, cursor
+        )
 
     async def events_after(
         self, tenant: str, session_id: str, after: int, limit: int
     ) -> list[domain.Event]:
         await self.get_session(tenant, session_id)
-        return await self.store.events_after(session_id, after, limit)
+        return await self.store.sessions.events_after(session_id, after, limit)
 
     # --- interrupts ----------------------------------------------------------------------------
 
     async def get_interrupt(self, tenant: str, interrupt_id: str) -> domain.Interrupt:
-        return await self.interrupts.get(tenant, ids.check("int", interrupt_id))
+        return await self.store.interrupts.get(tenant, ids.check("int", interrupt_id))
 
     async def list_interrupts(
         self,
@@ -282,9 +284,8 @@ class Service:
         limit: int,
         cursor: str | None,
     ) -> Page:
-        return await self.interrupts.list(
-            tenant, ids.check_session(session_id), status, limit, cursor
-        )
+        session = await self.get_session(tenant, session_id)
+        return await self.store.interrupts.page(tenant, session.id, status, limit, cursor)
 
     async def respond(
         self, tenant: str, interrupt_id: str, response: Any, resolved_by: str | None = None
@@ -298,9 +299,7 @@ class Service:
             )
         if interrupt.type == "approval":
             response = self._check_approval(interrupt, response)
-        answered, resumed = await self.interrupts.respond(
-            tenant, interrupt_id, response, resolved_by
-        )
+        answered, resumed = await self.store.lifecycle.respond(interrupt, response, resolved_by)
         if resumed:
             self.bus.notify_work()
         return answered

@@ -80,7 +80,7 @@ async def follow(
     async def backlog() -> AsyncIterator[Frame]:
         nonlocal cursor
         while True:
-            page = await store.events_after(session_id, cursor, _PAGE)
+            page = await store.sessions.events_after(session_id, cursor, _PAGE)
             for event in page:
                 cursor = event.seq
                 yield note_end(_event_frame(event))

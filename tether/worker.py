@@ -21,9 +21,7 @@ from tether.config import Settings
 from tether.domain import TurnStatus
 from tether.runtime import loop, providers
 from tether.runtime.tools import ToolRegistry
-from tether.store import Claim, Leases, Store
-from tether.store.idempotency import IdempotencyKeys
-from tether.store.interrupts import InterruptStore
+from tether.store import Claim, Store
 
 log = logging.getLogger(__name__)
 IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
@@ -67,7 +65,9 @@ class Execution:
 
     async def commit(self, checkpoint: domain.Checkpoint) -> None:
         run_time = self.turn.run_time_s + (time.monotonic() - self.started)
-        await self.worker.leases.checkpoint(self.turn, self.claim.token, checkpoint, run_time)
+        await self.worker.store.lifecycle.checkpoint(
+            self.turn, self.claim.token, checkpoint, run_time
+        )
         if checkpoint.end is not None:
             metrics.TURNS_FINISHED.labels(status=checkpoint.end.status.value).inc()
 
@@ -96,9 +96,9 @@ class Execution:
             if self.stop_requested:
                 raise errors.StopRequested("stopped before it started")
             record, agent = await self.worker.agent(self.claim.agent_id)
-            transcript = await self.worker.store.transcript(turn.session_id)
+            transcript = await self.worker.store.sessions.transcript(turn.session_id)
             # a turn at step 0 has made no tool call yet: nothing to resume
-            resume = await self.worker.interrupts.resume_state(turn.id) if turn.step else None
+            resume = await self.worker.store.tool_runs.resume_state(turn.id) if turn.step else None
             budget = max(0.0, record.spec.turn_timeout_s - turn.run_time_s)
             async with asyncio.timeout(budget):
                 await loop.run_turn(self, turn, transcript, agent, self.progress, resume)
@@ -144,8 +144,6 @@ class Worker:
         concurrency: int | None = None,
     ):
         self.store = store
-        self.leases = Leases(store)
-        self.interrupts = InterruptStore(store)
         self.bus = bus
         self.tools = tools
         self.settings = settings
@@ -205,7 +203,7 @@ class Worker:
             claimed = 0
             if free > 0:
                 try:
-                    for claim in await self.leases.claim(
+                    for claim in await self.store.leases.claim(
                         self.id, min(free, CLAIM_BATCH), self.settings.lease_ttl_s
                     ):
                         self._start(claim)
@@ -241,9 +239,9 @@ class Worker:
 
     async def agent(self, agent_id: str) -> tuple[domain.Agent, loop.Agent]:
         cached = self._agents.get(agent_id)
-        if cached and cached[0].updated_at == await self.store.agent_version(agent_id):
+        if cached and cached[0].updated_at == await self.store.agents.version(agent_id):
             return cached
-        record = await self.store.agent_by_id(agent_id)
+        record = await self.store.agents.by_id(agent_id)
         if cached:
             await cached[1].model.aclose()
         model = providers.model_for(record.spec.model, self.settings)
@@ -254,7 +252,7 @@ class Worker:
     async def hand_back(self, execution: Execution) -> None:
         """Shutting down: the turn goes back to the queue for another worker."""
         with contextlib.suppress(Exception):
-            await asyncio.shield(self.leases.release(execution.turn, execution.claim.token))
+            await asyncio.shield(self.store.leases.release(execution.turn, execution.claim.token))
 
     # --- leases --------------------------------------------------------------------------------
 
@@ -265,7 +263,7 @@ class Worker:
             if not held:
                 continue
             try:
-                states = await self.leases.heartbeat(held, self.settings.lease_ttl_s)
+                states = await self.store.leases.heartbeat(held, self.settings.lease_ttl_s)
             except Exception:
                 log.exception("heartbeat failed")
                 continue
@@ -280,12 +278,12 @@ class Worker:
 
 
 class Reaper:
-    """Returns expired leases (DESIGN §2). Any node may run one; recovery is conditional on the
-    lease still being expired, so concurrent reapers are harmless."""
+    """Expires what is past its time: interrupts, idempotency keys, and leases (DESIGN §2).
+    Any node may run one; every recovery is conditional on what it recovers still being
+    expired, so concurrent reapers are harmless."""
 
     def __init__(self, store: Store, bus: Bus, settings: Settings):
         self.store = store
-        self.leases = Leases(store)
         self.bus = bus
         self.settings = settings
         self._task: asyncio.Task[None] | None = None
@@ -301,10 +299,13 @@ class Reaper:
 
     async def reap_once(self) -> int:
         now = domain.utcnow()
-        recovered = await InterruptStore(self.store).expire(now)
-        await IdempotencyKeys(self.store).expire(now - IDEMPOTENCY_KEY_TTL)
-        for session_id, turn_id in await self.leases.expired_leases(now):
-            outcome = await self.leases.recover_lease(
+        due = await self.store.interrupts.due(now)
+        for session_id, interrupt_id in due:
+            await self.store.lifecycle.expire(session_id, interrupt_id, now)
+        recovered = len(due)
+        await self.store.idempotency.expire(now - IDEMPOTENCY_KEY_TTL)
+        for session_id, turn_id in await self.store.leases.expired(now):
+            outcome = await self.store.lifecycle.recover_lease(
                 session_id, turn_id, self.settings.max_attempts, now
             )
             if outcome is not None:

@@ -25,7 +25,7 @@ async def _snapshot(server: Server) -> dict[str, Any]:
             assert conn.execute(select(func.count()).select_from(table)).scalar() == len(rows)
         return out
 
-    return await server.node.store.runner.run(read, write=False)
+    return await server.node.store.db.read(read)
 
 
 @pytest.fixture

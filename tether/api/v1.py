@@ -22,7 +22,6 @@ from tether.api.deps import (
 from tether.auth import Principal, Role
 from tether.node import Node
 from tether.service import Service, StopResult
-from tether.store.idempotency import IdempotencyKeys
 
 Svc = Annotated[Service, Depends(service)]
 Reader = Annotated[str, Depends(tenant_for(Role.READ))]  # the caller's tenant, role checked
@@ -51,7 +50,7 @@ async def _idempotent(
         raise AssertionError("this route never streams")
 
     return await idempotency.idempotent(
-        request, tenant, IdempotencyKeys(svc.store), handler, replay_stream or no_stream
+        request, tenant, svc.store.idempotency, handler, replay_stream or no_stream
     )
 
 

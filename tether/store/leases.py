@@ -1,5 +1,7 @@
-"""The worker's side of the store: claim a turn under a lease, renew it, checkpoint each step
-fenced by the claim token, hand it back, and recover expired leases (DESIGN §2, §5)."""
+"""Leases (DESIGN §2): a worker claims a turn under a lease with a claim token, renews it, and
+hands it back. Every later write of the holder is fenced by the token (`fenced`); a stale
+holder's writes change nothing (`refused` says why). What happens when a lease expires is in
+lifecycle.py."""
 
 from __future__ import annotations
 
@@ -12,27 +14,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
-from sqlalchemy import (
-    Connection,
-    Row,
-    String,
-    Update,
-    and_,
-    bindparam,
-    case,
-    func,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Row, Update, and_, bindparam, case, func, select, update
 
 from tether import domain, errors, views
 from tether.domain import EventType, TurnMove, TurnStatus, utcnow
-from tether.store import guards, records, transitions
-from tether.store.base import Store
-from tether.store.schema import Json, UTCDateTime, messages, sessions, turns
+from tether.store import guards, rows
+from tether.store.base import Database
+from tether.store.schema import UTCDateTime, messages, sessions, turns
 from tether.store.session_write import IS_HELD, SESSION_BUSY, SessionWrite
 
-_CLAIMABLE = guards.guard(turns.c.status, TurnMove.CLAIM)
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -50,7 +41,15 @@ class LeaseState:
     stop: dict[str, Any] | None
 
 
-_CLAIM_TURN = (
+RELEASED = {"claim_token": None, "lease_expires_at": None, "worker_id": None}
+_CLAIMABLE = guards.guard(turns.c.status, TurnMove.CLAIM)
+_QUEUE_HEAD = (
+    select(func.min(turns.c.seq))
+    .where(turns.c.session_id == sessions.c.id, _CLAIMABLE)
+    .correlate(sessions)
+    .scalar_subquery()
+)
+_CLAIM = (
     guards.update(turns, TurnMove.CLAIM)
     .where(turns.c.id == bindparam("tid"))
     .values(
@@ -63,89 +62,56 @@ _CLAIM_TURN = (
     )
     .returning(*turns.c)
 )
-
-
-def _fenced(move: domain.Move[TurnStatus]) -> Update:
-    """A write of the turn's holder: fenced by its claim token, and refused once a stop was
-    written (the turn is `cancelling`) unless the move ends it stopped."""
-    return (
-        guards.update(turns, move)
-        .where(turns.c.id == bindparam("tid"), turns.c.claim_token == bindparam("token"))
-        .values(
-            step=turns.c.step + bindparam("step_inc"),
-            usage=bindparam("usage", type_=Json),
-            run_time_s=bindparam("run_time"),
-        )
-    )
-
-
-_RELEASE_LEASE = {"claim_token": None, "lease_expires_at": None, "worker_id": None}
-# One statement per move a checkpoint may make, built once.
-_CHECKPOINT = _fenced(TurnMove.CHECKPOINT)
-_PAUSE = _fenced(TurnMove.PAUSE).values(**_RELEASE_LEASE).returning(*turns.c)
-_END = {
-    move.target: _fenced(move)
-    .values(
-        reason=func.coalesce(bindparam("reason", type_=String), turns.c.reason),
-        error=bindparam("error", type_=Json),
-        finished_at=bindparam("now", type_=UTCDateTime),
-        claim_token=None,
-        lease_expires_at=None,
-    )
-    .returning(*turns.c)
-    for move in (TurnMove.COMPLETE, TurnMove.FAIL, TurnMove.END_STOPPED)
-}
+_HAS_MESSAGES = select(messages.c.id).where(messages.c.turn_id == bindparam("tid")).limit(1)
 _HELD_BY = select(turns.c.status).where(
     turns.c.id == bindparam("tid"), turns.c.claim_token == bindparam("token")
 )
+
+
+def fenced(move: domain.Move[TurnStatus]) -> Update:
+    """`move` as a write of the turn's holder: only with its claim token (`tid`, `token`)."""
+    return guards.update(turns, move).where(
+        turns.c.id == bindparam("tid"), turns.c.claim_token == bindparam("token")
+    )
 
 
 def refused(conn: Connection, turn_id: str, token: str) -> NoReturn:
     """A fenced write changed nothing: say why. A stop written meanwhile (the turn is
     `cancelling`, still ours) is StopRequested; anything else means we lost the turn."""
     held = conn.execute(_HELD_BY, {"tid": turn_id, "token": token}).scalar()
-    if held == TurnStatus.CANCELLING.value:
+    if held == TurnStatus.CANCELLING:
         raise errors.StopRequested(f"turn {turn_id} is being stopped")
     raise errors.LeaseLost(f"turn {turn_id} is no longer held by this worker")
 
 
-log = logging.getLogger(__name__)
-
-
 class Leases:
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, db: Database):
+        self.db = db
 
     async def claim(self, worker_id: str, limit: int, lease_ttl_s: float) -> list[Claim]:
         """Take up to `limit` runnable turns: the head of the queue of sessions with no active
         turn, oldest first. First attempts put the turn's input into the transcript."""
-        head = (
-            select(func.min(turns.c.seq))
-            .where(turns.c.session_id == sessions.c.id, _CLAIMABLE)
-            .correlate(sessions)
-            .scalar_subquery()
-        )
         query = (
             select(turns.c.id, turns.c.session_id, sessions.c.agent_id)
             .join(sessions, sessions.c.id == turns.c.session_id)
             .where(
                 sessions.c.status == domain.SessionStatus.QUEUED.value,
                 _CLAIMABLE,
-                turns.c.seq == head,
+                turns.c.seq == _QUEUE_HEAD,
             )
             .order_by(turns.c.created_at)
             .limit(limit)
         )
-        candidates = await self.store.read(lambda conn: conn.execute(query).all())
+        candidates = await self.db.read(lambda conn: conn.execute(query).all())
 
         async def claim_one(cand: Row[Any, Any, Any]) -> Claim | None:
             # each claim re-checks under the session's write: a candidate may have gone, or
             # another worker may be claiming it right now (skipped, not waited for)
             try:
-                return await self.store.session_write(
+                return await self.db.session_write(
                     cand.session_id,
                     functools.partial(
-                        self._claim_one,
+                        _claim_one,
                         turn_id=cand.id,
                         agent_id=cand.agent_id,
                         worker_id=worker_id,
@@ -164,37 +130,6 @@ class Leases:
             log.warning("claim failed: %s", failure)
         return [c for c in made if isinstance(c, Claim)]
 
-    @staticmethod
-    def _claim_one(
-        sw: SessionWrite, turn_id: str, agent_id: str, worker_id: str, lease_ttl_s: float
-    ) -> Claim | None:
-        if sw.conn.execute(SESSION_BUSY, {"sid": sw.id}).first() is not None:
-            return None
-        token = secrets.token_hex(16)
-        row = sw.conn.execute(
-            _CLAIM_TURN,
-            {
-                "tid": turn_id,
-                "worker": worker_id,
-                "token": token,
-                "lease": sw.now + timedelta(seconds=lease_ttl_s),
-                "now": sw.now,
-            },
-        ).first()
-        if row is None:
-            return None
-        turn = records.turn(row)
-        if (
-            turn.step == 0
-            and not sw.conn.execute(
-                select(messages.c.id).where(messages.c.turn_id == turn.id).limit(1)
-            ).first()
-        ):
-            for item in turn.input:
-                sw.new_message(turn.id, item["role"], item["content"])
-        sw.event(EventType.TURN_STARTED, turn.id, {"attempt": turn.attempt})
-        return Claim(turn, agent_id, token)
-
     async def heartbeat(self, tokens: Iterable[str], lease_ttl_s: float) -> dict[str, LeaseState]:
         """Renew the leases still held; answer each held turn's status and requested stop.
         A token missing from the answer has lost its lease."""
@@ -209,164 +144,43 @@ class Leases:
                 .where(mine)
                 .values(lease_expires_at=utcnow() + timedelta(seconds=lease_ttl_s))
             )
-            rows = conn.execute(
+            held = conn.execute(
                 select(turns.c.claim_token, turns.c.status, turns.c.stop).where(mine)
             ).all()
-            return {r.claim_token: LeaseState(TurnStatus(r.status), r.stop) for r in rows}
+            return {r.claim_token: LeaseState(TurnStatus(r.status), r.stop) for r in held}
 
-        return await self.store.write(tx, urgent=True)
-
-    async def checkpoint(
-        self, turn: domain.Turn, token: str, checkpoint: domain.Checkpoint, run_time_s: float
-    ) -> list[domain.Interrupt]:
-        """Commit one step of a turn held under `token`, all or nothing: its messages, the
-        calls it starts and the results of those it ran, its usage and step counter, the
-        events describing them, and its pause (answers the interrupts created) or its end.
-        Raises StopRequested if a stop was written meanwhile, LeaseLost if the token no longer
-        holds the turn."""
-        cp = checkpoint
-        params: dict[str, Any] = {
-            "tid": turn.id,
-            "token": token,
-            "step_inc": 1 if cp.step_done else 0,
-            "usage": cp.usage.as_dict(),
-            "run_time": run_time_s,
-        }
-        statement: Update
-        if cp.end is not None:
-            error = cp.end.error
-            statement = _END[cp.end.status]
-            params["reason"] = cp.end.reason
-            params["error"] = {"code": error.code, "message": error.message} if error else None
-        else:
-            statement = _PAUSE if cp.waits else _CHECKPOINT
-
-        def body(sw: SessionWrite) -> list[domain.Interrupt]:
-            if cp.end is not None:
-                params["now"] = sw.now
-            result = sw.conn.execute(statement, params)
-            row = result.first() if cp.waits or cp.end else None
-            if (row is None and (cp.waits or cp.end)) or (
-                statement is _CHECKPOINT and result.rowcount != 1
-            ):
-                refused(sw.conn, turn.id, token)
-            for message in cp.messages:
-                sw.add_message(message)
-            transitions.start_tool_calls(sw, turn.id, cp.started)
-            transitions.record_results(sw, turn.id, cp.results)
-            created: list[domain.Interrupt] = []
-            if cp.waits:
-                assert row is not None
-                created = transitions.create_interrupts(sw, records.turn(row), cp.asks)
-            if cp.end is not None:
-                assert row is not None
-                if row.reason is None and row.status == TurnStatus.CANCELLED.value:
-                    # a requested stop ends with its own reason
-                    stop_reason = (row.stop or {}).get("reason", "client_cancelled")
-                    row = sw.conn.execute(
-                        update(turns)
-                        .where(turns.c.id == turn.id)
-                        .values(reason=stop_reason)
-                        .returning(*turns.c)
-                    ).one()
-                transitions.ended(sw, row, cp.interrupted)
-            return created
-
-        return await self.store.session_write(turn.session_id, body)
+        return await self.db.write(tx, urgent=True)
 
     async def release(self, turn: domain.Turn, token: str) -> bool:
         """Hand a running turn back to the queue (graceful shutdown); not an attempt lost."""
 
         def body(sw: SessionWrite) -> bool:
             row = sw.conn.execute(
-                guards.update(turns, TurnMove.REQUEUE)
-                .where(turns.c.id == turn.id, turns.c.claim_token == token)
-                .values(**_RELEASE_LEASE)
-                .returning(*turns.c)
+                fenced(TurnMove.REQUEUE).values(**RELEASED).returning(*turns.c),
+                {"tid": turn.id, "token": token},
             ).first()
             if row is not None:
-                sw.event(
-                    EventType.TURN_QUEUED,
-                    turn.id,
-                    {"turn": views.turn(records.turn(row)), "resumed": True},
-                )
+                resumed = {"turn": views.turn(rows.turn(row)), "resumed": True}
+                sw.event(EventType.TURN_QUEUED, turn.id, resumed)
             return row is not None
 
-        return await self.store.session_write(turn.session_id, body)
+        return await self.db.session_write(turn.session_id, body)
 
-    async def expired_leases(self, now: datetime) -> list[tuple[str, str]]:
-        rows = await self.store.read(
+    async def expired(self, now: datetime) -> list[tuple[str, str]]:
+        """(session, turn) of the leases past their time."""
+        found = await self.db.read(
             lambda conn: conn.execute(
                 select(turns.c.session_id, turns.c.id).where(
                     IS_HELD, turns.c.lease_expires_at < now
                 )
             ).all()
         )
-        return [(r.session_id, r.id) for r in rows]
+        return [(r.session_id, r.id) for r in found]
 
-    async def recover_lease(
-        self, session_id: str, turn_id: str, max_attempts: int, now: datetime
-    ) -> TurnStatus | None:
-        """Return an expired lease (DESIGN §2): running -> queued (resume) or failed
-        `worker_lost` after max attempts; cancelling -> cancelled."""
-
-        def body(sw: SessionWrite) -> TurnStatus | None:
-            row = sw.conn.execute(
-                select(turns).where(
-                    turns.c.id == turn_id,
-                    IS_HELD,
-                    turns.c.lease_expires_at < now,
-                )
-            ).first()
-            if row is None:
-                return None  # renewed or ended meanwhile
-            current = records.turn(row)
-            extra: dict[str, Any] = {}
-            if current.status is TurnStatus.RUNNING and current.attempt < max_attempts:
-                move = TurnMove.REQUEUE
-                extra = {"attempt": current.attempt + 1}
-            elif current.status is TurnStatus.RUNNING:
-                move = TurnMove.FAIL
-                extra = {
-                    "reason": "worker_lost",
-                    "error": {
-                        "code": "worker_lost",
-                        "message": f"worker lost {current.attempt} times",
-                    },
-                    "finished_at": sw.now,
-                }
-            else:
-                move = TurnMove.END_STOPPED
-                stop = row.stop or {}
-                extra = {"reason": stop.get("reason", "client_cancelled"), "finished_at": sw.now}
-            # Conditional on the lease as we read it: a heartbeat that renewed it since (it
-            # does not take the session lock) keeps the turn.
-            updated = sw.conn.execute(
-                guards.update(turns, move)
-                .where(
-                    turns.c.id == turn_id,
-                    turns.c.claim_token == row.claim_token,
-                    turns.c.lease_expires_at < now,
-                )
-                .values(**_RELEASE_LEASE, **extra)
-                .returning(*turns.c)
-            ).first()
-            if updated is None:
-                return None
-            target = move.target
-            if target is TurnStatus.QUEUED:
-                resumed = views.turn(records.turn(updated))
-                sw.event(EventType.TURN_QUEUED, turn_id, {"turn": resumed, "resumed": True})
-            else:
-                transitions.ended(sw, updated)
-            return target
-
-        return await self.store.session_write(session_id, body)
-
-    async def expire_all_leases(self) -> int:
-        """Embedded mode at start: this process holds the data dir, so every lease left in the
-        store belongs to a dead process. Expire them now rather than after their TTL."""
-        return await self.store.write(
+    async def expire_all(self) -> int:
+        """At the start of an exclusive store's only server, every lease left in it belongs to
+        a dead process: expire them now rather than after their TTL."""
+        return await self.db.write(
             lambda conn: (
                 conn.execute(
                     update(turns)
@@ -375,3 +189,29 @@ class Leases:
                 ).rowcount
             )
         )
+
+
+def _claim_one(
+    sw: SessionWrite, turn_id: str, agent_id: str, worker_id: str, lease_ttl_s: float
+) -> Claim | None:
+    if sw.conn.execute(SESSION_BUSY, {"sid": sw.id}).first() is not None:
+        return None
+    token = secrets.token_hex(16)
+    row = sw.conn.execute(
+        _CLAIM,
+        {
+            "tid": turn_id,
+            "worker": worker_id,
+            "token": token,
+            "lease": sw.now + timedelta(seconds=lease_ttl_s),
+            "now": sw.now,
+        },
+    ).first()
+    if row is None:
+        return None
+    turn = rows.turn(row)
+    if turn.step == 0 and not sw.conn.execute(_HAS_MESSAGES, {"tid": turn.id}).first():
+        for item in turn.input:
+            sw.new_message(turn.id, item["role"], item["content"])
+    sw.event(EventType.TURN_STARTED, turn.id, {"attempt": turn.attempt})
+    return Claim(turn, agent_id, token)

@@ -18,7 +18,6 @@ from tether import errors
 from tether.api import errors as api_errors
 from tether.api import idempotency
 from tether.service import Service
-from tether.store.idempotency import IdempotencyKeys
 
 log = logging.getLogger("tether.api.compat")
 
@@ -121,6 +120,4 @@ async def idempotent(
     def no_replay(_: dict[str, Any]) -> Response:
         raise AssertionError("compat surfaces record no streams under an Idempotency-Key")
 
-    return await idempotency.idempotent(
-        request, tenant, IdempotencyKeys(svc.store), handler, no_replay
-    )
+    return await idempotency.idempotent(request, tenant, svc.store.idempotency, handler, no_replay)

@@ -114,7 +114,7 @@ async def _session_out(svc: Service, tenant: str, session: domain.Session) -> di
 async def create_session(
     request: Request, body: SessionCreate, svc: Svc, tenant: Writer
 ) -> dict[str, Any]:
-    agent = await svc.store.get_agent(tenant, body.agent_name)
+    agent = await svc.store.agents.get(tenant, body.agent_name)
     session, _ = await svc.create_session(tenant, agent.id)
     await deps.audit(request, "session.create", session.id)
     return {"data": wire.session(views.session(session), agent.spec.name, tenant)}
@@ -141,7 +141,7 @@ async def list_sessions(
     start_timestamp: str | None = None,
     end_timestamp: str | None = None,
 ) -> dict[str, Any]:
-    agent = await svc.store.get_agent(tenant, agent_name)
+    agent = await svc.store.agents.get(tenant, agent_name)
     start = _timestamp(start_timestamp, "start_timestamp")
     end = _timestamp(end_timestamp, "end_timestamp")
     found: list[domain.Session] = []
