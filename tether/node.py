@@ -104,7 +104,6 @@ class Node:
         )
         self.service = Service(self.store, self.bus, self.tools, settings.zone, settings)
         self.keys = Keys(self.store)
-        self.audit = self.store.audit
         if self.store.exclusive:
             # the store's only server: every lease in it belongs to a dead process
             await self.store.leases.expire_all()

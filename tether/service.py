@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether import domain, errors, ids
-from tether.bus import Bus, Subscription
+from tether import domain, errors, ids, streaming
+from tether.bus import Bus
 from tether.config import Settings
 from tether.runtime.tools import ToolRegistry
-from tether.store import Page, Store
+from tether.store import Page, Store, idempotency
 
 DEFAULT_TENANT = "default"
 _STORE_POLL_S = 0.25  # how often a stop waiting for its confirmation also asks the store
@@ -89,6 +90,10 @@ class Service:
 
     async def get_agent(self, tenant: str, agent_id: str) -> domain.Agent:
         return await self.store.agents.get(tenant, ids.check("agt", agent_id))
+
+    async def find_agent(self, tenant: str, ref: str) -> domain.Agent:
+        """An agent by id or by name."""
+        return await self.store.agents.get(tenant, ref)
 
     async def list_agents(self, tenant: str, limit: int, cursor: str | None) -> Page:
         return await self.store.agents.page(tenant, limit, cursor)
@@ -195,58 +200,73 @@ class Service:
         wait_s: float = 5.0,
     ) -> StopResult:
         """Stop the session's active turn (or `turn_id`). The stop is written first; the bus
-        only wakes the executor. Waits up to `wait_s` for the executor to confirm."""
+        only wakes the executor. Waits up to `wait_s` for the turn to end."""
         session_id = ids.check_session(session_id)
         if turn_id is not None:
             ids.check("turn", turn_id)
-        try:  # before the write, so the confirmation cannot slip by
-            sub: Subscription | None = await self.bus.subscribe(session_id)
-        except errors.Unavailable:
-            sub = None  # the bus is down: the stop still lands in the store; poll for the end
+        # opened before the write, so the end cannot slip by; with the bus down it polls
+        feed = await streaming.Feed.open(self.store, self.bus, session_id, live=False)
         try:
-            turn, to_wake, _ = await self.store.lifecycle.stop(
+            turn, to_wake, written = await self.store.lifecycle.stop(
                 tenant, session_id, turn_id, mode, scope, reason
             )
             for wake in to_wake:
                 self.bus.signal_stop(wake)
             self.bus.notify_work()  # a cancelled head of queue lets the next turn run
             if turn is not None and not turn.status.terminal and wait_s > 0:
-                turn = await self._await_end(sub, tenant, turn, wait_s)
+                turn = await self._await_end(feed, turn, written, wait_s)
         finally:
-            if sub is not None:
-                self.bus.unsubscribe(sub)
+            feed.close()
         return StopResult(turn, await self.store.sessions.get(tenant, session_id))
 
     async def _await_end(
-        self, sub: Subscription | None, tenant: str, turn: domain.Turn, wait_s: float
+        self, feed: streaming.Feed, turn: domain.Turn, after: int, wait_s: float
     ) -> domain.Turn:
-        """The turn once it ended, or as it is after `wait_s`. The bus says when; the store
-        is asked too every so often, since a cluster bus may lose a message (or be down)."""
-        ended = {e.value for e in domain.TERMINAL_EVENT.values()}
-
-        def ends(items: list[Any]) -> bool:
-            return any(
-                isinstance(item, list)
-                and any(e.turn_id == turn.id and e.type in ended for e in item)
-                for item in items
-            )
-
+        """The turn once it ended, or as it is after `wait_s`."""
+        frames = feed.frames(after, turn_id=turn.id, idle_s=_STORE_POLL_S, text=False)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait_s):
-                while True:
-                    if sub is None:
-                        await asyncio.sleep(_STORE_POLL_S)
-                    else:
-                        items = await sub.get_all(_STORE_POLL_S)
-                        if ends(items):
-                            break
-                        if items and not sub.lagged:
-                            continue
-                        sub.lagged = False  # lagged or quiet: the store says how it stands
-                    current = await self.store.sessions.turn(tenant, turn.session_id, turn.id)
-                    if current.status.terminal:
-                        return current
-        return await self.store.sessions.turn(tenant, turn.session_id, turn.id)
+            async with asyncio.timeout(wait_s), contextlib.aclosing(frames):
+                async for batch in frames:
+                    if any(frame.ends_turn for frame in batch):
+                        break
+        return await self.store.sessions.turn(turn.tenant_id, turn.session_id, turn.id)
+
+    # --- following a session -------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        """Live streams work now (the bus is up)."""
+        return self.bus.up
+
+    async def follow(
+        self,
+        tenant: str,
+        session_id: str,
+        after: int,
+        *,
+        turn_id: str | None = None,
+        idle_s: float | None = None,
+    ) -> AsyncGenerator[list[streaming.Frame], None]:
+        """The session's events after `after`, then live ones (streaming.Feed.frames), for as
+        long as the caller reads. NotFound, or Unavailable with the bus down, now: before
+        anything is streamed (nothing is held until the first read)."""
+        session_id = ids.check_session(session_id)
+        await self.store.sessions.get(tenant, session_id)
+        if not self.live:
+            raise errors.Unavailable("live streams are unavailable (the bus is down), retry")
+        return self._follow(session_id, after, turn_id, idle_s)
+
+    async def _follow(
+        self, session_id: str, after: int, turn_id: str | None, idle_s: float | None
+    ) -> AsyncGenerator[list[streaming.Frame], None]:
+        feed = await streaming.Feed.open(self.store, self.bus, session_id)
+        frames = feed.frames(after, turn_id=turn_id, idle_s=idle_s)
+        try:
+            async with contextlib.aclosing(frames):
+                async for batch in frames:
+                    yield batch
+        finally:
+            feed.close()
 
     async def get_turn(self, tenant: str, session_id: str, turn_id: str) -> domain.Turn:
         return await self.store.sessions.turn(
@@ -325,3 +345,31 @@ class Service:
                 except ValueError as exc:
                     raise errors.Unprocessable(f"edited arguments are invalid: {exc}") from exc
         return approval.model_dump(exclude_none=True)
+
+    # --- what the edge keeps: idempotency keys, the audit log ----------------------------------
+
+    async def begin_idempotent(
+        self, tenant: str, key: str, fingerprint: str
+    ) -> idempotency.Recorded | None:
+        """Claim `key` for a request (None), or answer what was recorded for it."""
+        return await self.store.idempotency.begin(tenant, key, fingerprint)
+
+    async def finish_idempotent(
+        self, tenant: str, key: str, status_code: int, response: Any
+    ) -> None:
+        await self.store.idempotency.finish(tenant, key, status_code, response)
+
+    async def release_idempotent(self, tenant: str, key: str) -> None:
+        """The request failed in a way worth retrying: forget the key."""
+        await self.store.idempotency.release(tenant, key)
+
+    async def record(self, tenant: str, action: str, target: str | None, **who: Any) -> None:
+        """Append to the audit log (`who`: key_id, key_prefix, request_id, details)."""
+        await self.store.audit.record(tenant, action, target, **who)
+
+    async def audit_log(self, tenant: str, limit: int, cursor: str | None) -> Page:
+        return await self.store.audit.page(tenant, limit, cursor)
+
+    async def ping(self) -> None:
+        """The store answers (readiness)."""
+        await self.store.ping()

@@ -98,5 +98,5 @@ async def audit_log(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Mutations of your tenant, newest first."""
-    page = await the_node.audit.page(tenant, limit, cursor)
+    page = await the_node.service.audit_log(tenant, limit, cursor)
     return {"data": page.items, "next_cursor": page.next_cursor}

@@ -68,7 +68,7 @@ def tenant_for(role: Role) -> Callable[..., Awaitable[str]]:
 async def audit(request: Request, action: str, target: str | None, **details: Any) -> None:
     """Append a record of a mutation to the audit log."""
     who: Principal = request.state.principal
-    await node_of(request).audit.record(
+    await node_of(request).service.record(
         who.tenant_id,
         action,
         target,
@@ -82,7 +82,7 @@ async def audit(request: Request, action: str, target: str | None, **details: An
 def stream_slot(request: Request, tenant: str) -> Callable[[], None]:
     """Take one of the tenant's SSE connections (429 past the limit); answers its release."""
     the_node = node_of(request)
-    if not the_node.bus.up:
+    if not the_node.service.live:
         raise errors.Unavailable("live streams are unavailable (the bus is down), retry")
     cap = the_node.settings.max_streams_per_tenant
     if cap is not None and the_node.streams[tenant] >= cap:

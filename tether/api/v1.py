@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from tether import domain, errors, ids, streaming, views
+from tether import domain, errors, ids, views
 from tether.api import idempotency, schemas, sse
 from tether.api.deps import (
     audit,
@@ -39,21 +38,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix="/v1", responses=_ERRORS)
 
 
-async def _idempotent(
-    request: Request,
-    svc: Service,
-    tenant: str,
-    handler: Callable[[], Awaitable[Response]],
-    replay_stream: Callable[[dict[str, Any]], Response] | None = None,
-) -> Response:
-    def no_stream(_: dict[str, Any]) -> Response:
-        raise AssertionError("this route never streams")
-
-    return await idempotency.idempotent(
-        request, tenant, svc.store.idempotency, handler, replay_stream or no_stream
-    )
-
-
 def _input(value: schemas.Input) -> str | list[dict[str, Any]]:
     return value if isinstance(value, str) else [m.model_dump() for m in value]
 
@@ -72,7 +56,7 @@ async def create_agent(
         await audit(request, "agent.create", agent.id)
         return JSONResponse(views.agent(agent), status_code=201)
 
-    return await _idempotent(request, svc, tenant, handler)
+    return await idempotency.idempotent(request, tenant, svc, handler)
 
 
 @router.get("/agents", response_model=schemas.Page[schemas.AgentOut], tags=["agents"])
@@ -131,7 +115,7 @@ async def create_session(
         answer = {**views.session(session), "turn": views.turn(turn) if turn else None}
         return JSONResponse(answer, status_code=201)
 
-    return await _idempotent(request, svc, tenant, handler)
+    return await idempotency.idempotent(request, tenant, svc, handler)
 
 
 @router.get(
@@ -212,30 +196,22 @@ async def create_turn(
         if not stream:
             return JSONResponse(views.turn(turn), status_code=202)
         replay = {"session_id": session_id, "after": before, "turn_id": turn.id}
-        return _turn_stream(request, tenant, svc, replay, ping_s)
+        return await _turn_stream(request, tenant, svc, replay, ping_s)
 
-    return await _idempotent(
-        request,
-        svc,
-        tenant,
-        handler,
-        lambda replay: _turn_stream(request, tenant, svc, replay, ping_s),
-    )
+    async def replay_stream(replay: dict[str, Any]) -> Response:
+        return await _turn_stream(request, tenant, svc, replay, ping_s)
+
+    return await idempotency.idempotent(request, tenant, svc, handler, replay_stream)
 
 
-def _turn_stream(
+async def _turn_stream(
     request: Request, tenant: str, svc: Service, replay: dict[str, Any], ping_s: float
 ) -> Response:
     """A turn's events from just before it was queued until it ends (or waits)."""
-    release = stream_slot(request, tenant)
-    batches = streaming.follow(
-        svc.store,
-        svc.bus,
-        replay["session_id"],
-        replay["after"],
-        turn_id=replay["turn_id"],
-        idle_s=ping_s,
+    batches = await svc.follow(
+        tenant, replay["session_id"], replay["after"], turn_id=replay["turn_id"], idle_s=ping_s
     )
+    release = stream_slot(request, tenant)
     return sse.response(batches, until_terminal=True, replay=replay, on_close=release)
 
 
@@ -440,9 +416,6 @@ async def session_events(
             "data": [e.as_dict() for e in items],
             "next_cursor": str(items[-1].seq) if more else None,
         }
-    await svc.get_session(tenant, session_id)  # tenant scope before streaming
+    batches = await svc.follow(tenant, session_id, after, idle_s=the_node.settings.sse_ping_s)
     release = stream_slot(request, tenant)
-    batches = streaming.follow(
-        svc.store, svc.bus, session_id, after, idle_s=the_node.settings.sse_ping_s
-    )
     return sse.response(batches, on_close=release)

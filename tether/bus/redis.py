@@ -30,7 +30,7 @@ from redis.retry import Retry
 
 from tether import domain, errors
 from tether.bus import keys
-from tether.bus.base import Delta, Subscription
+from tether.bus.base import Committed, Delta, Item, Subscription
 from tether.bus.local import ENDS_MESSAGE
 
 log = logging.getLogger("tether.bus")
@@ -343,9 +343,9 @@ class RedisBus:
             if not subs:
                 return
             raw = json.loads(data)
-            item: list[domain.Event] | Delta
+            item: Item
             if raw["k"] == "e":
-                item = [_decode_event(e) for e in raw["events"]]
+                item = Committed([_decode_event(e) for e in raw["events"]])
             else:
                 item = Delta(session_id, raw["t"], raw["m"], raw["o"], raw["x"])
             for sub in subs:

@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from tether import errors, ids, streaming
+from tether import errors, ids
 from tether.api import errors as api_errors
 from tether.api.compat import agent_threads_wire as wire
 from tether.auth import Principal, Role
@@ -207,10 +207,8 @@ class _Connection:
             end = {"type": "replay-end", "streamId": stream, "lastReplaySeq": mapper.last_seq}
             await self.send(end)
             # idle_s: a quiet stream re-reads the store now and then (a lost publish)
-            follow = streaming.follow(
-                self.svc.store, self.svc.bus, session_id, cursor, idle_s=_CATCH_UP_S
-            )
-            async with contextlib.aclosing(follow) as batches:  # type: ignore[type-var]
+            follow = await self.svc.follow(self.tenant, session_id, cursor, idle_s=_CATCH_UP_S)
+            async with contextlib.aclosing(follow) as batches:
                 async for batch in batches:
                     for frame in batch:
                         for stored in mapper.frame(frame):

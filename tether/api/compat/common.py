@@ -116,8 +116,4 @@ async def idempotent(
     request: Request, svc: Service, tenant: str, handler: Callable[[], Awaitable[Response]]
 ) -> Response:
     """/v1's Idempotency-Key handling for a compat route whose answers are never streams."""
-
-    def no_replay(_: dict[str, Any]) -> Response:
-        raise AssertionError("compat surfaces record no streams under an Idempotency-Key")
-
-    return await idempotency.idempotent(request, tenant, svc.store.idempotency, handler, no_replay)
+    return await idempotency.idempotent(request, tenant, svc, handler)

@@ -190,8 +190,9 @@ async def create_session(
         await deps.audit(request, "session.create", session.id, surface="gumloop")
         if turn is None or release is None:
             return await _answer(svc, tenant, session.id, status=201)
-        return gumloop_stream.follow_turn(
+        return await gumloop_stream.follow_turn(
             svc,
+            tenant,
             session.id,
             gumloop_stream.Cursor(0),
             turn.id,
@@ -247,8 +248,9 @@ async def get_session(
     release = deps.stream_slot(request, tenant)
     busy = session.status in (domain.SessionStatus.RUNNING, domain.SessionStatus.QUEUED)
     if busy and session.last_turn is not None:
-        return gumloop_stream.follow_turn(
+        return await gumloop_stream.follow_turn(
             svc,
+            tenant,
             session.id,
             start,
             session.last_turn.id,
@@ -307,8 +309,9 @@ async def send_message(
     except BaseException:
         release()
         raise
-    return gumloop_stream.follow_turn(
+    return await gumloop_stream.follow_turn(
         svc,
+        tenant,
         session_id,
         gumloop_stream.Cursor(before),
         turn.id,
@@ -407,8 +410,9 @@ async def _resolve_then_follow(
     if not body.stream:
         return await _answer(svc, tenant, session_id)
     release = deps.stream_slot(request, tenant)
-    return gumloop_stream.follow_turn(
+    return await gumloop_stream.follow_turn(
         svc,
+        tenant,
         session_id,
         gumloop_stream.Cursor(before.last_event_seq),
         turn_id,
