@@ -15,8 +15,11 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tether.api import errors
 
 FILES = Path(__file__).resolve().parent.parent / "console"
 
@@ -44,6 +47,7 @@ HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Cache-Control": "no-cache",  # revalidate (ETag): an upgraded server serves its own files
 }
+_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 class _WithHeaders:
@@ -58,7 +62,16 @@ class _WithHeaders:
                 MutableHeaders(scope=message).update(HEADERS)
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except HTTPException as exc:  # StaticFiles' 404 and 405: answered here, with headers
+            answer = errors.error_response(
+                exc.status_code,
+                _CODES.get(exc.status_code, "http_error"),
+                str(exc.detail),
+                headers={**(exc.headers or {}), **HEADERS},
+            )
+            await answer(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:

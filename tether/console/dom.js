@@ -1,6 +1,6 @@
 // Building the page. Every text, above all what a model or a tool produced, goes in as a text
 // node: nothing here ever parses a string as HTML (the page's CSP requires Trusted Types with
-// no policy, so an innerHTML of a string would throw anyway).
+// no policy, so a string handed to an HTML sink would throw anyway).
 
 export function h(tag, props, ...children) {
   const el = document.createElement(tag);
