@@ -191,6 +191,9 @@ class Console:
         self.driver.get("about:blank")
         self.driver.get(f"{self.base}/console/{route}")
 
+    def leave(self) -> None:
+        self.driver.get("about:blank")
+
     def go(self, route: str) -> None:
         self.driver.execute_script("location.hash = arguments[0]", route)
 
@@ -204,8 +207,9 @@ class Console:
         eventually(lambda: not self.all(css), timeout, f"{css} to go")
 
     def text(self, css: str) -> str:
-        found = self.all(css)
-        return found[0].get_attribute("textContent") or "" if found else ""
+        """The text of the first element matching `css` ("" if none), read in one go."""
+        script = "return document.querySelector(arguments[0])?.textContent ?? ''"
+        return str(self.driver.execute_script(script, css))
 
     def until(self, check: Callable[[], T], timeout: float, what: str) -> T:
         try:

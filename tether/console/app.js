@@ -133,4 +133,7 @@ api.unauthorized.addEventListener("refused", () => {
 });
 
 window.addEventListener("hashchange", route);
+// leaving the page (or its being kept in the back-forward cache) closes the view's streams
+window.addEventListener("pagehide", leave);
+window.addEventListener("pageshow", (event) => event.persisted && route());
 start();
