@@ -211,11 +211,19 @@ class Console:
         script = "return document.querySelector(arguments[0])?.textContent ?? ''"
         return str(self.driver.execute_script(script, css))
 
+    def attrs(self, css: str, name: str) -> list[str]:
+        """Attribute `name` of every element matching `css`, read in one go."""
+        script = "return [...document.querySelectorAll(arguments[0])].map(e => e.getAttribute(arguments[1]))"
+        return list(self.driver.execute_script(script, css, name))
+
     def until(self, check: Callable[[], T], timeout: float, what: str) -> T:
         try:
-            return WebDriverWait(self.driver, timeout, poll_frequency=0.02).until(
-                lambda _: check(), message=what
-            )
+            return WebDriverWait(
+                self.driver,
+                timeout,
+                poll_frequency=0.02,
+                ignored_exceptions=[StaleElementReferenceException],
+            ).until(lambda _: check(), message=what)
         except TimeoutException as exc:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}") from exc
 

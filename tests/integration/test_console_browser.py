@@ -15,6 +15,7 @@ import httpx
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
 from tests.console_browser import (
     Console,
@@ -184,7 +185,7 @@ def test_approval_from_the_inbox_runs_the_tool_once(
     console.open("#/inbox")
     card = console.one("[data-interrupt-id]")
     assert "charge" in card.text and '"amount": 5' in card.text
-    assert console.text("[data-role=inbox-count]") == "1"
+    console.until(lambda: console.text("[data-role=inbox-count]") == "1", 10, "the count")
     card.find_element(By.CSS_SELECTOR, "[data-action=approve]").click()
     console.gone("[data-interrupt-id]")
     live.wait_turn(sid, turn["id"], ("completed",))
@@ -440,3 +441,74 @@ def test_the_stream_survives_a_server_side_connection_drop(
     finally:
         browser.get("about:blank")
         live.bg.run(proxy.close())
+
+
+def test_sessions_waiting_first_live_filtered_and_paged_and_agents(
+    live: LiveServer, console: Console
+) -> None:
+    approver = live.agent(
+        "approver",
+        {"steps": [{"tool_calls": [{"name": "charge", "arguments": {"amount": 9}}]}]},
+        [{"name": "charge", "policy": "approve"}],
+    )
+    talker = live.agent("talker", {"reply": "Hi!", "tokens": 100, "token_delay_ms": 20}, [])
+    waiting = live.session(approver, metadata={"customer": "c-42"})
+    live.turn(waiting, "charge me")
+    done = live.session(talker)
+    first = live.turn(done, "hello")
+    fresh = live.session(talker)
+    eventually(lambda: live.pending(waiting), 10, "the approval")
+    live.wait_turn(done, first["id"], ("completed",))
+
+    console.open("#/sessions")
+    rows = "[data-role=sessions] tr"
+    console.until(lambda: len(console.all(rows)) == 3, 10, "three rows")
+    order = console.attrs(rows, "data-session-id")
+    assert order == [waiting, fresh, done]  # waiting first, then newest first
+    # live: a turn started elsewhere shows in the list without a reload
+    busy = live.turn(fresh, "talk to me")
+    console.until(
+        lambda: console.all(f'[data-session-id="{fresh}"][data-status="running"]'), 10, "running"
+    )
+    console.screenshot("sessions")
+    live.wait_turn(fresh, busy["id"], ("completed",))
+    console.until(
+        lambda: console.all(f'[data-session-id="{fresh}"][data-status="idle"]'), 10, "idle again"
+    )
+
+    Select(console.one("[data-role=status-filter]")).select_by_value("waiting")
+    console.until(lambda: len(console.all(rows)) == 1, 10, "only the waiting one")
+    Select(console.one("[data-role=status-filter]")).select_by_value("")
+    Select(console.one("[data-role=agent-filter]")).select_by_visible_text("talker")
+    console.until(
+        lambda: set(console.attrs(rows, "data-session-id")) == {fresh, done},
+        10,
+        "the talker's sessions",
+    )
+    Select(console.one("[data-role=agent-filter]")).select_by_value("")
+
+    # paged: 25 a page, older ones behind "Older"
+    more = [live.session(talker) for _ in range(25)]
+    console.until(lambda: console.all(f'[data-session-id="{more[-1]}"]'), 10, "the newest")
+    assert len(console.all(rows)) == 1 + 25  # the waiting one on top, then a page
+    console.one("[data-role=older]").click()
+    console.until(
+        lambda: console.attrs(rows, "data-session-id") == [fresh, done, waiting],
+        10,
+        "page 2",
+    )
+    console.one("[data-role=newer]").click()
+    console.until(lambda: console.all(f'[data-session-id="{more[-1]}"]'), 10, "page 1 again")
+
+    # a new session from the console opens it
+    Select(console.one("[data-role=new-session-agent]")).select_by_visible_text("talker")
+    console.one("[data-action=new-session]").click()
+    console.until(lambda: "#/sessions/" in console.driver.current_url, 10, "the new session")
+    console.one("[data-role=link].link-live")
+
+    console.go("#/agents")
+    console.one(f'[data-agent-id="{approver}"] a').click()
+    definition = console.one("[data-role=definition]").text
+    assert '"name": "approver"' in definition and '"policy": "approve"' in definition
+    assert not console.all("main button, main input, main textarea")  # read-only
+    console.screenshot("agents")

@@ -10,7 +10,8 @@ function model(agent) {
 }
 
 function tools(agent) {
-  return (agent.tools || []).map((t) => h("span", { class: `tool-chip policy-${t.policy}` }, t.name, t.policy === "auto" ? "" : ` (${t.policy})`));
+  if (!agent.tools?.length) return h("span", { class: "muted" }, "none");
+  return agent.tools.map((t) => h("span", { class: `tool-chip policy-${t.policy}` }, t.name, t.policy === "auto" ? "" : ` (${t.policy})`));
 }
 
 export function view(main, _ctx, agentId) {

@@ -6,6 +6,7 @@ import * as agents from "./agents.js";
 import * as api from "./api.js";
 import { h, put, setText } from "./dom.js";
 import * as inbox from "./inbox.js";
+import * as interrupts from "./interrupts.js";
 import * as session from "./session.js";
 import * as sessions from "./sessions.js";
 
@@ -51,14 +52,19 @@ function route() {
   location.hash = "#/sessions";
 }
 
+function showCount(n, more) {
+  inboxCount.hidden = n === 0;
+  setText(inboxCount, more ? `${n}+` : String(n));
+}
+// the inbox view knows the count first when it is open
+interrupts.pendingCount.addEventListener("count", (e) => showCount(e.detail.n, e.detail.more));
+
 async function pollInbox() {
   clearTimeout(inboxTimer);
   if (!me) return;
   try {
     const page = await api.get(`/v1/interrupts${api.query({ status: "pending", limit: 100 })}`);
-    const n = page.data.length;
-    inboxCount.hidden = n === 0;
-    setText(inboxCount, page.next_cursor ? "100+" : String(n));
+    showCount(page.data.length, Boolean(page.next_cursor));
   } catch {
     // the views report errors; the badge just keeps its last count
   }
@@ -91,7 +97,7 @@ function signIn(why) {
   const message = h("p", { class: "notice notice-error", hidden: !why, role: "alert" }, why);
   const form = h("form", { class: "card signin", "data-role": "signin" },
     h("h1", {}, "Sign in"),
-    h("p", { class: "muted" }, "This server needs an API key (`tether keys create`). It is kept in this tab only, until the tab closes."),
+    h("p", { class: "muted" }, "This server needs an API key (", h("code", {}, "tether keys create"), "). It is kept in this tab only, until the tab closes."),
     input, h("button", { class: "primary", type: "submit", "data-action": "sign-in" }, "Use this key"), message);
   form.addEventListener("submit", async (e) => {
     e.preventDefault();

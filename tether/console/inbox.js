@@ -30,6 +30,8 @@ export function view(main, { me }) {
       (i) => interrupts.card(i, { me, showSession: true, onSettled: settle }),
       (card) => card.refresh());
     empty.hidden = shown.length > 0;
+    const detail = { n: shown.length, more: !more.hidden };
+    interrupts.pendingCount.dispatchEvent(new CustomEvent("count", { detail }));
   }
 
   function settle(interrupt) {

@@ -5,6 +5,9 @@
 import * as api from "./api.js";
 import { ago, badge, h, json, put, setText, shortId, until } from "./dom.js";
 
+/** Told the number of pending interrupts when a view learns it (the top bar shows it). */
+export const pendingCount = new EventTarget();
+
 /** Answered elsewhere (409) or gone (404): not an error for the person here. */
 function goneElsewhere(error) {
   return error instanceof api.ApiError && (error.status === 409 || error.status === 404);

@@ -25,8 +25,8 @@ export function view(main, { me }) {
   const rows = h("tbody", { "data-role": "sessions" });
   const empty = h("p", { class: "muted empty", hidden: true }, "No sessions match.");
   const error = h("p", { class: "notice notice-error", hidden: true });
-  const newer = h("button", { disabled: true, onclick: () => page(-1) }, "← Newer");
-  const older = h("button", { disabled: true, onclick: () => page(1) }, "Older →");
+  const newer = h("button", { disabled: true, "data-role": "newer", onclick: () => page(-1) }, "← Newer");
+  const older = h("button", { disabled: true, "data-role": "older", onclick: () => page(1) }, "Older →");
   const pageLabel = h("span", { class: "muted" });
   const creator = api.allows(me, "write") ? newSessionForm() : null;
 
