@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint pytest pytest-cluster bench clean
+.PHONY: run test lint pytest pytest-cluster screenshots bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ pytest: $(STAMP)
 # the same suite on PostgreSQL + Redis (private servers started by the tests)
 pytest-cluster: $(STAMP)
 	TETHER_TEST_BACKEND=cluster $(BIN)/pytest $(ARGS)
+
+# the console's browser tests, writing their screenshots to docs/console/ (the README's)
+screenshots: $(STAMP)
+	TETHER_SCREENSHOTS_DIR=docs/console $(BIN)/pytest tests/integration/test_console_browser.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)

@@ -213,7 +213,10 @@ class Console:
 
     def attrs(self, css: str, name: str) -> list[str]:
         """Attribute `name` of every element matching `css`, read in one go."""
-        script = "return [...document.querySelectorAll(arguments[0])].map(e => e.getAttribute(arguments[1]))"
+        script = (
+            "return [...document.querySelectorAll(arguments[0])]"
+            ".map(e => e.getAttribute(arguments[1]))"
+        )
         return list(self.driver.execute_script(script, css, name))
 
     def until(self, check: Callable[[], T], timeout: float, what: str) -> T:
