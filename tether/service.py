@@ -13,7 +13,7 @@ from tether import domain, errors, ids
 from tether.bus import Bus, Subscription
 from tether.config import Settings
 from tether.runtime.tools import ToolRegistry
-from tether.store import Page, Store
+from tether.store import Page, Store, inbox
 from tether.store.interrupts import InterruptStore
 
 DEFAULT_TENANT = "default"
@@ -285,6 +285,16 @@ class Service:
         return await self.interrupts.list(
             tenant, ids.check_session(session_id), status, limit, cursor
         )
+
+    async def list_tenant_interrupts(
+        self,
+        tenant: str,
+        status: domain.InterruptStatus | None,
+        limit: int,
+        cursor: str | None,
+    ) -> Page:
+        """The tenant's interrupts across its sessions, soonest expiry first (the inbox)."""
+        return await inbox.tenant_interrupts(self.store, tenant, status, limit, cursor)
 
     async def respond(
         self, tenant: str, interrupt_id: str, response: Any, resolved_by: str | None = None

@@ -191,3 +191,13 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+class MeOut(BaseModel):
+    """Who is asking: what the console shows and hides is decided from this."""
+
+    tenant_id: str
+    role: Literal["admin", "write", "read"]
+    auth: bool = Field(description="whether this server requires API keys (false: open mode)")
+    key_id: str | None = Field(description="the key this request carried (null in open mode)")
+    key_prefix: str | None
