@@ -24,8 +24,11 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(tmp_path, provider_timeout_s=2.0) as srv:
+async def server(tmp_path: Path, fake: FakeOpenAI) -> AsyncIterator[Server]:
+    # the fake is on loopback: the operator allows it, as TETHER_PROVIDER_BASE_URLS would
+    async with running_server(
+        tmp_path, provider_timeout_s=2.0, provider_base_urls=[fake.url]
+    ) as srv:
         yield srv
 
 
