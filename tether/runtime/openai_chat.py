@@ -110,7 +110,12 @@ except ImportError:  # older SDKs ride on httpx
 
     _TRANSPORT_ERRORS += (httpx.TransportError,)
     _TIMEOUT_ERRORS += (httpx.TimeoutException,)
-_CALL_ERRORS: tuple[type[Exception], ...] = (openai.OpenAIError, *_TRANSPORT_ERRORS)
+# + the destination guard's refusal, raised from inside the SDK's HTTP client when it connects
+_CALL_ERRORS: tuple[type[Exception], ...] = (
+    openai.OpenAIError,
+    *_TRANSPORT_ERRORS,
+    errors.DestinationNotAllowed,
+)
 _STREAM_ERRORS: tuple[type[Exception], ...] = (
     *_CALL_ERRORS,
     ValueError,
@@ -120,7 +125,7 @@ _STREAM_ERRORS: tuple[type[Exception], ...] = (
 
 
 def _refusal(exc: BaseException) -> errors.DestinationNotAllowed | None:
-    """The guard's refusal, if that is what the SDK wrapped into a connection error."""
+    """The guard's refusal, raised as it is or wrapped by the SDK into a connection error."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, errors.DestinationNotAllowed):
