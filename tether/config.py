@@ -21,7 +21,10 @@ CommaList = Annotated[list[str], NoDecode]
 class Settings(BaseSettings):
     """Every knob of a Tether process: env vars `TETHER_<NAME>` or CLI flags."""
 
-    model_config = SettingsConfigDict(env_prefix="TETHER_", extra="ignore")
+    # hide_input_in_errors: a refused setting may be a secret; its error must not print it
+    model_config = SettingsConfigDict(
+        env_prefix="TETHER_", extra="ignore", hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: int = 8700

@@ -50,8 +50,8 @@ def parse(url: str) -> httpx.URL:
         raise errors.DestinationNotAllowed(f"{url!r}: only http and https URLs are allowed")
     if not parsed.host:
         raise errors.DestinationNotAllowed(f"{url!r} has no host")
-    if parsed.userinfo:
-        raise errors.DestinationNotAllowed(f"{url!r}: credentials in a URL are not allowed")
+    if parsed.userinfo:  # not echoed: the URL holds a password
+        raise errors.DestinationNotAllowed("a URL with credentials (user:password@) is not allowed")
     if any(segment in (".", "..") for segment in parsed.path.split("/")):
         raise errors.DestinationNotAllowed(f"{url!r}: '.' and '..' path segments are not allowed")
     return parsed
