@@ -94,6 +94,8 @@ async def _run(api: Api, agent_id: str, text: str = "hello") -> dict[str, Any]:
         ({"params": {"temprature": 1}}, "invalid_model_params"),
         ({"params": {"stream": False}}, "invalid_model_params"),
         ({"params": {"temperature": "hot"}}, "invalid_model_params"),
+        ({"api_key": "sk-own-1", "temperature": 1}, "validation_error"),  # not echoed either
+        ({"api_key": "sk-own-1", "api_key_env": "OPENAI_API_KEY"}, "validation_error"),
     ],
 )
 async def test_creation_refuses_what_the_operator_does_not_allow(
