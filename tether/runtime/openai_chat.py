@@ -37,13 +37,15 @@ _Streaming = completion_create_params.CompletionCreateParamsStreaming
 
 
 @functools.cache
-def _accepted_params() -> frozenset[str]:
-    return frozenset(typing.get_type_hints(_Streaming)) - MANAGED_PARAMS
+def _declared() -> dict[str, Any]:
+    """The request fields agents may set, with the value types the SDK declares for them."""
+    hints = typing.get_type_hints(_Streaming)
+    return {name: hint for name, hint in hints.items() if name not in MANAGED_PARAMS}
 
 
 @functools.cache
-def _request_schema() -> TypeAdapter[Any]:
-    return TypeAdapter(_Streaming)  # built once: it is a large type
+def _value_schema(name: str) -> TypeAdapter[Any]:
+    return TypeAdapter(_declared()[name])  # one field at a time: the whole type is slow to build
 
 
 def check_params(params: dict[str, Any]) -> None:
@@ -55,21 +57,25 @@ def check_params(params: dict[str, Any]) -> None:
             f"model.params may not set {', '.join(managed)}: Tether sets them",
             details={"params": managed},
         )
-    unknown = sorted(set(params) - _accepted_params())
+    unknown = sorted(set(params) - set(_declared()))
     if unknown:
         raise errors.InvalidModelParams(
             f"model.params has fields the Chat Completions API does not take: {', '.join(unknown)}",
-            details={"params": unknown, "accepted": sorted(_accepted_params())},
+            details={"params": unknown, "accepted": sorted(_declared())},
         )
-    try:
-        _request_schema().validate_python({**params, "model": "m", "messages": [], "stream": True})
-    except ValidationError as exc:
-        problems = [
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False)
-        ]
+    problems: list[str] = []
+    for name, value in params.items():
+        try:
+            _value_schema(name).validate_python(value)
+        except ValidationError as exc:
+            problems += [
+                ".".join(map(str, [name, *e["loc"]])) + f": {e['msg']}"
+                for e in exc.errors(include_input=False)
+            ]
+    if problems:
         raise errors.InvalidModelParams(
             f"model.params: {'; '.join(problems[:5])}", details={"errors": problems}
-        ) from None
+        )
 
 
 def chat_messages(request: ModelRequest) -> list[dict[str, Any]]:
