@@ -213,11 +213,11 @@ class _GuardedBackend:
         if self._guard.may_be_private(host, port):
             return await self._inner.connect_tcp(host, port, **options)
         addresses = await self._resolve(host, port, timeout)
-        for address in addresses:
-            if not is_public(address):
-                raise errors.DestinationNotAllowed(
-                    f"{host} resolves to {address}, a private, loopback or link-local address"
-                )
+        if not all(is_public(address) for address in addresses):
+            # which address is not said: a tenant must not map the operator's network with it
+            raise errors.DestinationNotAllowed(
+                f"{host} resolves to a private, loopback or link-local address"
+            )
         failure: Exception | None = None
         for address in addresses:
             try:
