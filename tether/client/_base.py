@@ -94,7 +94,7 @@ def backoff_s(attempt: int, retry_after: float | None = None, cap: float = 4.0) 
     """Exponential backoff with jitter, or the server's Retry-After when it gave one."""
     if retry_after is not None:
         return min(retry_after, 30.0)
-    return float(min(cap, 0.1 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+    return float(min(cap, 0.05 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
 
 
 def retry_after_of(failure: Exception | None) -> float | None:
