@@ -42,9 +42,7 @@ def chat(
         import readline  # noqa: F401  (line editing and history for input())
     with common.client(url, api_key) as tether:
         sid = tether.sessions.get(session).id if session else tether.sessions.create(agent).id
-        common.out.print(
-            f"[dim]session {sid} (Ctrl-C stops a reply; Ctrl-D quits)[/]"
-        )
+        common.out.print(f"[dim]session {sid} (Ctrl-C stops a reply; Ctrl-D quits)[/]")
         try:
             Chat(tether, sid).run(resume=session is not None)
         except Quit as left:
