@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,13 +17,23 @@ from tether.client import errors as client_errors
 from tether.commands import common
 from tether.config import Settings
 from tether.errors import TetherError
-from tether.store import open_store
+
+if TYPE_CHECKING:
+    from tether.store import Store
 
 app = typer.Typer(
     help="Tether: stateful agent execution.", no_args_is_help=True, add_completion=False
 )
 console = Console()
 T = TypeVar("T")
+
+
+async def open_store(url: str) -> Store:
+    """The store, imported only when a command needs it: the client commands start faster
+    without the database libraries."""
+    from tether import store
+
+    return await store.open_store(url)
 
 
 @app.command()
@@ -277,7 +287,8 @@ def main() -> None:
     try:
         app()
     except client_errors.TetherClientError as exc:  # one line, never a traceback
-        common.report(exc)
+        common.err.print(f"error: {common.explain(exc)}", markup=False, highlight=False)
+        raise SystemExit(common.exit_code(exc)) from None
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def explain(exc: errors.TetherClientError) -> str:
 def report(exc: errors.TetherClientError) -> NoReturn:
     """Print a client error as one line and exit with its code."""
     err.print(f"[red]error:[/] {esc(explain(exc))}", markup=True, highlight=False)
-    sys.exit(exit_code(exc))
+    raise typer.Exit(exit_code(exc))
 
 
 # --- output -----------------------------------------------------------------------------------
