@@ -204,7 +204,7 @@ class AsyncTurnStream(AsyncEventStream):
 
     async def follow(self) -> AsyncTurnStream:
         """The rest of this turn, from where this stream stopped (see `TurnStream.follow`)."""
-        return await _started(AsyncTurnStream(self._client, self._record.rest()))
+        return await opened(AsyncTurnStream(self._client, self._record.rest()))
 
     async def __aenter__(self) -> AsyncTurnStream:
         return self
@@ -213,7 +213,7 @@ class AsyncTurnStream(AsyncEventStream):
 S = TypeVar("S", bound=AsyncEventStream)
 
 
-async def _started(stream: S) -> S:
+async def opened(stream: S) -> S:
     """The stream with its first connection open: a refusal (404, 409…) is raised here."""
     await stream._start()
     return stream

@@ -11,7 +11,7 @@ import httpx
 from pydantic import BaseModel
 
 from tether.client import _base, _calls, _streams, errors, models
-from tether.client._async_streams import AsyncEventStream, AsyncTurnStream, _started
+from tether.client._async_streams import AsyncEventStream, AsyncTurnStream, opened
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -268,7 +268,7 @@ class Turns(_Resource):
             body=_calls.turn_body(input, on_busy, stream=True),
             idempotency_key=idempotency_key or _base.new_idempotency_key(),
         )
-        return await _started(AsyncTurnStream(self._client, record))
+        return await opened(AsyncTurnStream(self._client, record))
 
     def list(self, session_id: str, *, limit: int | None = None) -> AsyncPaginator[models.Turn]:
         """The session's turns, oldest first."""
@@ -294,7 +294,7 @@ class Turns(_Resource):
         """Follow an existing turn: its events after seq `after` until it ends or waits.
         `after` must be before the turn's end (0, the default, always is)."""
         record = _streams.TurnRecord(session_id, _streams.Cursor(after, turn_id))
-        return await _started(AsyncTurnStream(self._client, record))
+        return await opened(AsyncTurnStream(self._client, record))
 
 
 class Interrupts(_Resource):
@@ -356,7 +356,7 @@ class Events(_Resource):
         """Events after seq `after`, then live ones, until closed (`turn_id`: only that
         turn's). Resumes by itself if the connection drops."""
         cursor = _streams.Cursor(after, turn_id)
-        return await _started(AsyncEventStream(self._client, session_id, cursor))
+        return await opened(AsyncEventStream(self._client, session_id, cursor))
 
 
 class Keys(_Resource):

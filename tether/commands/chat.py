@@ -46,7 +46,7 @@ def chat(
         try:
             Chat(tether, sid).run(resume=session is not None)
         except Quit as left:
-            common.out.print(f"[yellow]{common.esc(left)}[/]")
+            common.out.print(f"[yellow]{common.esc(left)}[/]", soft_wrap=True)
 
 
 class Chat:
