@@ -36,8 +36,11 @@ def chat(
     url: Url = DEFAULT,
     api_key: ApiKey = None,
 ) -> None:
-    """Converse with an agent, live. Ctrl-C stops a reply (the turn is interrupted on the
-    server); Ctrl-C or Ctrl-D at the prompt quits."""
+    """Converse with an agent, live; Ctrl-C stops a reply on the server.
+
+    Ctrl-C while a reply streams interrupts that turn (its partial reply is kept) and gives
+    the prompt back; Ctrl-C or Ctrl-D at the prompt quits. Approvals and questions are asked
+    inline."""
     with contextlib.suppress(ImportError):  # not on every platform
         import readline  # noqa: F401  (line editing and history for input())
     with common.client(url, api_key) as tether:
