@@ -69,13 +69,15 @@ async def test_turn_streams_resume_after_random_cuts(server: Server, api: Api) -
     line, in the middle of a frame, between frames...), and every later connection with
     probability 0.5: resumed streams, the turn lookups a waiting marker makes."""
     rng = random.Random(SEED)
-    await api.c.post("/v1/agents", json=_chatty_agent("chatty"))
+    # one streamed message a turn (the other tests here have several)
+    plain = scripted_agent("plain", reply="some streamed words ", tokens=20, token_delay_ms=2)
+    await api.c.post("/v1/agents", json={**plain, "tools": []})
 
-    def cut() -> Cut:  # a turn's stream is 5 to 10 kB: its stored events alone are 4 kB
-        return Cut("down", rng.randint(0, 3500))
+    def cut() -> Cut:  # a turn's stream is 3 to 6 kB: its stored events alone are 2.5 kB
+        return Cut("down", rng.randint(0, 2400))
 
     async def converse() -> int:
-        sid = await api.session("chatty")
+        sid = await api.session("plain")
         proxy = await CuttingProxy(server.port).start()
         proxy.chance = lambda: cut() if rng.random() < 0.5 else None
         sdk = AsyncTether(
