@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -127,6 +128,24 @@ def test_ctrl_c_in_chat_stops_the_turn_on_the_server(server: ServerProcess) -> N
     first, second = _ended(server, sid, 2)
     assert first["id"] == stopped["id"]
     assert second["status"] == "completed"
+
+    # a server that does not answer the stop: a second Ctrl-C gives the prompt back at once
+    child.sendline("once more")
+    child.expect_exact("gamma")
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        child.sendintr()
+        assert child.expect_exact(["you> ", pexpect.TIMEOUT], timeout=1) == 1, "waits"
+        child.sendintr()
+        child.expect_exact("not waiting for the stop to be confirmed", timeout=10)
+        child.expect_exact("you> ", timeout=5)
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    child.sendline("still there?")  # the terminal still works, and so does the session
+    child.expect_exact("you> ")
+    *_, last = _ended(server, sid, 4)
+    assert last["status"] == "completed"
     _quit(child)
 
 
