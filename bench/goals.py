@@ -194,7 +194,7 @@ def embedded(results: dict[str, Any], skewed: dict[str, bool]) -> list[Figure]:
     if streams and "error" not in streams:
         count = next(iter(streams))  # the first size (500 at full size)
         r = streams[count]
-        src = f"streams.{count}"
+        src = f"results.streams.{count}"
         label = f"{count} turns x {r['tokens_per_stream']} tokens @ {r['token_delay_ms']:g} ms:"
         broken = _problems(
             (r["errors"], "errors"),
@@ -234,7 +234,7 @@ def embedded(results: dict[str, Any], skewed: dict[str, bool]) -> list[Figure]:
         ]
     short = results.get("throughput")
     if short and "error" not in short:
-        out += short_turns("embedded", short, "throughput", skewed.get("throughput", False))
+        out += short_turns("embedded", short, "results.throughput", skewed.get("throughput", False))
     return out
 
 

@@ -103,7 +103,7 @@ def test_embedded_figures_are_the_values_their_source_names() -> None:
         "embedded.short_turn_streams_without_delta",
     ]
     for figure in figures:
-        assert _resolve(results, figure.source) == figure.value, figure.name
+        assert _resolve({"results": results}, figure.source) == figure.value, figure.name
     verdicts = {f.name: f.verdict for f in figures}
     assert verdicts["embedded.streams_server_cpu_us_per_token"] == "MISS"  # 41.5 > 40
     assert verdicts["embedded.streams_first_token_p99_ms"] == "-"
