@@ -218,6 +218,22 @@ class Server:
             "machine_steal_percent": pct(b.steal - a.steal),
         }
 
+    def cpu_seconds(self, start: float, end: float) -> float | None:
+        """The server's CPU seconds (user + system, all threads) over a span that covers all of
+        [start, end]: from the last sample at or before `start` to the first at or after `end`
+        (waited for; samples are SAMPLE_S apart, so the span overshoots by less than that at
+        each end). None when there is no such pair."""
+        deadline = time.monotonic() + 10 * SAMPLE_S
+        while time.monotonic() < deadline and not (self.samples and self.samples[-1].at >= end):
+            time.sleep(SAMPLE_S / 2)
+        samples = list(self.samples)  # the sampler thread appends meanwhile
+        before = [s for s in samples if s.at <= start]
+        after = [s for s in samples if s.at >= end]
+        if not before or not after:
+            return None
+        a, b = before[-1], after[0]
+        return b.user + b.system - a.user - a.system
+
     def stats(self, start: float, end: float) -> dict[str, float]:
         return {
             **self.cpu_percent(start, end),
