@@ -146,6 +146,7 @@ def create_key(data_dir: Path, tenant: str = "acme", role: str = "admin") -> str
             "--role",
             role,
             *store_args(data_dir),
+            "--create",  # the first key of a new data dir makes its store
         ],
         capture_output=True,
         text=True,

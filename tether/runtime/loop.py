@@ -131,8 +131,10 @@ async def run_turn(
     progress.usage = domain.Usage(**turn.usage.as_dict())
     offered = [
         tool.spec()
-        for t in agent.spec.tools
-        if t.policy is not domain.ToolPolicy.DENY and (tool := agent.tools.get(t.name))
+        for name in dict.fromkeys(t.name for t in agent.spec.tools)  # each tool once
+        if (entry := tool_spec(agent, name))
+        and entry.policy is not domain.ToolPolicy.DENY
+        and (tool := agent.tools.get(name))
     ]
 
     async def commit(checkpoint: domain.Checkpoint) -> None:
@@ -227,7 +229,7 @@ def _gate(agent: Agent, turn: domain.Turn, run: ToolRun, resume: domain.ResumeSt
     interrupt to create, unless one is pending), or leaves it WAITING, with the arguments to
     run it with."""
     call = run.call
-    spec = next((t for t in agent.spec.tools if t.name == call.name), None)
+    spec = tool_spec(agent, call.name)
     tool = agent.tools.get(call.name)
     if tool is None or spec is None:
         _settle(turn, run, f"Error: no tool named {call.name!r} is available.", "error")
@@ -311,7 +313,7 @@ def _settle(turn: domain.Turn, run: ToolRun, content: str, outcome: str) -> None
 def _interrupt(
     agent: Agent, call: domain.ToolCall, type: str, request: dict[str, Any]
 ) -> domain.InterruptRequest:
-    spec = next((t for t in agent.spec.tools if t.name == call.name), None)
+    spec = tool_spec(agent, call.name)
     ttl = (spec.interrupt_ttl_s if spec else None) or agent.spec.interrupt_ttl_s
     return domain.InterruptRequest(type, call.id, call.name, request, ttl, agent.spec.on_expire)
 
@@ -359,3 +361,14 @@ async def _run_tool(
     except Exception as exc:  # a tool's bug is the model's information, not a crash
         content, outcome = f"Error: {type(exc).__name__}: {exc}", "error"
     _settle(turn, run, content, outcome)
+
+
+_STRICTNESS = [domain.ToolPolicy.AUTO, domain.ToolPolicy.APPROVE, domain.ToolPolicy.DENY]
+
+
+def tool_spec(agent: Agent, tool_name: str) -> domain.ToolSpec | None:
+    """The agent's entry for a tool. Duplicate entries are refused when agents are made, but
+    one stored before that rule may have them: then the strictest policy holds, so an
+    approval is never skipped."""
+    entries = [t for t in agent.spec.tools if t.name == tool_name]
+    return max(entries, key=lambda t: _STRICTNESS.index(t.policy), default=None)

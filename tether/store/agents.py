@@ -69,9 +69,7 @@ class Agents:
             return conn.execute(
                 update(agents)
                 .where(agents.c.id == agent_id, agents.c.tenant_id == tenant_id, _LIVE)
-                .values(
-                    name=spec.name, spec=spec.model_dump(mode="json"), updated_at=domain.utcnow()
-                )
+                .values(name=spec.name, spec=spec.stored(), updated_at=domain.utcnow())
                 .returning(*agents.c)
             ).first()
 

@@ -1,22 +1,31 @@
 """Interrupts (DESIGN §4): created when a turn pauses, then answered, expired or cancelled,
-each a move of `domain.InterruptMove`. What those do to the turn is in lifecycle.py."""
+each a move of `domain.InterruptMove`. What those do to the turn is in lifecycle.py. Read by
+session, or across a tenant's sessions as the approvals inbox (console, CLI): what needs a
+human soonest first."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, literal, select, tuple_
 
 from tether import domain, errors, ids, views
 from tether.domain import EventType, InterruptMove, InterruptStatus
 from tether.store import guards, rows
 from tether.store.base import Database, Page, paged
-from tether.store.schema import interrupts
+from tether.store.schema import UTCDateTime, interrupts
 from tether.store.session_write import SessionWrite
 
 PENDING = guards.status_in(interrupts.c.status, {InterruptStatus.PENDING})
+# The inbox's order: expiry first (those that never expire last, as if they expired at
+# _NEVER), then age, then id: total, so a keyset cursor resumes it exactly.
+_NEVER = datetime(9999, 12, 31, tzinfo=UTC)
+_EXPIRY = func.coalesce(interrupts.c.expires_at, literal(_NEVER, UTCDateTime()))
 
 
 def create(
@@ -141,6 +150,28 @@ class Interrupts:
         found = await self.db.read(lambda conn: conn.execute(query).all())
         return Page.of(found, limit, rows.interrupt, lambda i: i.id)
 
+    async def inbox(
+        self, tenant_id: str, status: InterruptStatus | None, limit: int, cursor: str | None
+    ) -> Page:
+        """One page of the tenant's interrupts (of one status, if given), soonest expiry
+        first."""
+        query = select(interrupts).where(interrupts.c.tenant_id == tenant_id)
+        if status is not None:
+            query = query.where(guards.status_in(interrupts.c.status, {status}))
+        if cursor:
+            expires, created, interrupt_id = _parse_inbox_cursor(cursor)
+            query = query.where(
+                tuple_(_EXPIRY, interrupts.c.created_at, interrupts.c.id)
+                > tuple_(
+                    literal(expires, UTCDateTime()),
+                    literal(created, UTCDateTime()),
+                    literal(interrupt_id),
+                )
+            )
+        query = query.order_by(_EXPIRY, interrupts.c.created_at, interrupts.c.id).limit(limit + 1)
+        found = await self.db.read(lambda conn: conn.execute(query).all())
+        return Page.of(found, limit, rows.interrupt, _inbox_cursor)
+
     async def due(self, now: datetime) -> list[tuple[str, str]]:
         """(session, interrupt) of the pending interrupts past their time."""
         found = await self.db.read(
@@ -151,3 +182,20 @@ class Interrupts:
             ).all()
         )
         return [(r.session_id, r.id) for r in found]
+
+
+def _inbox_cursor(item: domain.Interrupt) -> str:
+    key = [(item.expires_at or _NEVER).isoformat(), item.created_at.isoformat(), item.id]
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+
+
+def _parse_inbox_cursor(cursor: str) -> tuple[datetime, datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        expires, created, interrupt_id = json.loads(raw)
+        key = (datetime.fromisoformat(expires), datetime.fromisoformat(created), interrupt_id)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise errors.InvalidRequest(f"invalid cursor {cursor!r}") from exc
+    if not isinstance(key[2], str) or key[0].tzinfo is None or key[1].tzinfo is None:
+        raise errors.InvalidRequest(f"invalid cursor {cursor!r}")
+    return key

@@ -66,8 +66,8 @@ def _last_turn(row: Mapping[str, Any]) -> domain.TurnRef | None:
 AGENT = Codec(
     domain.Agent,
     schema.agents,
-    decode={"spec": domain.AgentSpec.model_validate},
-    encode={"spec": lambda spec: spec.model_dump(mode="json")},
+    decode={"spec": domain.AgentSpec.from_stored},
+    encode={"spec": domain.AgentSpec.stored},
 )
 SESSION = Codec(
     domain.Session,
