@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from tether import domain, errors
+from tether import domain, errors, versions
 from tether.bus import keys
 from tether.bus.base import Committed, Delta, Item, Subscription
 from tether.bus.local import ENDS_MESSAGE
@@ -41,16 +41,17 @@ _PING_S = 5.0  # a quiet subscription pings this often (under socket_timeout)
 
 
 def _encode_events(events: list[domain.Event]) -> str:
-    return json.dumps({"k": "e", "events": [e.as_dict() for e in events]})
+    body = {"k": "e", "v": versions.EVENT_VERSION, "events": [e.as_dict() for e in events]}
+    return json.dumps(body)
 
 
-def _decode_event(raw: dict[str, Any]) -> domain.Event:
+def _decode_event(raw: dict[str, Any], version: int) -> domain.Event:
     return domain.Event(
         session_id=raw["session_id"],
         seq=raw["seq"],
         type=domain.EventType(raw["type"]),
         turn_id=raw["turn_id"],
-        data=raw["data"],
+        data=versions.event_data(version, raw["type"], raw["data"]),
         created_at=datetime.fromisoformat(raw["created_at"]),
     )
 
@@ -345,7 +346,8 @@ class RedisBus:
             raw = json.loads(data)
             item: Item
             if raw["k"] == "e":
-                item = Committed([_decode_event(e) for e in raw["events"]])
+                version = raw.get("v", 1)  # a node from before versions sends none
+                item = Committed([_decode_event(e, version) for e in raw["events"]])
             else:
                 item = Delta(session_id, raw["t"], raw["m"], raw["o"], raw["x"])
             for sub in subs:

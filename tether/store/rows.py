@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Row, Table
 
-from tether import domain
+from tether import domain, versions
 from tether.store import schema
 
 R = TypeVar("R")
@@ -27,7 +27,9 @@ def _optional(convert: Convert) -> Convert:
 
 class Codec(Generic[R]):
     """How one record type is stored in one table. `decode`/`encode` convert the values of
-    the fields named; `derived` builds fields that are not columns from the whole row."""
+    the fields named; `derived` builds fields from the whole row (fields that are not columns,
+    or whose reading depends on other columns: a schema version); `stamp` adds columns that
+    are not fields to what is written."""
 
     def __init__(
         self,
@@ -37,6 +39,7 @@ class Codec(Generic[R]):
         decode: Mapping[str, Convert] | None = None,
         encode: Mapping[str, Convert] | None = None,
         derived: Mapping[str, Convert] | None = None,
+        stamp: Mapping[str, Any] | None = None,
     ):
         self.record_type = record
         names = [f.name for f in dataclasses.fields(record)]  # type: ignore[arg-type]
@@ -45,6 +48,7 @@ class Codec(Generic[R]):
         self._decoders = [(n, decode.get(n)) for n in stored]
         self._encoders = [(n, encode.get(n)) for n in stored]
         self._derived = dict(derived or {})
+        self._stamp = dict(stamp or {})
 
     def record(self, row: Row[Any]) -> R:
         values = row._mapping
@@ -54,7 +58,11 @@ class Codec(Generic[R]):
         return self.record_type(**fields)
 
     def values(self, record: R) -> dict[str, Any]:
-        return {n: (e(getattr(record, n)) if e else getattr(record, n)) for n, e in self._encoders}
+        values = {
+            n: (e(getattr(record, n)) if e else getattr(record, n)) for n, e in self._encoders
+        }
+        values.update(self._stamp)
+        return values
 
 
 def _last_turn(row: Mapping[str, Any]) -> domain.TurnRef | None:
@@ -107,12 +115,25 @@ EVENT = Codec(
     schema.events,
     decode={"type": domain.EventType},
     encode={"type": _value},
+    derived={"data": lambda row: versions.event_data(row["v"], row["type"], row["data"])},
+    stamp={"v": versions.EVENT_VERSION},
 )
+
+
+def _interrupt_payload(row: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    return versions.interrupt_payload(row["v"], row["request"], row["response"])
+
+
 INTERRUPT = Codec(
     domain.Interrupt,
     schema.interrupts,
     decode={"status": domain.InterruptStatus},
     encode={"status": _value},
+    derived={
+        "request": lambda row: _interrupt_payload(row)[0],
+        "response": lambda row: _interrupt_payload(row)[1],
+    },
+    stamp={"v": versions.RESUME_VERSION},
 )
 
 agent = AGENT.record

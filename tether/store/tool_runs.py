@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Insert, bindparam, select
 
-from tether import domain
+from tether import domain, versions
 from tether.domain import EventType, ToolOutcome, ToolRunMove
 from tether.store import guards, rows
 from tether.store.base import Database
@@ -27,7 +27,6 @@ _CLOSED = {
     ToolOutcome.INTERRUPTED: "Tool call interrupted: the turn was stopped.",
     ToolOutcome.NOT_RUN: "Tool call not run: the turn ended before it ran.",
 }
-_LEFT_STARTED = guards.status_in(tool_runs.c.status, {domain.ToolRunStatus.STARTED})
 
 
 @functools.cache
@@ -41,10 +40,12 @@ def _ledger(insert: Callable[[Any], Any], move: domain.Move[domain.ToolRunStatus
         status=move.target.value,
         runs=runs,
         updated_at=bindparam("now"),
+        v=versions.RESUME_VERSION,
     )
     changes: dict[str, Any] = {
         "status": move.target.value,
         "updated_at": statement.excluded.updated_at,
+        "v": versions.RESUME_VERSION,
     }
     if runs:
         changes["runs"] = tool_runs.c.runs + 1
@@ -138,13 +139,16 @@ class ToolRuns:
                 .order_by(interrupts.c.created_at, interrupts.c.id)
             ):
                 resume.interrupts.setdefault(row.tool_call_id, []).append(rows.interrupt(row))
-            resume.started = set(
-                conn.execute(
-                    select(tool_runs.c.tool_call_id).where(
-                        tool_runs.c.turn_id == turn_id, _LEFT_STARTED
-                    )
-                ).scalars()
+            ledger = conn.execute(
+                select(tool_runs.c.tool_call_id, tool_runs.c.status, tool_runs.c.v).where(
+                    tool_runs.c.turn_id == turn_id
+                )
             )
+            resume.started = {
+                r.tool_call_id
+                for r in ledger
+                if versions.ledger_status(r.v, r.status) == domain.ToolRunStatus.STARTED
+            }
             return resume
 
         return await self.db.read(read)
