@@ -102,7 +102,7 @@ class Node:
             pool_size=settings.store_pool_size,
             serve=True,
         )
-        self.service = Service(self.store, self.bus, self.tools, settings.zone, settings)
+        self.service = Service(self.store, self.bus, self.tools, settings)
         self.keys = Keys(self.store)
         if self.store.exclusive:
             # the store's only server: every lease in it belongs to a dead process

@@ -55,15 +55,13 @@ class Service:
         store: Store,
         bus: Bus,
         tools: ToolRegistry,
-        zone: str,
-        settings: Settings | None = None,
+        settings: Settings,
     ):
-        self.settings = settings or Settings()
+        self.settings = settings
         self.sealer = sealing.Sealer(self.settings)
         self.store = store
         self.bus = bus
         self.tools = tools
-        self.zone = zone
 
     # --- agents --------------------------------------------------------------------------------
 
@@ -183,7 +181,7 @@ class Service:
         if first is not None:
             await self._check_turn_limits(tenant)
         session_id, turn = await self.store.lifecycle.create_session(
-            tenant, agent.id, self.zone, metadata or {}, first
+            tenant, agent.id, self.settings.zone, metadata or {}, first
         )
         if turn:
             self.bus.notify_work()

@@ -140,15 +140,12 @@ class Worker:
         bus: Bus,
         tools: ToolRegistry,
         settings: Settings,
-        *,
-        concurrency: int | None = None,
     ):
         self.store = store
         self.bus = bus
         self.tools = tools
         self.settings = settings
         self.sealer = sealing.Sealer(settings)
-        self.concurrency = settings.workers if concurrency is None else concurrency
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.new_ulid()[-8:]}"
         self._running: dict[str, Execution] = {}  # by claim token
         self._by_turn: dict[str, Execution] = {}
@@ -200,7 +197,7 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         while not self._draining:
-            free = self.concurrency - len(self._running)
+            free = self.settings.workers - len(self._running)
             claimed = 0
             if free > 0:
                 try:

@@ -64,7 +64,7 @@ def _encode_delta(delta: Delta) -> str:
 
 class RedisBus:
     def __init__(self, url: str, prefix: str = "tether"):
-        self.keys = keys.Keys(prefix)
+        self.names = keys.Names(prefix)
         # No hidden retries: a broken connection must surface, so we know to resync readers.
         self._redis = aioredis.from_url(
             url,
@@ -145,7 +145,7 @@ class RedisBus:
             self._partial_of.clear()  # the partial keys may be behind now: start over
 
     def _write(self, pipe: Any, batch: list[tuple[str, Any]]) -> None:
-        k = self.keys
+        k = self.names
         pending: Delta | None = None  # consecutive deltas of one message go out as one
 
         def flush_delta() -> None:
@@ -207,7 +207,7 @@ class RedisBus:
         if pubsub is None:
             raise errors.Unavailable("live updates are unavailable (the bus is down), retry")
         sub = Subscription(session_id)
-        channel = self.keys.session(session_id)
+        channel = self.names.session(session_id)
         first = not self._subs[session_id]
         self._subs[session_id].add(sub)
         try:
@@ -234,7 +234,7 @@ class RedisBus:
         if subs:
             return
         del self._subs[sub.session_id]
-        channel = self.keys.session(sub.session_id)
+        channel = self.names.session(sub.session_id)
         self._confirmed.pop(channel, None)
         pubsub = self._pubsub
         if pubsub is not None:
@@ -249,7 +249,7 @@ class RedisBus:
     async def partial(self, session_id: str) -> Delta | None:
         try:
             meta, text = await self._redis.mget(
-                self.keys.partial_meta(session_id), self.keys.partial_text(session_id)
+                self.names.partial_meta(session_id), self.names.partial_text(session_id)
             )
         except (RedisError, OSError):
             return None  # a reader then starts with the next live delta
@@ -274,8 +274,8 @@ class RedisBus:
         while True:
             pubsub = self._redis.pubsub()
             try:
-                channels = [self.keys.work, self.keys.stop]
-                channels += [self.keys.session(sid) for sid in self._subs]
+                channels = [self.names.work, self.names.stop]
+                channels += [self.names.session(sid) for sid in self._subs]
                 for channel in channels[2:]:
                     self._confirmed.setdefault(channel, asyncio.get_running_loop().create_future())
                 await pubsub.subscribe(*channels)
@@ -333,9 +333,9 @@ class RedisBus:
             return
         if kind != "message":
             return
-        if channel == self.keys.work:
+        if channel == self.names.work:
             self._work.set()
-        elif channel == self.keys.stop:
+        elif channel == self.names.stop:
             if self._stop_callback:
                 self._stop_callback(data)
         else:
