@@ -13,6 +13,7 @@ from typing import Any
 import openai
 
 from tether import domain, errors
+from tether.runtime import retry
 from tether.runtime.model import Finished, ModelEvent, ModelRequest, TextDelta, UsageReport
 
 
@@ -64,15 +65,18 @@ _STREAM_ERRORS: tuple[type[Exception], ...] = (
 
 
 def _failure(exc: Exception) -> errors.ModelError:
+    """The provider's failure as a turn failure, saying whether another try may help."""
     if isinstance(exc, _TIMEOUT_ERRORS):
         return errors.ProviderTimeout(f"model provider timed out: {exc}")
     if isinstance(exc, openai.APIStatusError):
         detail = f"model provider answered {exc.status_code}: {exc.message}"
+        asked = retry.retry_after_s(exc.response.headers)
         if exc.status_code >= 500:
-            return errors.ProviderUnavailable(detail)
-        return errors.ProviderRejected(detail)
+            return errors.ProviderUnavailable(detail, retryable=True, retry_after_s=asked)
+        transient = exc.status_code in (408, 429)
+        return errors.ProviderRejected(detail, retryable=transient, retry_after_s=asked)
     if isinstance(exc, (openai.APIConnectionError, *_TRANSPORT_ERRORS)):
-        return errors.ProviderUnavailable(f"model provider unreachable: {exc}")
+        return errors.ProviderUnavailable(f"model provider unreachable: {exc}", retryable=True)
     return errors.ProviderBadResponse(f"unreadable model provider answer: {exc}")
 
 
