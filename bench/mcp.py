@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import tempfile
 import time
@@ -43,6 +44,15 @@ async def _calls(hub: mcp_client.McpHub, server: mcp_client.Server, n: int) -> d
     return {"calls": n, **ms_stats(times, "call"), "mean_ms": round(1000 * sum(times) / n, 3)}
 
 
+async def _journal_says(journal: Path, after: int, event: str) -> None:
+    """Wait (polling its journal file, 1 ms apart) until the server notes `event`."""
+    deadline = time.monotonic() + 10
+    while not any(e["event"] == event for e in mcp_helpers.journal_lines(journal)[after:]):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server never noted {event!r}")
+        await asyncio.sleep(0.001)
+
+
 async def _stops(
     hub: mcp_client.McpHub, server: mcp_client.Server, journal: Path, n: int
 ) -> dict[str, Any]:
@@ -51,22 +61,13 @@ async def _stops(
     for _ in range(n):
         before = len(mcp_helpers.journal_lines(journal))
         call = asyncio.create_task(hub.call(server, "slow", {"seconds": 60}))
-        while not any(e["event"] == "started" for e in mcp_helpers.journal_lines(journal)[before:]):
-            await asyncio.sleep(0.002)
+        await _journal_says(journal, before, "started")
         stopped = time.perf_counter()
         call.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await call
-        except asyncio.CancelledError:
-            pass
         returned.append(time.perf_counter() - stopped)
-        deadline = time.monotonic() + 10
-        while not any(
-            e["event"] == "cancelled" for e in mcp_helpers.journal_lines(journal)[before:]
-        ):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server never saw the cancellation")
-            await asyncio.sleep(0.001)
+        await _journal_says(journal, before, "cancelled")
         seen.append(time.perf_counter() - stopped)
     return {
         "stops": n,
