@@ -241,20 +241,31 @@ async def test_scopes_do_not_share_connections(hub: mcp_client.McpHub, journal: 
     assert a != b
 
 
+async def test_idle_servers_are_stopped(journal: Path) -> None:
+    hub = mcp_client.McpHub(idle_timeout_s=0.5)
+    try:
+        tiny = mcp_helpers.tiny_stdio(journal)
+        pid = _pid(await hub.call(tiny, "whoami", {}))
+        await wait_for(lambda: not _running(pid), 10, "the idle server to be stopped")
+        assert _pid(await hub.call(tiny, "whoami", {})) != pid  # started again on demand
+    finally:
+        await hub.aclose()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 async def test_close_ends_the_servers(journal: Path) -> None:
     hub = mcp_client.McpHub()
     tiny = mcp_helpers.tiny_stdio(journal)
     pid = _pid(await hub.call(tiny, "whoami", {}))
     await hub.aclose()
-
-    def gone() -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    await wait_for(gone, 10, "the server process to end")
+    await wait_for(lambda: not _running(pid), 10, "the server process to end")
     closed = await hub.call(tiny, "whoami", {})
     assert closed.is_error
 

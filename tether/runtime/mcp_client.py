@@ -29,6 +29,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -191,6 +192,7 @@ class _Connection:
         self.client: mcp.Client | None = None
         self.call: _Call | None = None
         self.failure: BaseException | None = None
+        self.idle_since = time.monotonic()
         self.broken = False  # a request found it closed before its task noticed: not reused
         self.ready = asyncio.Event()
         self.gone = asyncio.Event()  # the connection ended, whatever the reason
@@ -328,6 +330,7 @@ class _Pool:
 
     async def release(self, conn: _Connection) -> None:
         conn.call = None
+        conn.idle_since = time.monotonic()
         if conn.alive and not self.closed:
             async with self._changed:
                 self._idle.append(conn)
@@ -341,6 +344,22 @@ class _Pool:
         async with self._changed:
             self._count -= 1
             self._changed.notify()
+
+    @property
+    def empty(self) -> bool:
+        return self._count == 0
+
+    async def sweep(self, max_idle_s: float) -> None:
+        """Close the connections idle for longer than `max_idle_s` (their servers stop)."""
+        now = time.monotonic()
+        old = [c for c in self._idle if now - c.idle_since > max_idle_s or not c.alive]
+        if not old:
+            return
+        self._idle = [c for c in self._idle if c not in old]
+        await asyncio.gather(*(c.close() for c in old))
+        async with self._changed:
+            self._count -= len(old)
+            self._changed.notify_all()
 
     async def close(self) -> None:
         self.closed = True
@@ -365,11 +384,14 @@ class McpHub:
         *,
         connect_timeout_s: float = 30.0,
         max_connections: int = 4,
+        idle_timeout_s: float = 300.0,
         http_client: Callable[[HttpServer], httpx2.AsyncClient] = _default_http_client,
         stderr: TextIO | None = None,
     ):
         self.connect_timeout_s = connect_timeout_s
         self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self._sweeper: asyncio.Task[None] | None = None
         self._http_client = http_client
         self._stderr = stderr or sys.stderr
         self._pools: dict[tuple[str, Server], _Pool] = {}
@@ -387,7 +409,22 @@ class McpHub:
                 return conn
 
             pool = self._pools[key] = _Pool(open_connection, self.max_connections)
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep(), name="mcp-idle-sweeper")
         return pool
+
+    async def _sweep(self) -> None:
+        """Stop servers nobody called for `idle_timeout_s`: a stdio server is a process, and
+        a pool per tenant and server would otherwise keep them all until shutdown."""
+        while True:
+            await asyncio.sleep(self.idle_timeout_s / 2)
+            for key, pool in list(self._pools.items()):
+                try:
+                    await pool.sweep(self.idle_timeout_s)
+                except Exception:  # the sweeper must outlive a bad close
+                    log.exception("closing idle MCP connections failed")
+                if pool.empty and self._pools.get(key) is pool:
+                    del self._pools[key]
 
     async def tools(self, server: Server, scope: str = "") -> list[ToolInfo]:
         """The server's tools (discovered once per connection life, then remembered).
@@ -457,6 +494,10 @@ class McpHub:
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         pools, self._pools = list(self._pools.values()), {}
         await asyncio.gather(*(p.close() for p in pools))
 
