@@ -239,7 +239,9 @@ class _Connection:
                 self.client = client
                 self.ready.set()
                 await self._close.wait()
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            raise  # this task was cancelled (a close that took too long): not the server's doing
+        except BaseException as exc:  # recorded: a dead server is a call's result
             self.failure = exc
             if not self._close.is_set():
                 log.warning("MCP server %r ended: %s", self.server.name, _why(exc))
