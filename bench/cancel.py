@@ -70,6 +70,7 @@ class FakeProvider:
 
     def __init__(self) -> None:
         self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> FakeProvider:
@@ -189,7 +190,7 @@ def stops(port: int, fake_port: int, count: int, warmup: int) -> dict[str, Any]:
 
 async def _stops(port: int, fake_port: int, count: int, warmup: int) -> dict[str, Any]:
     setup = await Connection.open(port)
-    base_url = f"http://127.0.0.1:{fake_port}/v1"
+    base_url = f"http://127.0.0.1:{fake_port}/v1"  # FakeProvider.url
     model = {"provider": "openai", "model": "fake-1", "base_url": base_url}
     agent = await setup.json("POST", "/v1/agents", {"name": "victim", "model": model, "tools": []})
     setup.close()
@@ -431,7 +432,11 @@ def cpu_s(pid: int) -> float:
 def run_scenario(sizes: Sizes, loaded: bool, spy: Path | None) -> dict[str, Any]:
     quiet = wait_for_quiet(QUIET_WAIT_S, OTHER_LOAD_WARN)
     timeout = 120 + sizes.stops * (TRIAL_TIMEOUT_S / 10)
-    with FakeProvider() as fake, Server(workers=WORKERS, profile=spy) as server:
+    with (
+        FakeProvider() as fake,
+        # the fake is on loopback: allowed as a provider destination, as an operator would
+        Server(workers=WORKERS, profile=spy, env={"TETHER_PROVIDER_BASE_URLS": fake.url}) as server,
+    ):
         assert fake.proc is not None
         args = (server.port, fake.port, sizes.stops, sizes.warmup)
         load: Background | None = None

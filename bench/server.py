@@ -74,9 +74,11 @@ class Server:
         profile: Path | None = None,
         ready_timeout_s: float = 30.0,
         args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workers = workers
         self.args = args  # more `tether serve` options (cluster mode: --store, --bus)
+        self.env = env or {}  # more settings, TETHER_<NAME>
         self.profile = profile  # py-spy collapsed stacks of the whole run go here
         self.ready_timeout_s = ready_timeout_s
         self.port = free_port()
@@ -98,7 +100,7 @@ class Server:
         tether = Path(sys.executable).parent / "tether"
         cmd = [str(tether), "serve", "--data-dir", str(self.data_dir)]
         cmd += ["--port", str(self.port), "--workers", str(self.workers), *self.args]
-        env = {**os.environ, "TETHER_LOG_LEVEL": "warning"}
+        env = {**os.environ, "TETHER_LOG_LEVEL": "warning", **self.env}
         log = (self.data_dir / "server.log").open("wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()

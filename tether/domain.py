@@ -7,7 +7,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 
 def utcnow() -> datetime:
@@ -136,16 +145,36 @@ class ScriptedStep(BaseModel):
     tool_calls: list[ScriptedToolCall] = Field(default_factory=list)
 
 
+# Validation context under which stored records are read back: only they may carry sealed
+# secrets (a client cannot hand one in).
+STORED = {"stored": True}
+
+
 class ModelSpec(BaseModel):
     """Which model runs the agent. `scripted` needs no LLM; `openai` is any Chat Completions API;
-    `anthropic` is Anthropic's Messages API."""
+    `anthropic` is Anthropic's Messages API.
 
-    model_config = ConfigDict(extra="forbid")
+    `api_key` is the tenant's own key: write-only. It is sealed before it is stored (into
+    `api_key_sealed`) and neither field is ever dumped: no API answer, event or log shows it.
+    """
+
+    # hide_input_in_errors: a validation error must not echo an api_key back
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     provider: Literal["scripted", "openai", "anthropic"] = "scripted"
     # HTTP providers
     model: str | None = None
     base_url: str | None = None
-    api_key_env: str | None = None
+    api_key_env: str | None = Field(
+        default=None, description="an environment variable of the server holding the key"
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        exclude=True,
+        min_length=1,
+        max_length=4096,
+        description="your own key (write-only: stored encrypted, never returned)",
+    )
+    api_key_sealed: SkipJsonSchema[str | None] = Field(default=None, exclude=True)
     params: dict[str, Any] = Field(default_factory=dict)
     max_retries: int = Field(
         default=2,
@@ -161,11 +190,26 @@ class ModelSpec(BaseModel):
     token_delay_ms: float = Field(default=0, ge=0, le=60_000)
     fail: str | None = Field(default=None, description="scripted: fail the model call with this")
 
+    @field_validator("api_key_sealed")
+    @classmethod
+    def _stored_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not (info.context or {}).get("stored"):
+            raise ValueError("api_key_sealed is not a field agents may set: give api_key")
+        return value
+
     @model_validator(mode="after")
     def _provider_fields(self) -> ModelSpec:
         if self.provider in ("openai", "anthropic") and not self.model:
             raise ValueError(f"model.model is required for provider {self.provider!r}")
+        if self.provider == "scripted" and self.api_key is not None:
+            raise ValueError("model.api_key is for providers that call an API, not 'scripted'")
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("give model.api_key or model.api_key_env, not both")
         return self
+
+    @property
+    def has_own_key(self) -> bool:
+        return self.api_key is not None or self.api_key_sealed is not None
 
 
 class ToolPolicy(enum.StrEnum):
@@ -187,7 +231,7 @@ class ToolSpec(BaseModel):
 class AgentSpec(BaseModel):
     """The body of an agent definition (DESIGN §7)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
     instructions: str = ""
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -197,6 +241,18 @@ class AgentSpec(BaseModel):
     interrupt_ttl_s: float | None = Field(default=None, gt=0)
     on_expire: Literal["deny", "fail"] = "deny"
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def stored(self) -> dict[str, Any]:
+        """The form the store keeps: the public dump plus the sealed key (never a plain one)."""
+        assert self.model.api_key is None, "seal the agent's api_key before storing it"
+        data = self.model_dump(mode="json")
+        if self.model.api_key_sealed is not None:
+            data["model"]["api_key_sealed"] = self.model.api_key_sealed
+        return data
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> AgentSpec:
+        return cls.model_validate(data, context=STORED)
 
 
 class InterruptStatus(enum.StrEnum):

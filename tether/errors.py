@@ -43,6 +43,42 @@ class InvalidAgent(Unprocessable):
     code = "invalid_agent"
 
 
+class InvalidModelParams(InvalidAgent):
+    """The model's params are not ones its provider accepts."""
+
+    code = "invalid_model_params"
+
+
+class ProviderNotAllowed(InvalidAgent):
+    """The operator's configuration does not allow this model provider setting."""
+
+    code = "provider_not_allowed"
+
+
+class ProviderKeyEnvNotAllowed(ProviderNotAllowed):
+    """This environment variable is not one agents may name as `api_key_env`."""
+
+    code = "provider_key_env_not_allowed"
+
+
+class ProviderBaseUrlNotAllowed(ProviderNotAllowed):
+    """A server-held key may not be sent to this base URL."""
+
+    code = "provider_base_url_not_allowed"
+
+
+class SecretKeyMissing(ProviderNotAllowed):
+    """This server cannot store secrets: no secret key is configured."""
+
+    code = "secret_key_missing"
+
+
+class DestinationNotAllowed(Unprocessable):
+    """Tether may not send requests to this destination."""
+
+    code = "destination_not_allowed"
+
+
 class IdempotencyKeyReused(Unprocessable):
     """This Idempotency-Key was used with another request."""
 
@@ -230,6 +266,23 @@ class ProviderBadResponse(ModelError):
     """The model provider's answer could not be understood."""
 
     code = "provider_bad_response"
+
+
+class ProviderRefused(ModelError):
+    """The operator's configuration does not allow this model call; nothing was sent."""
+
+    code = "provider_not_allowed"
+
+    def __init__(self, cause: TetherError):
+        super().__init__(cause.message, details=cause.details)
+        self.code = cause.code  # the refusal's own code, as agent creation would answer it
+
+
+class ProviderKeyUnavailable(ModelError):
+    """The agent's own provider key cannot be read (the server's secret key is missing or
+    changed)."""
+
+    code = "provider_key_unavailable"
 
 
 class MaxStepsExceeded(TurnFailure):

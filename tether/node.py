@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
-from sqlalchemy.engine import make_url
 
 from tether import domain, errors
 from tether.auth import Keys
@@ -107,7 +106,7 @@ class Node:
 
     @property
     def embedded(self) -> bool:
-        return make_url(self.settings.resolved_store_url).get_backend_name() == "sqlite"
+        return self.settings.embedded
 
     async def start(self) -> None:
         settings = self.settings

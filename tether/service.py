@@ -9,11 +9,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether import domain, errors, ids
+from tether import domain, errors, ids, sealing
 from tether.bus import Bus, Subscription
 from tether.config import Settings
+from tether.runtime import providers
 from tether.runtime.tools import ToolRegistry
-from tether.store import Page, Store
+from tether.store import Page, Store, inbox
 from tether.store.interrupts import InterruptStore
 
 DEFAULT_TENANT = "default"
@@ -58,6 +59,7 @@ class Service:
         settings: Settings | None = None,
     ):
         self.settings = settings or Settings()
+        self.sealer = sealing.Sealer(self.settings)
         self.store = store
         self.interrupts = InterruptStore(store)
         self.bus = bus
@@ -73,10 +75,35 @@ class Service:
                 f"unknown tools: {', '.join(unknown)}",
                 details={"unknown_tools": unknown, "available": self.tools.names()},
             )
+        names = [t.name for t in spec.tools]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:  # which entry's policy would apply? Refuse rather than guess
+            raise errors.InvalidAgent(
+                f"tools lists {', '.join(repeated)} more than once: give each tool one entry",
+                details={"duplicate_tools": repeated},
+            )
+        providers.check(spec.model, self.settings)
+
+    def _seal(self, tenant: str, spec: domain.AgentSpec) -> domain.AgentSpec:
+        """The agent as it is stored: its own API key, if any, sealed."""
+        if spec.model.api_key is None:
+            return spec
+        sealed = self.sealer.seal(tenant, spec.model.api_key.get_secret_value())
+        model = spec.model.model_copy(update={"api_key": None, "api_key_sealed": sealed})
+        return spec.model_copy(update={"model": model})
+
+    def _same_key(self, tenant: str, stored: domain.ModelSpec, given: domain.ModelSpec) -> bool:
+        if given.api_key is None or stored.api_key_sealed is None:
+            return given.api_key is None and stored.api_key_sealed is None
+        try:
+            stored_key = self.sealer.open(tenant, stored.api_key_sealed)
+        except errors.ProviderKeyUnavailable:
+            return False
+        return stored_key == given.api_key.get_secret_value()
 
     async def create_agent(self, tenant: str, spec: domain.AgentSpec) -> domain.Agent:
         self._check_agent(spec)
-        return await self.store.create_agent(tenant, spec)
+        return await self.store.create_agent(tenant, self._seal(tenant, spec))
 
     async def upsert_agent(self, tenant: str, spec: domain.AgentSpec) -> domain.Agent:
         """Create or replace the agent of that name (agents files, the demo agent)."""
@@ -84,10 +111,12 @@ class Service:
         try:
             current = await self.store.get_agent(tenant, spec.name)
         except errors.NotFound:
-            return await self.store.create_agent(tenant, spec)
-        if current.spec == spec:
+            return await self.store.create_agent(tenant, self._seal(tenant, spec))
+        if current.spec.model_dump() == spec.model_dump() and self._same_key(
+            tenant, current.spec.model, spec.model
+        ):
             return current
-        return await self.store.update_agent(tenant, current.id, spec)
+        return await self.store.update_agent(tenant, current.id, self._seal(tenant, spec))
 
     async def get_agent(self, tenant: str, agent_id: str) -> domain.Agent:
         return await self.store.get_agent(tenant, ids.check("agt", agent_id))
@@ -98,14 +127,40 @@ class Service:
     async def update_agent(
         self, tenant: str, agent_id: str, changes: dict[str, Any]
     ) -> domain.Agent:
+        """`changes` replace whole fields (`model` too); an own API key already stored is
+        kept while the provider and base URL stay the same and no other key is named."""
         current = await self.get_agent(tenant, agent_id)
         merged = {**current.spec.model_dump(mode="json"), **changes}
         try:
             spec = domain.AgentSpec.model_validate(merged)
         except ValueError as exc:
             raise errors.InvalidAgent(str(exc)) from exc
+        spec = self._keep_key(current.spec.model, spec, changes.get("model"))
         self._check_agent(spec)
-        return await self.store.update_agent(tenant, agent_id, spec)
+        return await self.store.update_agent(tenant, agent_id, self._seal(tenant, spec))
+
+    @staticmethod
+    def _keep_key(
+        before: domain.ModelSpec, spec: domain.AgentSpec, model_changes: dict[str, Any] | None
+    ) -> domain.AgentSpec:
+        """The stored own key carried into an updated agent, where that is what the update
+        means. Sent elsewhere, a key the caller cannot read must be given again: otherwise a
+        change of base URL could send it to a host of anyone's choosing."""
+        if before.api_key_sealed is None:
+            return spec
+        after = spec.model
+        if model_changes is not None and (
+            "api_key" in model_changes or after.api_key_env is not None
+        ):
+            return spec  # a new key, or none (null), or a server-held one: as asked
+        if (after.provider, after.base_url) != (before.provider, before.base_url):
+            raise errors.InvalidAgent(
+                "model.provider or model.base_url changed: give model.api_key again (or "
+                "null to use a key held by the server)",
+                details={"field": "model.api_key"},
+            )
+        model = after.model_copy(update={"api_key_sealed": before.api_key_sealed})
+        return spec.model_copy(update={"model": model})
 
     async def delete_agent(self, tenant: str, agent_id: str) -> None:
         await self.store.delete_agent(tenant, ids.check("agt", agent_id))
@@ -285,6 +340,16 @@ class Service:
         return await self.interrupts.list(
             tenant, ids.check_session(session_id), status, limit, cursor
         )
+
+    async def list_tenant_interrupts(
+        self,
+        tenant: str,
+        status: domain.InterruptStatus | None,
+        limit: int,
+        cursor: str | None,
+    ) -> Page:
+        """The tenant's interrupts across its sessions, soonest expiry first (the inbox)."""
+        return await inbox.tenant_interrupts(self.store, tenant, status, limit, cursor)
 
     async def respond(
         self, tenant: str, interrupt_id: str, response: Any, resolved_by: str | None = None

@@ -15,6 +15,7 @@ The last user message says what to do:
   hang              wait 60 s before answering
   garbage           a malformed chunk mid-stream
   badargs           a tool call with arguments that are not JSON
+  html              200 with an HTML page, not an event stream (a proxy's login page, say)
 Like real providers, a transcript with a tool call lacking its result is refused with 400.
 """
 
@@ -46,6 +47,7 @@ def free_port() -> int:
 @dataclass
 class Call:
     body: dict[str, Any]
+    authorization: str | None = None  # the Authorization header it came with
     started: float = field(default_factory=time.monotonic)
     chunks: int = 0
     closed_at: float | None = None
@@ -114,7 +116,10 @@ class FakeOpenAI:
 
     async def list_calls(self, request: Request) -> Response:
         calls = self.calls[int(request.query_params.get("after", 0)) :]
-        return JSONResponse([{k: v for k, v in asdict(c).items() if k != "body"} for c in calls])
+        hidden = ("body", "authorization")
+        return JSONResponse(
+            [{k: v for k, v in asdict(c).items() if k not in hidden} for c in calls]
+        )
 
     async def completions(self, request: Request) -> Response:
         body = await request.json()
@@ -133,7 +138,7 @@ class FakeOpenAI:
                 },
                 status_code=400,
             )
-        call = Call(body)
+        call = Call(body, request.headers.get("authorization"))
         self.calls.append(call)
         last_user = next(m for m in reversed(messages) if m["role"] == "user")["content"]
         after_tool = messages[-1]["role"] == "tool"
@@ -156,6 +161,9 @@ class FakeOpenAI:
             )
         if last_user == "hang":
             await asyncio.sleep(60)
+        if last_user == "html":
+            call.finished = True
+            return Response("<html><body>Sign in</body></html>", media_type="text/html")
         return StreamingResponse(
             self._stream(call, last_user, after_tool), media_type="text/event-stream"
         )

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from tether import domain, errors, ids, metrics
+from tether import domain, errors, ids, metrics, sealing
 from tether.bus import Bus, Delta
 from tether.config import Settings
 from tether.domain import EventType, TurnStatus
@@ -209,6 +209,7 @@ class Worker:
         self.bus = bus
         self.tools = tools
         self.settings = settings
+        self.sealer = sealing.Sealer(settings)
         self.concurrency = settings.workers if concurrency is None else concurrency
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.new_ulid()[-8:]}"
         self._running: dict[str, _Execution] = {}  # by claim token
@@ -300,8 +301,10 @@ class Worker:
             return cached
         record = await self.store.agent_by_id(agent_id)
         if cached:
+            del self._agents[agent_id]
             await cached[1].model.aclose()
-        model = providers.model_for(record.spec.model, self.settings)
+        # refuses (a turn failure, nothing sent) what the operator's settings no longer allow
+        model = providers.model_for(record.spec.model, self.settings, self.sealer, record.tenant_id)
         runnable = loop.Agent(record.spec, model, self.tools)
         self._agents[agent_id] = (record, runnable)
         return record, runnable

@@ -25,9 +25,16 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
 
 
 @pytest.fixture
-async def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Server]:
+async def server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeAnthropic
+) -> AsyncIterator[Server]:
     monkeypatch.setenv("TEST_ANTHROPIC_KEY", "sk-ant-test")
-    async with running_server(tmp_path, provider_timeout_s=2.0) as srv:
+    async with running_server(
+        tmp_path,
+        provider_timeout_s=2.0,
+        provider_key_envs=["TEST_ANTHROPIC_KEY"],
+        provider_base_urls=[fake.url],
+    ) as srv:
         yield srv
 
 
@@ -278,3 +285,69 @@ async def test_stop_mid_tool_then_transcript_is_valid(
     # the fake refuses a tool_use without its tool_result, as Anthropic does
     nxt = await _run(api, sid, "after")
     assert nxt["status"] == "completed", nxt
+
+
+# --- the operator's credential rules (DESIGN §8), as for every provider ---------------------
+
+
+async def test_params_the_sdk_does_not_declare_are_refused(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    for params, bad in (
+        ({"temperature": 0.2}, "temperature"),  # not a field of this SDK's create params
+        ({"system": "x"}, "system"),  # Tether sets it from instructions
+        ({"max_tokens": "many"}, "max_tokens"),
+    ):
+        body = {
+            "name": f"bad{time.monotonic_ns()}",
+            "model": {
+                "provider": "anthropic",
+                "model": "claude-fake-1",
+                "base_url": fake.url,
+                "api_key_env": "TEST_ANTHROPIC_KEY",
+                "params": params,
+            },
+        }
+        r = await client.post("/v1/agents", json=body)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "invalid_model_params"
+        assert bad in r.json()["error"]["message"]
+
+
+async def test_server_held_key_only_goes_where_the_operator_allows(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    elsewhere = {
+        "name": f"x{time.monotonic_ns()}",
+        "model": {"provider": "anthropic", "model": "c", "base_url": "https://evil.example"},
+    }
+    r = await client.post("/v1/agents", json=elsewhere)
+    assert r.status_code == 422
+    assert r.json()["error"]["code"] == "provider_base_url_not_allowed"
+    other_env = {
+        "name": f"y{time.monotonic_ns()}",
+        "model": {"provider": "anthropic", "model": "c", "api_key_env": "HOME"},
+    }
+    r = await client.post("/v1/agents", json=other_env)
+    assert r.json()["error"]["code"] == "provider_key_env_not_allowed"
+
+
+async def test_own_key_is_used_and_never_shown(
+    api: Api, client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    body = {
+        "name": f"own{time.monotonic_ns()}",
+        "model": {
+            "provider": "anthropic",
+            "model": "claude-fake-1",
+            "base_url": fake.url,
+            "api_key": "sk-ant-tenants-own",
+        },
+    }
+    r = await client.post("/v1/agents", json=body)
+    assert r.status_code == 201, r.text
+    assert "sk-ant-tenants-own" not in r.text
+    sid = await api.session(r.json()["id"])
+    done = await _run(api, sid, "hi")
+    assert done["status"] == "completed", done.get("error")
+    assert fake.headers[-1]["authorization"] == "Bearer sk-ant-tenants-own"

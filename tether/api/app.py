@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import tether
-from tether.api import admin, errors, health, v1
+from tether.api import admin, console, errors, health, tenant, v1
 from tether.api.compat import agent_threads, factory, gumloop, truefoundry
 from tether.api.limits import BodyLimit
 from tether.api.request_id import RequestId
@@ -39,11 +39,13 @@ def create_app(settings: Settings | None = None, tools: ToolRegistry | None = No
     errors.install(app)
     app.include_router(health.router)
     app.include_router(v1.router)
+    app.include_router(tenant.router)
     app.include_router(admin.router)
     app.include_router(gumloop.router, include_in_schema=False)  # its contract: docs/compat
     app.include_router(factory.router, include_in_schema=False)
     app.include_router(truefoundry.router)
     app.include_router(agent_threads.router)
+    console.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
     return app

@@ -55,6 +55,8 @@ class TurnStopRequest(_In):
 class AgentPatch(_In):
     """Fields to change; the rest are kept."""
 
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
     name: str | None = None
     instructions: str | None = None
     model: domain.ModelSpec | None = None
@@ -64,6 +66,15 @@ class AgentPatch(_In):
     interrupt_ttl_s: float | None = None
     on_expire: Literal["deny", "fail"] | None = None
     metadata: dict[str, Any] | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields given, as JSON. A write-only api_key is never dumped, so it is carried
+        over by hand, null included (which removes the stored one)."""
+        changes = self.model_dump(mode="json", exclude_unset=True)
+        if self.model is not None and "api_key" in self.model.model_fields_set:
+            key = self.model.api_key
+            changes["model"]["api_key"] = key.get_secret_value() if key is not None else None
+        return changes
 
 
 class AgentOut(domain.AgentSpec):
@@ -191,3 +202,13 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+class MeOut(BaseModel):
+    """Who is asking: what the console shows and hides is decided from this."""
+
+    tenant_id: str
+    role: Literal["admin", "write", "read"]
+    auth: bool = Field(description="whether this server requires API keys (false: open mode)")
+    key_id: str | None = Field(description="the key this request carried (null in open mode)")
+    key_prefix: str | None

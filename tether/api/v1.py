@@ -97,7 +97,7 @@ async def get_agent(agent_id: AgentId, svc: Svc, tenant: Reader) -> dict[str, An
 async def update_agent(
     request: Request, agent_id: AgentId, body: schemas.AgentPatch, svc: Svc, tenant: Admin
 ) -> dict[str, Any]:
-    changes = body.model_dump(mode="json", exclude_unset=True)
+    changes = body.changes()
     agent = await svc.update_agent(tenant, agent_id, changes)
     await audit(request, "agent.update", agent_id, fields=sorted(changes))
     return views.agent(agent)

@@ -23,9 +23,10 @@ from typing import Any
 
 import anthropic
 import httpx2
+from anthropic.types import message_create_params
 
 from tether import domain, errors
-from tether.runtime import retry
+from tether.runtime import credentials, provider_params, retry
 from tether.runtime.model import (
     Finished,
     ModelEvent,
@@ -37,9 +38,17 @@ from tether.runtime.model import (
 )
 
 NAME = "anthropic"
-DEFAULT_BASE_URL = "https://api.anthropic.com"
-KEY_ENV = "ANTHROPIC_API_KEY"
 DEFAULT_MAX_TOKENS = 4096
+
+PROVIDER = credentials.Provider(
+    name=NAME, default_base_url="https://api.anthropic.com", key_env="ANTHROPIC_API_KEY"
+)
+# Request fields Tether sets itself: never taken from an agent's params.
+PARAMS = provider_params.RequestParams(
+    "Messages",
+    message_create_params.MessageCreateParamsStreaming,
+    frozenset({"model", "messages", "system", "tools", "stream"}),
+)
 
 # stop_reason -> the finish reasons the other providers use
 _FINISH = {
@@ -136,8 +145,20 @@ _CALL_ERRORS: tuple[type[Exception], ...] = (anthropic.AnthropicError, *_TRANSPO
 _STREAM_ERRORS: tuple[type[Exception], ...] = (*_CALL_ERRORS, ValueError, KeyError, TypeError)
 
 
+def _refusal(exc: BaseException) -> errors.DestinationNotAllowed | None:
+    """The destination guard's refusal, raised as it is or wrapped by the SDK."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, errors.DestinationNotAllowed):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def failure(exc: Exception) -> errors.ModelError:
     """The provider's failure as a turn failure, saying whether another try may help."""
+    if (refused := _refusal(exc)) is not None:
+        return errors.ProviderRefused(refused)
     if isinstance(exc, _TIMEOUT_ERRORS):
         return errors.ProviderTimeout(f"model provider timed out: {exc}")
     if isinstance(exc, anthropic.APIStatusError):
@@ -276,23 +297,18 @@ def _events(answer: _Answer, event: dict[str, Any]) -> list[ModelEvent]:
 
 
 class AnthropicModel:
-    def __init__(
-        self,
-        spec: domain.ModelSpec,
-        api_key: str | None,
-        timeout_s: float,
-        http_client: httpx2.AsyncClient | None = None,
-    ):
+    def __init__(self, spec: domain.ModelSpec, access: credentials.Access, timeout_s: float):
         assert spec.model
         self.spec = spec
         self.client = anthropic.AsyncAnthropic(
             # Always explicit: given no key or base URL, the SDK would read them (and profiles,
             # federation settings) from the worker's environment, whoever defined the agent.
-            api_key=api_key or "not-set",
-            base_url=spec.base_url or DEFAULT_BASE_URL,
+            api_key=access.api_key or "not-set",
+            base_url=access.base_url,
             max_retries=0,  # retries are runtime/retry.py's: they know about stops
             timeout=timeout_s,
-            http_client=http_client,
+            # every request, and every address it connects to, checked by the guard
+            http_client=access.guard.httpx2_client(timeout=timeout_s),
         )
 
     async def aclose(self) -> None:

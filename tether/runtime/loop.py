@@ -122,8 +122,10 @@ async def run_turn(
     progress.usage = domain.Usage(**turn.usage.as_dict())
     offered = [
         tool.spec()
-        for t in agent.spec.tools
-        if t.policy is not domain.ToolPolicy.DENY and (tool := agent.tools.get(t.name))
+        for name in dict.fromkeys(t.name for t in agent.spec.tools)  # each tool once
+        if (entry := tool_spec(agent, name))
+        and entry.policy is not domain.ToolPolicy.DENY
+        and (tool := agent.tools.get(name))
     ]
     while True:
         progress.reset()
@@ -245,7 +247,7 @@ def _gate(
     """May this call run now? Sets `run` to answered, paused or runnable (outcome stays
     not_run); answers the interrupt to create when it must wait for a human."""
     call = run.call
-    spec = next((t for t in agent.spec.tools if t.name == call.name), None)
+    spec = tool_spec(agent, call.name)
     tool = agent.tools.get(call.name)
     if tool is None or spec is None:
         return _answer(turn, run, f"Error: no tool named {call.name!r} is available.", "error")
@@ -354,8 +356,19 @@ async def _run_tool(agent: Agent, turn: domain.Turn, run: ToolRun, resume: Resum
     run.outcome = outcome
 
 
+_STRICTNESS = [domain.ToolPolicy.AUTO, domain.ToolPolicy.APPROVE, domain.ToolPolicy.DENY]
+
+
+def tool_spec(agent: Agent, tool_name: str) -> domain.ToolSpec | None:
+    """The agent's entry for a tool. Duplicate entries are refused when agents are made, but
+    one stored before that rule may have them: then the strictest policy holds, so an
+    approval is never skipped."""
+    entries = [t for t in agent.spec.tools if t.name == tool_name]
+    return max(entries, key=lambda t: _STRICTNESS.index(t.policy), default=None)
+
+
 def agent_ttl(agent: Agent, tool_name: str) -> float | None:
-    spec = next((t for t in agent.spec.tools if t.name == tool_name), None)
+    spec = tool_spec(agent, tool_name)
     return (spec.interrupt_ttl_s if spec else None) or agent.spec.interrupt_ttl_s
 
 

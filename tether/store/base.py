@@ -141,7 +141,7 @@ class Store:
                     id=agent.id,
                     tenant_id=tenant_id,
                     name=spec.name,
-                    spec=spec.model_dump(mode="json"),
+                    spec=spec.stored(),
                     created_at=now,
                     updated_at=now,
                 )
@@ -203,7 +203,7 @@ class Store:
                     agents.c.tenant_id == tenant_id,
                     agents.c.deleted_at.is_(None),
                 )
-                .values(name=spec.name, spec=spec.model_dump(mode="json"), updated_at=utcnow())
+                .values(name=spec.name, spec=spec.stored(), updated_at=utcnow())
                 .returning(*agents.c)
             ).first()
 

@@ -13,7 +13,7 @@ def agent(row: Row[Any]) -> domain.Agent:
     return domain.Agent(
         id=row.id,
         tenant_id=row.tenant_id,
-        spec=domain.AgentSpec.model_validate(row.spec),
+        spec=domain.AgentSpec.from_stored(row.spec),
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
