@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 
 from tests.helpers import Api, Server, running_server, wait_for
 from tether.testing_anthropic import REDACTED, SIGNATURE, FakeAnthropic
@@ -34,6 +35,7 @@ async def server(
         provider_timeout_s=2.0,
         provider_key_envs=["TEST_ANTHROPIC_KEY"],
         provider_base_urls=[fake.url],
+        secret_key=Fernet.generate_key().decode(),  # tenants' own keys: cluster mode needs one
     ) as srv:
         yield srv
 
