@@ -90,6 +90,22 @@ class Settings(BaseSettings):
     )
     demo_agent: bool = True
     agents_file: Path | None = None
+    mcp_servers: Path | None = Field(
+        default=None,
+        description="YAML file declaring the MCP servers agents may name (stdio commands, "
+        "trusted HTTP servers); see docs/mcp.md",
+    )
+    mcp_allow_private: bool = Field(
+        default=False,
+        description="let agents' own HTTP MCP servers be on private, loopback or link-local "
+        "addresses",
+    )
+    mcp_connect_timeout_s: float = Field(
+        default=30.0, gt=0, description="time for an MCP server to start and answer"
+    )
+    mcp_max_connections: int = Field(
+        default=4, ge=1, description="calls in flight at once per MCP server (and tenant)"
+    )
     log_level: str = "info"
 
     @field_validator("data_dir")

@@ -151,7 +151,8 @@ STORED = {"stored": True}
 
 
 class ModelSpec(BaseModel):
-    """Which model runs the agent. `scripted` needs no LLM; `openai` is any Chat Completions API.
+    """Which model runs the agent. `scripted` needs no LLM; `openai` is any Chat Completions API;
+    `anthropic` is Anthropic's Messages API.
 
     `api_key` is the tenant's own key: write-only. It is sealed before it is stored (into
     `api_key_sealed`) and neither field is ever dumped: no API answer, event or log shows it.
@@ -159,7 +160,7 @@ class ModelSpec(BaseModel):
 
     # hide_input_in_errors: a validation error must not echo an api_key back
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-    provider: Literal["scripted", "openai"] = "scripted"
+    provider: Literal["scripted", "openai", "anthropic"] = "scripted"
     # HTTP providers
     model: str | None = None
     base_url: str | None = None
@@ -175,6 +176,13 @@ class ModelSpec(BaseModel):
     )
     api_key_sealed: SkipJsonSchema[str | None] = Field(default=None, exclude=True)
     params: dict[str, Any] = Field(default_factory=dict)
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="transient failures before the first token (429, 5xx, overloaded, "
+        "connection reset) are retried this many times, with backoff",
+    )
     # scripted
     steps: list[ScriptedStep] = Field(default_factory=list)
     reply: str = "echo"
@@ -191,8 +199,8 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _provider_fields(self) -> ModelSpec:
-        if self.provider == "openai" and not self.model:
-            raise ValueError("model.model is required for provider 'openai'")
+        if self.provider in ("openai", "anthropic") and not self.model:
+            raise ValueError(f"model.model is required for provider {self.provider!r}")
         if self.provider == "scripted" and self.api_key is not None:
             raise ValueError("model.api_key is for providers that call an API, not 'scripted'")
         if self.api_key is not None and self.api_key_env is not None:
@@ -322,20 +330,29 @@ class Session:
 
 @dataclass(slots=True)
 class Usage:
+    """Tokens a turn used. `input_tokens` excludes cached input, as Anthropic counts it: prompt
+    caching adds what was written to the cache and what was read from it."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     model_calls: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
 
     def add(self, other: Usage) -> None:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.model_calls += other.model_calls
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens
+        self.cache_read_input_tokens += other.cache_read_input_tokens
 
     def as_dict(self) -> dict[str, int]:
         return {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "model_calls": self.model_calls,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
         }
 
 
@@ -397,6 +414,10 @@ class Message:
     name: str | None = None
     status: MessageStatus = MessageStatus.COMPLETED
     created_at: datetime = field(default_factory=utcnow)
+    # The provider's own form of an assistant answer, `{"provider": name, "content": [...]}`,
+    # sent back verbatim on the next call (Anthropic's signed thinking blocks must be). Never
+    # shown by the API: it carries opaque signatures and the model's reasoning.
+    provider_data: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -231,6 +231,18 @@ class ModelError(TurnFailure):
     code = "model_error"
     reason = "model_error"
 
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+        details: dict[str, Any] | None = None,
+    ):
+        super().__init__(message, details=details)
+        self.retryable = retryable  # transient: worth another try if nothing was streamed yet
+        self.retry_after_s = retry_after_s  # what the provider asked us to wait, if it did
+
 
 class ProviderRejected(ModelError):
     """The model provider refused the request (4xx)."""

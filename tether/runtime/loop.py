@@ -88,12 +88,14 @@ class Progress:
     tool_calls: list[domain.ToolCall] = field(default_factory=list)
     tools: list[ToolRun] = field(default_factory=list)  # the tool batch being run
     usage: domain.Usage = field(default_factory=domain.Usage)
+    provider_data: dict[str, Any] | None = None  # the whole answer in the provider's form
 
     def reset(self) -> None:
         self.message_id = None
         self.text = []
         self.tool_calls = []
         self.tools = []
+        self.provider_data = None
 
 
 def pending_tool_calls(turn_messages: Sequence[domain.Message]) -> list[domain.ToolCall]:
@@ -181,8 +183,16 @@ async def _model_step(
             elif isinstance(event, domain.ToolCall):
                 progress.tool_calls.append(event)
             elif isinstance(event, m.UsageReport):
-                progress.usage.input_tokens += event.input_tokens
-                progress.usage.output_tokens += event.output_tokens
+                progress.usage.add(
+                    domain.Usage(
+                        input_tokens=event.input_tokens,
+                        output_tokens=event.output_tokens,
+                        cache_creation_input_tokens=event.cache_creation_input_tokens,
+                        cache_read_input_tokens=event.cache_read_input_tokens,
+                    )
+                )
+            elif isinstance(event, m.ProviderContent):
+                progress.provider_data = event.as_dict()
     finally:
         # On a stop this closes the provider's stream at once (its HTTP connection with it),
         # not whenever the generator is garbage collected.
@@ -203,6 +213,8 @@ def partial_message(
         content="".join(progress.text) or None,
         tool_calls=list(progress.tool_calls),
         status=status,
+        # an interrupted answer's blocks are incomplete (unsigned thinking): never sent back
+        provider_data=progress.provider_data if status is domain.MessageStatus.COMPLETED else None,
     )
 
 

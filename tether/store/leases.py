@@ -290,6 +290,7 @@ class Leases:
                     name=m.name,
                     status=m.status,
                     message_id=m.id,
+                    provider_data=m.provider_data,
                 )
             for type_, data in tool_events:
                 sw.event(type_, turn.id, data)

@@ -76,6 +76,7 @@ def message(row: Row[Any]) -> domain.Message:
         name=row.name,
         status=domain.MessageStatus(row.status),
         created_at=row.created_at,
+        provider_data=row.provider_data,
     )
 
 
@@ -93,6 +94,7 @@ def message_values(m: domain.Message, *, hidden: bool = False) -> dict[str, Any]
         "status": m.status.value,
         "hidden": hidden,
         "created_at": m.created_at,
+        "provider_data": m.provider_data,
     }
 
 

@@ -74,6 +74,7 @@ class SessionWrite:
         name: str | None = None,
         status: domain.MessageStatus = domain.MessageStatus.COMPLETED,
         message_id: str | None = None,
+        provider_data: dict[str, Any] | None = None,
     ) -> domain.Message:
         self._message_seq += 1
         msg = domain.Message(
@@ -88,6 +89,7 @@ class SessionWrite:
             name=name,
             status=status,
             created_at=self.now,
+            provider_data=provider_data,
         )
         self.pending_messages.append(msg)
         self.event(EventType.MESSAGE_COMPLETED, turn_id, {"message": views.message(msg)})
