@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tether.startup")
 
 REFUSED = 2  # the exit status of a refusal
+INTERRUPTED = 130  # Ctrl-C, as shells report it
 _BACKLOG = 2048  # uvicorn's default
 
 
@@ -45,7 +46,7 @@ def serve(options: dict[str, Any]) -> int:
     try:
         settings = settings_from(options)
         _configure_logging(settings)
-        listener = bind(settings.host, settings.port, _BACKLOG)
+        listeners = bind(settings.host, settings.port, _BACKLOG)
     except Refusal as exc:
         return refuse(exc)
     from tether import node
@@ -54,7 +55,7 @@ def serve(options: dict[str, Any]) -> int:
     try:
         the_node = node.Node(settings)  # loads the operator's tools
     except Exception as exc:
-        listener.close()
+        _close(listeners)
         return refuse(exc)
     config = uvicorn.Config(
         create_app(settings, node=the_node),
@@ -65,18 +66,23 @@ def serve(options: dict[str, Any]) -> int:
         backlog=_BACKLOG,
     )
     server = _Server(config, announce=_serving_line(settings))
-    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-        return runner.run(_serve(the_node, server, listener))
+    try:
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            return runner.run(_serve(the_node, server, listeners))
+    except KeyboardInterrupt:  # Ctrl-C before uvicorn handles signals: while starting
+        return INTERRUPTED
 
 
-async def _serve(the_node: node.Node, server: uvicorn.Server, listener: socket.socket) -> int:
+async def _serve(
+    the_node: node.Node, server: uvicorn.Server, listeners: list[socket.socket]
+) -> int:
     try:
         await the_node.start()
     except Exception as exc:
-        listener.close()
+        _close(listeners)
         return refuse(exc)
     try:
-        await server.serve(sockets=[listener])
+        await server.serve(sockets=listeners)
     finally:
         await the_node.stop()  # done already by the app's lifespan, unless uvicorn failed first
     return 0
@@ -97,7 +103,10 @@ def work(options: dict[str, Any]) -> int:
         the_node = node.Node(settings, api=False)
     except Exception as exc:
         return refuse(exc)
-    return asyncio.run(_work(the_node))
+    try:
+        return asyncio.run(_work(the_node))
+    except KeyboardInterrupt:
+        return INTERRUPTED
 
 
 async def _work(the_node: node.Node) -> int:
@@ -133,26 +142,35 @@ def settings_from(options: dict[str, Any]) -> Settings:
         raise Refusal(f"invalid setting {'; '.join(problems)}") from exc
 
 
-def bind(host: str, port: int, backlog: int = _BACKLOG) -> socket.socket:
-    """A socket listening on host:port. Connections wait in its backlog until uvicorn serves
+def bind(host: str, port: int, backlog: int = _BACKLOG) -> list[socket.socket]:
+    """Sockets listening on host:port, one per address the host resolves to (as asyncio's
+    create_server would bind them). Connections wait in the backlog until uvicorn serves
     them; holding the address from the first moment means no other process can take it."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise Refusal(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    listener = socket.socket(family, kind, proto)
+    listeners: list[socket.socket] = []
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-        listener.bind(address)
-        listener.listen(backlog)
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            listener = socket.socket(family, kind, proto)
+            listeners.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            if family == socket.AF_INET6:  # as asyncio does: v4 gets its own socket
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listener.bind(address)
+            listener.listen(backlog)
     except OSError as exc:
-        listener.close()
+        for listener in listeners:
+            listener.close()
         reason = (exc.strerror or str(exc)).lower()
         raise Refusal(f"cannot listen on {host}:{port}: {reason}") from exc
-    listener.set_inheritable(True)
-    return listener
+    return listeners
+
+
+def _close(listeners: list[socket.socket]) -> None:
+    for listener in listeners:
+        listener.close()
 
 
 def refuse(exc: BaseException) -> int:
@@ -163,20 +181,21 @@ def refuse(exc: BaseException) -> int:
 
 
 def one_line(exc: BaseException) -> str:
-    """`exc` as one line fit for an operator: its message (ours are written for them), else
-    its type and the first line of what it says; never a secret."""
-    message = getattr(exc, "message", None) or str(exc)
-    if not isinstance(exc, Refusal | errors.TetherError):
-        message = f"{type(exc).__name__}: {message}"
-    first = " ".join(message.split())  # some libraries' messages span lines
-    return logs.redact(first)
+    """`exc` in one line fit for an operator, never with a secret: our messages (written for
+    them) whole; another library's, its type and first line (the rest is detail: SQL, …)."""
+    if isinstance(exc, Refusal | errors.TetherError):
+        text = getattr(exc, "message", None) or str(exc)
+    else:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return logs.redact(" ".join(text.split()))
 
 
 def _configure_logging(settings: Settings) -> None:
     try:
         logs.configure(settings.log_level)
     except ValueError as exc:
-        raise Refusal(f"invalid settings: {exc} (TETHER_LOG_LEVEL)") from exc
+        raise Refusal(f"invalid setting log_level (TETHER_LOG_LEVEL): {exc}") from exc
 
 
 def _serving_line(settings: Settings) -> str:
