@@ -45,7 +45,8 @@ class Gate:
         if not self._keys_exist and self.keys.seen_any:
             self._keys_exist = True  # made or verified in this process: no need to ask
         if not self._keys_exist and time.monotonic() >= self._recheck_at:
-            self._keys_exist = await self.keys.any_ever()
+            found = await self.keys.any_ever()
+            self._keys_exist = self._keys_exist or found  # a slower, older answer never reopens
             self._recheck_at = time.monotonic() + _KEYS_RECHECK_S
         return self._keys_exist
 
