@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from tether.store.schema import api_keys
 KEY_PREFIX = "tth_"
 _CACHE_S = 2.0  # how long a verified key is trusted without the store: a revoke's latency
 _TOUCH_EVERY = timedelta(minutes=1)  # last_used_at resolution
+_CHUNK = 500  # key ids per query when re-checking many
 
 
 class Role(enum.IntEnum):
@@ -94,8 +96,10 @@ def _info(row: Any) -> KeyInfo:
 
 
 class Keys:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, on_revoke: Callable[[], None] | None = None):
         self.store = store
+        self.on_revoke = on_revoke  # told after a revoke through this object
+        self.seen_any = False  # a key was made or verified here: keys exist
         self._cache: dict[str, tuple[float, Principal]] = {}  # digest -> (until, principal)
         self._touched: dict[str, datetime] = {}
 
@@ -122,6 +126,7 @@ class Keys:
             ),
             write=True,
         )
+        self.seen_any = True
         return info, key
 
     async def list(self, tenant_id: str | None = None) -> Page:
@@ -145,8 +150,14 @@ class Keys:
         row = await self.store.runner.run(tx, write=True)
         if row is None:
             raise errors.NotFound(f"key {key_id} not found")
-        self._cache = {d: v for d, v in self._cache.items() if v[1].key_id != key_id}
+        self.forget({key_id})
+        if self.on_revoke:
+            self.on_revoke()
         return _info(row)
+
+    def forget(self, key_ids: set[str]) -> None:
+        """Trust these keys no more without asking the store (revoked, maybe elsewhere)."""
+        self._cache = {d: v for d, v in self._cache.items() if v[1].key_id not in key_ids}
 
     async def any_active(self) -> bool:
         row = await self.store.runner.run(
@@ -156,6 +167,29 @@ class Keys:
             write=False,
         )
         return row is not None
+
+    async def any_ever(self) -> bool:
+        """Whether a key was ever created, revoked or not."""
+        row = await self.store.runner.run(
+            lambda conn: conn.execute(select(api_keys.c.id).limit(1)).first(), write=False
+        )
+        return row is not None
+
+    async def active_among(self, key_ids: Iterable[str]) -> set[str]:
+        """Those of `key_ids` that exist and are not revoked: straight from the store."""
+        wanted = sorted(key_ids)
+        chunks = [wanted[i : i + _CHUNK] for i in range(0, len(wanted), _CHUNK)]
+
+        def read(conn: Connection) -> set[str]:
+            active: set[str] = set()
+            for chunk in chunks:
+                query = select(api_keys.c.id).where(
+                    api_keys.c.id.in_(chunk), api_keys.c.revoked_at.is_(None)
+                )
+                active.update(conn.execute(query).scalars())
+            return active
+
+        return await self.store.runner.run(read, write=False)
 
     async def verify(self, key: str) -> Principal:
         """The principal of a bearer key, or Unauthorized (never saying why)."""
@@ -174,6 +208,7 @@ class Keys:
         if match is None or match.revoked_at is not None:
             raise errors.Unauthorized()
         principal = Principal(match.tenant_id, Role[match.role.upper()], match.id, match.prefix)
+        self.seen_any = True
         self._cache[digest] = (time.monotonic() + _CACHE_S, principal)
         await self._touch(match.id)
         return principal

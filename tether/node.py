@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
-from tether import domain, errors
+from tether import domain, errors, gate
 from tether.auth import Keys
 from tether.bus import Bus, LocalBus
 from tether.config import Settings
@@ -54,6 +54,12 @@ class DataDirLocked(errors.TetherError):
     code = "data_dir_locked"
 
 
+class DataDirUnusable(errors.TetherError):
+    """The data directory cannot be created or written."""
+
+    code = "data_dir_unusable"
+
+
 class RefuseToStart(errors.TetherError):
     """This configuration is not safe to serve."""
 
@@ -61,7 +67,8 @@ class RefuseToStart(errors.TetherError):
 
 
 async def check_exposure(settings: Settings, keys: Keys) -> None:
-    """Off loopback, Tether serves only with API keys (DESIGN §8)."""
+    """Off loopback, Tether serves only with API keys (DESIGN §8). Checked at start so an
+    unusable server refuses at once; afterwards the gate (tether/gate.py) holds the line."""
     if settings.loopback:
         return
     if settings.auth == "disabled":
@@ -70,9 +77,9 @@ async def check_exposure(settings: Settings, keys: Keys) -> None:
         )
     if not await keys.any_active():
         raise RefuseToStart(
-            f"tether serve on {settings.host} needs API keys and none exists. Create one with\n"
-            f"  tether keys create --tenant <tenant> --role admin --data-dir {settings.data_dir}\n"
-            "or bind to 127.0.0.1 for local use without keys."
+            f"tether serve on {settings.host} needs API keys and none is active: create one "
+            f"with `tether keys create --tenant <tenant> --role admin --data-dir "
+            f"{settings.data_dir}` (or --store), or bind to 127.0.0.1 for local use without keys"
         )
 
 
@@ -88,38 +95,48 @@ class Node:
         self.bus: Bus
         self.store: Store
         self.service: Service
+        self.keys: Keys
+        self.gate: gate.Gate
+        self.stream_watch: gate.StreamWatch
         self.worker: Worker | None = None
         self.reaper: Reaper | None = None
-        self._lock_file: IO[Any] | None = None
         self.streams: Counter[str] = Counter()  # open SSE connections per tenant
-        self._auth_checked = (0.0, False)
+        self._opened = contextlib.AsyncExitStack()  # what start opened, closed in reverse
 
     async def auth_required(self) -> bool:
-        """`auto`: keys are required once one exists (re-checked every 2 s)."""
-        if self.settings.auth != "auto":
-            return self.settings.auth == "required"
-        until, required = self._auth_checked
-        if time.monotonic() >= until:
-            required = await self.keys.any_active()
-            self._auth_checked = (time.monotonic() + 2.0, required)
-        return required
+        """Whether a request without a key is refused: the gate's decision."""
+        return await self.gate.required()
 
     @property
     def embedded(self) -> bool:
         return self.settings.embedded
 
     async def start(self) -> None:
-        settings = self.settings
+        """Open everything, in order; a failure closes what was opened and raises."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._opened.aclose()
+            raise
+
+    async def _start(self) -> None:
+        settings, opened = self.settings, self._opened
         if self.embedded:
-            self._lock_data_dir(settings.data_dir)
+            lock = _lock_data_dir(settings.data_dir)
+            opened.callback(lock.close)
         self.bus = await open_bus(settings)
+        opened.push_async_callback(self.bus.close)
         self.store = await open_store(
             settings.resolved_store_url,
             on_commit=self.bus.publish_events,
             pool_size=settings.store_pool_size,
         )
+        opened.push_async_callback(self.store.close)
         self.service = Service(self.store, self.bus, self.tools, settings.zone, settings)
         self.keys = Keys(self.store)
+        self.gate = gate.Gate(settings, self.keys)
+        self.stream_watch = gate.StreamWatch(self.gate)
+        self.keys.on_revoke = self.stream_watch.kick
         self.audit = AuditLog(self.store)
         if self.embedded:
             # we hold the data dir: every lease in the store belongs to a dead process
@@ -131,45 +148,54 @@ class Node:
             if settings.agents_file:
                 for spec in load_agents_file(settings.agents_file):
                     await self.service.upsert_agent(DEFAULT_TENANT, spec)
+            self.stream_watch.start()
+            opened.push_async_callback(self.stream_watch.stop)
         if settings.workers > 0:
             self.reaper = Reaper(self.store, self.bus, settings)
             await self.reaper.reap_once()
             await self.reaper.start()
+            opened.push_async_callback(self.reaper.stop)
             self.worker = Worker(self.store, self.bus, self.tools, settings)
             await self.worker.start()
+            opened.push_async_callback(self.worker.stop, settings.shutdown_grace_s)
 
     async def stop(self) -> None:
-        if self.worker:
-            await self.worker.stop(grace_s=self.settings.shutdown_grace_s)
-        if self.reaper:
-            await self.reaper.stop()
-        await self.bus.close()
-        await self.store.close()
-        if self._lock_file:
-            self._lock_file.close()
+        await self._opened.aclose()
 
-    def _lock_data_dir(self, data_dir: Path) -> None:
+
+def _lock_data_dir(data_dir: Path) -> IO[Any]:
+    """Hold the data dir for this process (released when the answer is closed)."""
+    try:
         data_dir.mkdir(parents=True, exist_ok=True)
         lock = open(data_dir / "tether.lock", "a+")  # noqa: SIM115 - held for the process life
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            lock.close()
-            raise DataDirLocked(f"another tether process is using {data_dir}") from exc
-        lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
-        self._lock_file = lock
+    except FileExistsError as exc:
+        raise DataDirUnusable(f"data dir {data_dir} is a file, not a directory") from exc
+    except NotADirectoryError as exc:
+        raise DataDirUnusable(f"data dir {data_dir} is under a file, not a directory") from exc
+    except OSError as exc:
+        raise DataDirUnusable(f"data dir {data_dir} is not writable: {exc.strerror}") from exc
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        lock.close()
+        raise DataDirLocked(f"another tether process is using the data dir {data_dir}") from exc
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
-async def run_worker(settings: Settings) -> None:
-    """A worker process until SIGTERM or SIGINT: then a graceful stop (Worker.stop)."""
+def stop_on_signals() -> asyncio.Event:
+    """An event set on SIGTERM or SIGINT (installed at once: a signal during start counts)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    node = Node(settings, api=False)
-    await node.start()
+    return stop
+
+
+async def run_worker(node: Node, stop: asyncio.Event) -> None:
+    """A started worker node until `stop` is set: then a graceful stop (Worker.stop)."""
     log.info("worker %s running", node.worker.id if node.worker else "-")
     try:
         await stop.wait()

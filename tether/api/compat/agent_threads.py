@@ -9,7 +9,8 @@ through streaming.follow, translated by agent_threads_wire. Nothing is stored he
 Auth: the same keys, roles and tenants as /v1. `WsClient` opens the socket with a URL only,
 so the key may come as `?access_token=<key>` (RFC 6750 §2.3) as well as in an
 `Authorization: Bearer` header. A bad or missing key is refused at the handshake (HTTP 401),
-before any protocol message: the protocol has no error code for it.
+before any protocol message: the protocol has no error code for it. A connection whose key is
+revoked later is closed (1008) by api/stream_guard.py.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from tether import errors, ids, streaming
+from tether.api import deps
 from tether.api import errors as api_errors
 from tether.api.compat import agent_threads_wire as wire
-from tether.auth import Principal, Role
+from tether.auth import Role
 from tether.node import Node
-from tether.service import DEFAULT_TENANT, Service
+from tether.service import Service
 
 log = logging.getLogger("tether.api.agent_threads")
 
@@ -44,7 +46,7 @@ router = APIRouter()
 async def threads(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
     try:
-        who = await _principal(websocket, node)
+        who = await deps.admit(websocket, query_token=True)
         who.require(Role.READ)
     except (errors.Unauthorized, errors.Forbidden) as exc:
         await _refuse(websocket, exc)
@@ -52,21 +54,6 @@ async def threads(websocket: WebSocket) -> None:
     await websocket.accept()
     interval = node.settings.sse_ping_s
     await _Connection(websocket, node.service, who.tenant_id, interval).run()
-
-
-async def _principal(websocket: WebSocket, node: Node) -> Principal:
-    """As deps.principal, with the key also accepted from the query string."""
-    header = websocket.headers.get("authorization")
-    key = websocket.query_params.get("access_token")
-    if header is not None:
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise errors.Unauthorized()
-    if key is not None:
-        return await node.keys.verify(key.strip())
-    if await node.auth_required():
-        raise errors.Unauthorized()
-    return Principal(DEFAULT_TENANT, Role.ADMIN)
 
 
 async def _refuse(websocket: WebSocket, exc: errors.TetherError) -> None:
