@@ -176,11 +176,14 @@ class ToolSpec(BaseModel):
     )
 
 
+AGENT_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
 class AgentSpec(BaseModel):
     """The body of an agent definition (DESIGN §7)."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(min_length=1, max_length=128, pattern=AGENT_NAME_PATTERN)
     instructions: str = ""
     model: ModelSpec = Field(default_factory=ModelSpec)
     tools: list[ToolSpec] = Field(default_factory=list)

@@ -9,7 +9,8 @@ from fastapi import FastAPI
 
 import tether
 from tether.api import admin, errors, health, v1
-from tether.api.compat import agent_threads, factory, gumloop, truefoundry
+from tether.api.compat import agent_threads, common, factory, gumloop, truefoundry, truefoundry_edge
+from tether.api.input_guard import InputGuard
 from tether.api.limits import BodyLimit
 from tether.api.request_id import RequestId
 from tether.config import Settings
@@ -44,6 +45,15 @@ def create_app(settings: Settings | None = None, tools: ToolRegistry | None = No
     app.include_router(factory.router, include_in_schema=False)
     app.include_router(truefoundry.router)
     app.include_router(agent_threads.router)
+    app.add_middleware(  # inside BodyLimit: it reads only bodies already found small enough
+        InputGuard,
+        answers=[
+            (gumloop.PREFIX, common.answer_with(gumloop.render)),
+            (factory.PREFIX, common.answer_with(factory.render)),
+            (truefoundry.ROOT, truefoundry_edge.from_exception),
+        ],
+        default=errors.answer,
+    )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
     return app
