@@ -112,6 +112,9 @@ class EventType(enum.StrEnum):
     TURN_FAILED = "turn.failed"
     TURN_CANCELLED = "turn.cancelled"
     SESSION_UPDATED = "session.updated"
+    # Live only, never stored (the session's log is gone with it): streams of a purged
+    # session end on it.
+    SESSION_DELETED = "session.deleted"
 
 
 TERMINAL_EVENT = {

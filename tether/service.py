@@ -171,6 +171,19 @@ class Service:
     async def close_session(self, tenant: str, session_id: str) -> domain.Session:
         return await self.store.close_session(tenant, ids.check_session(session_id))
 
+    async def purge_session(self, tenant: str, session_id: str, wait_s: float = 5.0) -> None:
+        """Delete the session for good. First it is closed (no new turns) and its turns are
+        stopped the normal way, waiting up to `wait_s` for a running one's executor to
+        confirm; then everything of it goes in one transaction. An executor that has not let
+        go by then is woken again, and its later writes find nothing."""
+        session_id = ids.check_session(session_id)
+        await self.store.close_session(tenant, session_id)
+        await self.stop(
+            tenant, session_id, scope=domain.StopScope.ALL, reason="session_purged", wait_s=wait_s
+        )
+        for turn_id in await self.store.purge_session(tenant, session_id):
+            self.bus.signal_stop(turn_id)
+
     # --- turns ---------------------------------------------------------------------------------
 
     async def start_turn(
