@@ -139,7 +139,10 @@ def v1_cases(agent: str, sid: str) -> list[tuple[str, str, dict[str, Any], str]]
         (
             "POST",
             "/v1/sessions",
-            {"content": b"[" * 100_000, "headers": {"content-type": "application/json"}},
+            {
+                "content": b"[" * 100_000 + b"]" * 100_000,
+                "headers": {"content-type": "application/json"},
+            },
             "nesting_too_deep",
         ),
     ]
@@ -292,7 +295,7 @@ async def test_websocket_messages_are_checked(server: Server) -> None:
         assert json.loads(await ws.recv())["type"] == "server-hello"
         for message, problem in [
             ('{"type": "subscribe", "streamId": "session:\\ud800"}', "lone surrogate"),
-            ('{"type": "pong", "x": ' + "[" * 100_000, "nested deeper"),
+            ('{"type": "pong", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested deeper"),
             ('{"type": "pong", "x": NaN}', "not a JSON number"),
         ]:
             await ws.send(message)

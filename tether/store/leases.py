@@ -25,6 +25,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from tether import domain, errors, storable, views
 from tether.domain import EventType, TurnStatus, utcnow
@@ -153,9 +154,11 @@ async def fenced_write(store: Store, turn: domain.Turn, body: Callable[[SessionW
 log = logging.getLogger("tether.worker")
 
 INVALID_TURN = "invalid_turn"  # reason and error code of a turn that could never be started
-# A claim failing for these is an outage (the store unreachable, SQLite locked by another
-# process), not the turn's fault: it is not counted against the turn.
-_TRANSIENT = (errors.Unavailable, OperationalError)
+# A claim failing for these is an outage or an overload (the store unreachable, SQLite locked
+# by another process, no connection free in time), not the turn's fault: not counted against
+# the turn. Anything else is: most likely its data, and a bug at worst, which then fails
+# turns loudly rather than stalling every queue.
+_TRANSIENT = (errors.Unavailable, OperationalError, PoolTimeout, TimeoutError)
 
 
 class Leases:
