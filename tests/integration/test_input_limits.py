@@ -267,7 +267,8 @@ async def test_limits_are_limits_not_less(client: httpx.AsyncClient, api: Api) -
     metadata = {"deep": nested(62), "emoji": "\U0001f600 \u00e9", "pad": ""}
     size = len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode())
     metadata["pad"] = "x" * (16 * 1024 - size)
-    r = await client.post("/v1/sessions", **raw({"agent_id": "demo", "metadata": metadata}))
+    agent = await api.agent(reply="echo")
+    r = await client.post("/v1/sessions", **raw({"agent_id": agent, "metadata": metadata}))
     assert r.status_code == 201, r.text
     assert r.json()["metadata"] == metadata
     sid = r.json()["id"]
