@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         description="auto: API keys are required as soon as one exists; disabled: loopback only",
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_metadata_bytes: int = Field(
+        default=16 * 1024,
+        ge=256,
+        description="largest session or agent metadata, as compact UTF-8 JSON (else 422)",
+    )
     max_running_turns_per_tenant: int | None = Field(default=None, ge=1)
     max_queued_turns_per_tenant: int | None = Field(default=None, ge=1)
     max_streams_per_tenant: int | None = Field(default=None, ge=1)

@@ -121,6 +121,9 @@ class EventType(enum.StrEnum):
     TURN_FAILED = "turn.failed"
     TURN_CANCELLED = "turn.cancelled"
     SESSION_UPDATED = "session.updated"
+    # Live only, never stored (the session's log is gone with it): streams of a purged
+    # session end on it.
+    SESSION_DELETED = "session.deleted"
 
 
 TERMINAL_EVENT = {
@@ -228,11 +231,14 @@ class ToolSpec(BaseModel):
     )
 
 
+AGENT_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
 class AgentSpec(BaseModel):
     """The body of an agent definition (DESIGN §7)."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(min_length=1, max_length=128, pattern=AGENT_NAME_PATTERN)
     instructions: str = ""
     model: ModelSpec = Field(default_factory=ModelSpec)
     tools: list[ToolSpec] = Field(default_factory=list)

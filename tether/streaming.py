@@ -43,6 +43,7 @@ def _event_frame(event: domain.Event) -> Frame:
 
 
 _TERMINAL_TYPES = frozenset(domain.TERMINAL_EVENT.values())
+_GONE = domain.EventType.SESSION_DELETED
 
 
 def _delta_frame(seq: int, delta: Delta) -> Frame:
@@ -69,9 +70,10 @@ async def follow(
     turn_id: str | None = None,
     idle_s: float | None = None,
 ) -> AsyncIterator[list[Frame]]:
-    """Every event of the session after `after`, then live ones, forever (the caller stops),
-    in batches: whatever is ready at once goes out together. With `turn_id`, only that turn's
-    events and deltas. After `idle_s` without anything, an empty batch (a keep-alive)."""
+    """Every event of the session after `after`, then live ones, until the caller stops or
+    the session is purged, in batches: whatever is ready at once goes out together. With
+    `turn_id`, only that turn's events and deltas. After `idle_s` without anything, an empty
+    batch (a keep-alive)."""
     sub = await bus.subscribe(session_id)  # before reading the backlog, so nothing falls between
     cursor = after
     sent: dict[str, int] = {}  # message_id -> chars already sent
@@ -127,12 +129,19 @@ async def follow(
             batch = []
             if sub.lagged or idle:
                 # lagged: items were dropped; idle: a publish may have been lost (a cluster
-                # bus is at most once). Either way the store has every durable event.
+                # bus is at most once). Either way the store has every durable event, and
+                # knows whether the session is still there (a lost `session.deleted`).
                 sub.lagged = False
                 items = []
                 batch += [frame async for frame in backlog() if wanted(frame.turn_id)]
+                if not batch and not await store.session_exists(session_id):
+                    return
             pending: Delta | None = None  # consecutive deltas coalesce into one frame
+            gone = False
             for item in items:
+                if not isinstance(item, Delta) and any(e.type is _GONE for e in item):
+                    gone = True  # purged: nothing more will come, and it cannot be resumed
+                    break
                 if isinstance(item, Delta):
                     if not wanted(item.turn_id) or not (part := fresh(item)):
                         continue
@@ -166,5 +175,7 @@ async def follow(
                 batch.append(_delta_frame(cursor, pending))
             if batch or idle:
                 yield batch  # an empty batch after idle_s: time for a keep-alive
+            if gone:
+                return
     finally:
         bus.unsubscribe(sub)

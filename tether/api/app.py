@@ -10,7 +10,8 @@ from fastapi import FastAPI
 import tether
 from tether import logs
 from tether.api import admin, console, errors, health, tenant, v1
-from tether.api.compat import agent_threads, factory, gumloop, truefoundry
+from tether.api.compat import agent_threads, common, factory, gumloop, truefoundry, truefoundry_edge
+from tether.api.input_guard import InputGuard
 from tether.api.limits import BodyLimit
 from tether.api.request_id import RequestId
 from tether.api.stream_guard import EndRevokedStreams
@@ -58,6 +59,15 @@ def create_app(
     app.include_router(agent_threads.router)
     console.install(app)
     app.add_middleware(EndRevokedStreams)
+    app.add_middleware(  # inside BodyLimit: it reads only bodies already found small enough
+        InputGuard,
+        answers=[
+            (gumloop.PREFIX, common.answer_with(gumloop.render)),
+            (factory.PREFIX, common.answer_with(factory.render)),
+            (truefoundry.ROOT, truefoundry_edge.from_exception),
+        ],
+        default=errors.answer,
+    )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
     return app

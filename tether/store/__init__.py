@@ -7,7 +7,7 @@ from sqlalchemy.engine import make_url
 from tether import errors
 from tether.store import migrations
 from tether.store.base import CommitHook, Page, Runner, Store
-from tether.store.leases import Claim, Finish, Leases, LeaseState
+from tether.store.leases import Claim, Finish, Leases, LeaseState, Unstartable
 
 __all__ = [
     "Claim",
@@ -18,6 +18,7 @@ __all__ = [
     "Page",
     "Runner",
     "Store",
+    "Unstartable",
     "open_store",
 ]
 

@@ -17,6 +17,9 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import (
     Connection,
     Row,
+    Text,
+    cast,
+    delete,
     func,
     insert,
     select,
@@ -30,11 +33,20 @@ from tether.store import records, transitions
 from tether.store.schema import (
     agents,
     events,
+    idempotency_keys,
+    interrupts,
     messages,
     sessions,
+    tool_runs,
     turns,
 )
-from tether.store.session_write import IS_UNFINISHED, SESSION_BY_ID, SessionWrite, turn_values
+from tether.store.session_write import (
+    IS_HELD,
+    IS_UNFINISHED,
+    SESSION_BY_ID,
+    SessionWrite,
+    turn_values,
+)
 
 T = TypeVar("T")
 CommitHook = Callable[[str, list[domain.Event]], None]
@@ -270,6 +282,14 @@ class Store:
             await self.read(lambda conn: _session_row(conn, tenant_id, session_id))
         )
 
+    async def session_exists(self, session_id: str) -> bool:
+        return await self.read(
+            lambda conn: (
+                conn.execute(select(sessions.c.id).where(sessions.c.id == session_id)).first()
+                is not None
+            )
+        )
+
     async def list_sessions(
         self,
         tenant_id: str,
@@ -302,6 +322,47 @@ class Store:
 
         await self.session_write(session_id, body, tenant_id)
         return await self.get_session(tenant_id, session_id)
+
+    async def purge_session(self, tenant_id: str, session_id: str) -> list[str]:
+        """Delete the session and everything of it for good, in one transaction: its turns,
+        messages, events, interrupts, tool runs, and the idempotency records whose answers
+        name it. (The audit log keeps its records: it is the trail of who did this.) Answers
+        the turns that were still held by an executor, to be woken so they let go; their
+        later writes find nothing and they abandon the turn. Streams of the session hear a
+        live `session.deleted` and end."""
+
+        def tx(conn: Connection) -> tuple[list[str], int]:
+            lock = _SESSION_FOR_UPDATE if self._lock_rows else SESSION_BY_ID
+            row = conn.execute(lock, {"sid": session_id}).first()
+            if row is None or row.tenant_id != tenant_id:
+                raise errors.NotFound(f"session {session_id} not found")
+            held = conn.execute(
+                select(turns.c.id).where(turns.c.session_id == session_id, IS_HELD)
+            ).scalars()
+            held_ids = list(held)
+            its_turns = select(turns.c.id).where(turns.c.session_id == session_id)
+            conn.execute(delete(tool_runs).where(tool_runs.c.turn_id.in_(its_turns)))
+            for table in (interrupts, messages, events):
+                conn.execute(delete(table).where(table.c.session_id == session_id))
+            conn.execute(delete(turns).where(turns.c.session_id == session_id))
+            conn.execute(delete(sessions).where(sessions.c.id == session_id))
+            # Ids are unique, so an answer holding this one is an answer about this session
+            # (its creation, a turn of it, a refusal naming it); replaying it would be a lie.
+            conn.execute(
+                delete(idempotency_keys).where(
+                    idempotency_keys.c.tenant_id == tenant_id,
+                    cast(idempotency_keys.c.response, Text).contains(session_id, autoescape=True),
+                )
+            )
+            return held_ids, row.last_event_seq
+
+        held, last_seq = await self.write(tx)
+        if self.on_commit:
+            gone = domain.Event(
+                session_id, last_seq + 1, EventType.SESSION_DELETED, None, {}, utcnow()
+            )
+            self.on_commit(session_id, [gone])
+        return held
 
     # --- turns ---------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ and what a resumed turn needs to know."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -13,7 +14,7 @@ from sqlalchemy import Connection, and_, insert, select, update
 from tether import domain, errors, ids, views
 from tether.domain import EventType, InterruptStatus, TurnStatus
 from tether.runtime.loop import Resume
-from tether.store import records, transitions
+from tether.store import leases, records, transitions
 from tether.store.base import Page, Store
 from tether.store.leases import held_running, refused
 from tether.store.schema import interrupts, tool_runs, turns
@@ -114,7 +115,7 @@ class InterruptStore:
                 created.append(interrupt)
             return created
 
-        return await self.store.session_write(turn.session_id, body)
+        return await leases.fenced_write(self.store, turn, body)
 
     # --- answering -----------------------------------------------------------------------------
 
@@ -197,9 +198,10 @@ class InterruptStore:
             write=False,
         )
         for row in due:
-            await self.store.session_write(
-                row.session_id, functools.partial(_expire_one, self.store, iid=row.id, now=now)
-            )
+            with contextlib.suppress(errors.NotFound):  # its session was deleted meanwhile
+                await self.store.session_write(
+                    row.session_id, functools.partial(_expire_one, self.store, iid=row.id, now=now)
+                )
         return len(due)
 
     # --- resuming ------------------------------------------------------------------------------

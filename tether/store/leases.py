@@ -7,10 +7,10 @@ import asyncio
 import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -24,13 +24,17 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from tether import domain, errors, views
+from tether import domain, errors, storable, views
 from tether.domain import EventType, TurnStatus, utcnow
 from tether.store import records, transitions
 from tether.store.base import Store
 from tether.store.schema import Json, UTCDateTime, messages, sessions, turns
 from tether.store.session_write import IS_HELD, SESSION_BUSY, SessionWrite, status_in
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -40,6 +44,16 @@ class Claim:
     turn: domain.Turn
     agent_id: str
     token: str
+
+
+@dataclass(slots=True)
+class Unstartable:
+    """A turn whose claim failed for a reason other than contention or an outage: most
+    likely data it cannot start with (an input stored by an older version or a bug)."""
+
+    turn_id: str
+    session_id: str
+    error: Exception
 
 
 @dataclass(slots=True)
@@ -128,16 +142,36 @@ def refused(conn: Connection, turn_id: str, token: str) -> NoReturn:
     raise errors.LeaseLost(f"turn {turn_id} is no longer held by this worker")
 
 
+async def fenced_write(store: Store, turn: domain.Turn, body: Callable[[SessionWrite], T]) -> T:
+    """A session write of the worker holding `turn`. The session gone (purged under it) means
+    the turn is gone too: LeaseLost, so the worker abandons the turn, writing nothing."""
+    try:
+        return await store.session_write(turn.session_id, body)
+    except errors.NotFound as exc:
+        raise errors.LeaseLost(f"turn {turn.id} is gone: its session was deleted") from exc
+
+
 log = logging.getLogger("tether.worker")
+
+INVALID_TURN = "invalid_turn"  # reason and error code of a turn that could never be started
+# A claim failing for these is an outage or an overload (the store unreachable, SQLite locked
+# by another process, no connection free in time), not the turn's fault: not counted against
+# the turn. Anything else is: most likely its data, and a bug at worst, which then fails
+# turns loudly rather than stalling every queue.
+_TRANSIENT = (errors.Unavailable, OperationalError, PoolTimeout, TimeoutError)
 
 
 class Leases:
     def __init__(self, store: Store):
         self.store = store
 
-    async def claim(self, worker_id: str, limit: int, lease_ttl_s: float) -> AsyncIterator[Claim]:
+    async def claim(
+        self, worker_id: str, limit: int, lease_ttl_s: float, skip: Collection[str] = ()
+    ) -> tuple[list[Claim], list[Unstartable]]:
         """Take up to `limit` runnable turns: the head of the queue of sessions with no active
-        turn, oldest first. First attempts put the turn's input into the transcript."""
+        turn, oldest first, but for those in `skip`. First attempts put the turn's input into
+        the transcript. Each turn is claimed in a transaction of its own, so one that cannot
+        be claimed (answered among the Unstartable) costs the others nothing."""
         head = (
             select(func.min(turns.c.seq))
             .where(turns.c.session_id == sessions.c.id, turns.c.status == TurnStatus.QUEUED.value)
@@ -155,6 +189,8 @@ class Leases:
             .order_by(turns.c.created_at)
             .limit(limit)
         )
+        if skip:
+            query = query.where(turns.c.id.not_in(list(skip)))
         candidates = await self.store.read(lambda conn: conn.execute(query).all())
 
         async def claim_one(cand: Row[Any, Any, Any]) -> Claim | None:
@@ -179,11 +215,54 @@ class Leases:
         # claim made is handed over, even when another failed: a claim nobody runs would wait
         # out its lease.
         made = await asyncio.gather(*(claim_one(c) for c in candidates), return_exceptions=True)
-        for claim in made:
-            if isinstance(claim, BaseException):
-                log.warning("claim failed: %s", claim)
+        claims: list[Claim] = []
+        unstartable: list[Unstartable] = []
+        for cand, claim in zip(candidates, made, strict=True):
+            if isinstance(claim, Exception) and not isinstance(claim, _TRANSIENT):
+                unstartable.append(Unstartable(cand.id, cand.session_id, claim))
+            elif isinstance(claim, BaseException):
+                log.warning("claim of %s failed: %s", cand.id, claim)
             elif claim is not None:
-                yield claim
+                claims.append(claim)
+        return claims, unstartable
+
+    async def claim_failed(self, failed: Unstartable, max_attempts: int) -> TurnStatus | None:
+        """Count a failed start of a queued turn as one of its attempts (DESIGN §2); at
+        `max_attempts` the turn ends `failed`, reason and code `invalid_turn`. A transaction of
+        its own. Answers the turn's status now (None: it left the queue meanwhile)."""
+
+        def body(sw: SessionWrite) -> TurnStatus | None:
+            queued = and_(turns.c.id == failed.turn_id, turns.c.status == TurnStatus.QUEUED.value)
+            attempt = sw.conn.execute(select(turns.c.attempt).where(queued)).scalar()
+            if attempt is None:
+                return None
+            attempt = max(attempt, 1)  # the first claim makes it 1, failed or not
+            if attempt < max_attempts:
+                sw.conn.execute(update(turns).where(queued).values(attempt=attempt + 1))
+                return TurnStatus.QUEUED
+            why = storable.printable(f"{type(failed.error).__name__}: {failed.error}", 300)
+            row = sw.conn.execute(
+                update(turns)
+                .where(queued)
+                .values(
+                    status=TurnStatus.FAILED.value,
+                    attempt=attempt,
+                    reason=INVALID_TURN,
+                    error={
+                        "code": INVALID_TURN,
+                        "message": f"the turn could not be started (attempts: {attempt}): {why}",
+                    },
+                    finished_at=sw.now,
+                )
+                .returning(*turns.c)
+            ).one()
+            transitions.ended(sw, row)
+            return TurnStatus.FAILED
+
+        try:
+            return await self.store.session_write(failed.session_id, body)
+        except errors.NotFound:
+            return None  # the session was deleted meanwhile
 
     @staticmethod
     def _claim_one(
@@ -314,7 +393,7 @@ class Leases:
                     ).one()
                 transitions.ended(sw, row)
 
-        await self.store.session_write(turn.session_id, body)
+        await fenced_write(self.store, turn, body)
 
     async def release(self, turn: domain.Turn, token: str) -> bool:
         """Hand a running turn back to the queue (graceful shutdown); not an attempt lost."""
@@ -339,7 +418,7 @@ class Leases:
                 )
             return row is not None
 
-        return await self.store.session_write(turn.session_id, body)
+        return await fenced_write(self.store, turn, body)
 
     async def expired_leases(self, now: datetime) -> list[tuple[str, str]]:
         rows = await self.store.read(
@@ -414,7 +493,10 @@ class Leases:
                 transitions.ended(sw, updated)
             return target
 
-        return await self.store.session_write(session_id, body)
+        try:
+            return await self.store.session_write(session_id, body)
+        except errors.NotFound:
+            return None  # the session was deleted meanwhile
 
     async def expire_all_leases(self) -> int:
         """Embedded mode at start: this process holds the data dir, so every lease left in the

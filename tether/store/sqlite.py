@@ -15,6 +15,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
+from tether import storable
+
 T = TypeVar("T")
 
 
@@ -23,7 +25,8 @@ def engine_for(url: str) -> Engine:
     database = parsed.database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, poolclass=StaticPool)
+    # stored JSON is read back repaired if it must be (storable.loads_stored)
+    engine = create_engine(parsed, poolclass=StaticPool, json_deserializer=storable.loads_stored)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from tether import errors, ids, streaming
+from tether import errors, ids, storable, streaming
 from tether.api import deps
 from tether.api import errors as api_errors
 from tether.api.compat import agent_threads_wire as wire
@@ -67,9 +67,10 @@ async def _refuse(websocket: WebSocket, exc: errors.TetherError) -> None:
 
 
 def decode(raw: str) -> dict[str, Any] | None:
-    """A client message, checked as the package's `decodeClientMessage` does; else None."""
+    """A client message, checked as the package's `decodeClientMessage` does; else None.
+    UnstorableInput if it holds text no surface accepts (DESIGN §8; tether/storable.py)."""
     try:
-        msg = json.loads(raw)
+        msg = storable.parse(raw)
     except ValueError:
         return None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
@@ -112,7 +113,11 @@ class _Connection:
                 if message["type"] == "websocket.disconnect":
                     return
                 raw = message.get("text")
-                msg = decode(raw) if raw is not None else None
+                try:
+                    msg = decode(raw) if raw is not None else None
+                except errors.UnstorableInput as exc:
+                    await self.error("INVALID_MESSAGE", f"Invalid message: {exc.message}")
+                    continue
                 if msg is None:
                     preview = (raw or "<binary>")[:100]
                     await self.error("INVALID_MESSAGE", f"Invalid message format (data: {preview})")

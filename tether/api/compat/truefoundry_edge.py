@@ -95,10 +95,13 @@ class VendorRoute(APIRoute):
 
 
 async def caller(
-    request: Request, tenant: Annotated[str, Path(min_length=1, max_length=128)]
+    request: Request, tenant: Annotated[str, Path(min_length=1, max_length=64)]
 ) -> Principal:
     """Who asks, in which tenant. TrueFoundry's client always sends a key: with auth off,
-    one that does not verify counts as none, so the client works against a local Tether."""
+    one that does not verify counts as none, so the client works against a local Tether
+    (and the path's tenant is stored with what it creates: 64 characters, no NUL)."""
+    if "\x00" in tenant:
+        raise errors.NotFound("no such tenant")
     try:
         who = await deps.principal(request)
     except errors.Unauthorized:
