@@ -110,6 +110,21 @@ async def running_server(
         await server.stop()
 
 
+async def store_snapshot(server: Server) -> dict[str, Any]:
+    """Every row of every table, to show that a refused request changed nothing."""
+    from sqlalchemy import Connection, select
+
+    from tether.store import schema
+
+    def read(conn: Connection) -> dict[str, Any]:
+        return {
+            table.name: sorted(map(repr, conn.execute(select(table)).all()))
+            for table in schema.metadata.sorted_tables
+        }
+
+    return await server.node.store.db.read(read)  # type: ignore[no-any-return]
+
+
 async def wait_for(
     check: Callable[[], Any], timeout: float, what: str, interval: float = 0.01
 ) -> Any:

@@ -4,7 +4,6 @@ the SDK, a client of it (`chat`, `sessions`, `interrupts`, `agents`: tether/comm
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -53,42 +52,20 @@ def serve(
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning…")] = None,
 ) -> None:
     """Run the server: API, workers and the demo agent, on a local SQLite file by default."""
-    import uvicorn
+    from tether import startup
 
-    from tether.api import create_app
-
-    settings = _settings_given(
-        host=host,
-        port=port,
-        data_dir=data_dir,
-        workers=workers,
-        store_url=store,
-        bus_url=bus,
-        agents_file=agents_file,
-        log_level=log_level,
-        tools=tools,
-    )
-    try:
-        asyncio.run(_check_exposure(settings))
-    except TetherError as exc:
-        console.print(f"[red]refusing to start:[/] {exc.message}", markup=True)
-        raise typer.Exit(2) from exc
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    console.print(
-        f"[bold]tether[/] serving on http://{settings.host}:{settings.port} "
-        f"(store: {_safe(settings.resolved_store_url)}, bus: {_safe(settings.bus_url)}, "
-        f"workers: {settings.workers})"
-    )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    options = {
+        "host": host,
+        "port": port,
+        "data_dir": data_dir,
+        "workers": workers,
+        "store_url": store,
+        "bus_url": bus,
+        "agents_file": agents_file,
+        "log_level": log_level,
+        "tools": tools,
+    }
+    raise typer.Exit(startup.serve(options))
 
 
 @app.command()
@@ -105,56 +82,17 @@ def worker(
     """Run turns for a cluster (no API): claim, run, heartbeat, stop on cancel. SIGTERM stops
     claiming and gives running turns `TETHER_SHUTDOWN_GRACE_S` to finish before handing them
     back."""
-    settings = _settings_given(
-        store_url=store,
-        bus_url=bus,
-        workers=concurrency,
-        zone=zone,
-        tools=tools,
-        log_level=log_level,
-    )
-    if not store.startswith("postgresql"):
-        console.print("[red]tether worker needs a PostgreSQL store[/] (SQLite: tether serve)")
-        raise typer.Exit(2)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    from tether.node import run_worker
+    from tether import startup
 
-    console.print(
-        f"[bold]tether worker[/] (store: {_safe(store)}, bus: {_safe(bus)}, "
-        f"concurrency: {settings.workers}, zone: {settings.zone})"
-    )
-    try:
-        asyncio.run(run_worker(settings))
-    except TetherError as exc:
-        console.print(f"[red]worker failed:[/] {exc.message}", markup=True)
-        raise typer.Exit(1) from exc
-
-
-def _safe(url: str | None) -> str:
-    """A URL fit for logs: no password."""
-    if url is None:
-        return "in-process"
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
-
-
-async def _check_exposure(settings: Settings) -> None:
-    from tether.auth import Keys
-    from tether.node import check_exposure
-
-    if settings.loopback:
-        return
-    store = await open_store(settings.resolved_store_url)
-    try:
-        await check_exposure(settings, Keys(store))
-    finally:
-        await store.close()
+    options = {
+        "store_url": store,
+        "bus_url": bus,
+        "workers": concurrency,
+        "zone": zone,
+        "tools": tools,
+        "log_level": log_level,
+    }
+    raise typer.Exit(startup.work(options))
 
 
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
@@ -212,7 +150,9 @@ def _with_keys(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
         code = common.Exit.NOT_FOUND if exc.code == "not_found" else common.Exit.ERROR
         common.fail(exc.message, code)
     except Exception as exc:  # a store that cannot be opened: say so, no traceback
-        common.fail(f"cannot use the store at {_safe(url)}: {exc}".splitlines()[0])
+        from tether.startup import safe_url
+
+        common.fail(f"cannot use the store at {safe_url(url)}: {exc}".splitlines()[0])
 
 
 @keys_app.command("create")
@@ -226,6 +166,7 @@ def keys_create(
     as_json: common.AsJson = False,
 ) -> None:
     """Create a key and print it, once: only its hash is stored."""
+    from tether import views
     from tether.auth import Role
 
     if role.upper() not in Role.__members__:
@@ -233,7 +174,7 @@ def keys_create(
     url = _store_url(store, data_dir, create)
     info, key = _with_keys(url, lambda keys: keys.create(tenant, Role[role.upper()], name))
     if as_json:
-        common.print_json({**info.view(), "key": key})
+        common.print_json({**views.api_key(info), "key": key})
         return
     console.print(f"created {info.id} (tenant {tenant}, role {role}); the key, shown this once:")
     print(key)
@@ -244,14 +185,16 @@ def keys_list(
     store: StoreOption = None, data_dir: DataDirOption = None, as_json: common.AsJson = False
 ) -> None:
     """List keys (never their secrets)."""
+    from tether import views
+
     url = _store_url(store, data_dir)
     page = _with_keys(url, lambda keys: keys.list())
-    views = [k.view() for k in page.items]
+    shown = [views.api_key(k) for k in page.items]
     if as_json:
-        common.print_json(views)
+        common.print_json(shown)
         return
     grid = common.Grid("id", "tenant", "role", "name", "prefix", "last used", "state", ids=["id"])
-    for view in views:
+    for view in shown:
         grid.add_row(
             view["id"],
             view["tenant_id"],
@@ -272,10 +215,12 @@ def keys_revoke(
     as_json: common.AsJson = False,
 ) -> None:
     """Revoke a key: it stops working within seconds."""
+    from tether import views
+
     url = _store_url(store, data_dir)
     info = _with_keys(url, lambda keys: keys.revoke(key_id))
     if as_json:
-        common.print_json(info.view())
+        common.print_json(views.api_key(info))
         return
     console.print(f"revoked {key_id}")
 

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         description="auto: API keys are required as soon as one exists; disabled: loopback only",
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_metadata_bytes: int = Field(
+        default=16 * 1024,
+        ge=256,
+        description="largest session or agent metadata, as compact UTF-8 JSON (else 422)",
+    )
     max_running_turns_per_tenant: int | None = Field(default=None, ge=1)
     max_queued_turns_per_tenant: int | None = Field(default=None, ge=1)
     max_streams_per_tenant: int | None = Field(default=None, ge=1)
@@ -90,6 +95,22 @@ class Settings(BaseSettings):
     )
     demo_agent: bool = True
     agents_file: Path | None = None
+    mcp_servers: Path | None = Field(
+        default=None,
+        description="YAML file declaring the MCP servers agents may name (stdio commands, "
+        "trusted HTTP servers); see docs/mcp.md",
+    )
+    mcp_allow_private: bool = Field(
+        default=False,
+        description="let agents' own HTTP MCP servers be on private, loopback or link-local "
+        "addresses",
+    )
+    mcp_connect_timeout_s: float = Field(
+        default=30.0, gt=0, description="time for an MCP server to start and answer"
+    )
+    mcp_max_connections: int = Field(
+        default=4, ge=1, description="calls in flight at once per MCP server (and tenant)"
+    )
     log_level: str = "info"
 
     @field_validator("data_dir")

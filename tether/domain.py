@@ -100,6 +100,8 @@ class TurnMove:
     COMPLETE = _move("complete", {_R}, TurnStatus.COMPLETED)
     FAIL = _move("fail", {_R}, TurnStatus.FAILED)  # the executor failed, or lost its lease
     EXPIRE = _move("expire", {_W}, TurnStatus.FAILED)  # an interrupt expired, on_expire fail
+    # its claim failed as often as a turn may be attempted: data it cannot start with
+    UNSTARTABLE = _move("unstartable", {_Q}, TurnStatus.FAILED)
     STOP = _move("stop", {_R}, _CANCELLING)  # a stop written for a turn an executor holds
     # the executor ends its turn stopped (or a timeout); or its lease expired while stopping
     END_STOPPED = _move("end_stopped", {_R, _CANCELLING}, TurnStatus.CANCELLED)
@@ -196,6 +198,9 @@ class EventType(enum.StrEnum):
     TURN_FAILED = "turn.failed"
     TURN_CANCELLED = "turn.cancelled"
     SESSION_UPDATED = "session.updated"
+    # Live only, never stored (the session's log is gone with it): streams of a purged
+    # session end on it.
+    SESSION_DELETED = "session.deleted"
 
 
 TERMINAL_EVENT = {
@@ -226,7 +231,8 @@ STORED = {"stored": True}
 
 
 class ModelSpec(BaseModel):
-    """Which model runs the agent. `scripted` needs no LLM; `openai` is any Chat Completions API.
+    """Which model runs the agent. `scripted` needs no LLM; `openai` is any Chat Completions API;
+    `anthropic` is Anthropic's Messages API.
 
     `api_key` is the tenant's own key: write-only. It is sealed before it is stored (into
     `api_key_sealed`) and neither field is ever dumped: no API answer, event or log shows it.
@@ -234,7 +240,7 @@ class ModelSpec(BaseModel):
 
     # hide_input_in_errors: a validation error must not echo an api_key back
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-    provider: Literal["scripted", "openai"] = "scripted"
+    provider: Literal["scripted", "openai", "anthropic"] = "scripted"
     # HTTP providers
     model: str | None = None
     base_url: str | None = None
@@ -250,6 +256,13 @@ class ModelSpec(BaseModel):
     )
     api_key_sealed: SkipJsonSchema[str | None] = Field(default=None, exclude=True)
     params: dict[str, Any] = Field(default_factory=dict)
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="transient failures before the first token (429, 5xx, overloaded, "
+        "connection reset) are retried this many times, with backoff",
+    )
     # scripted
     steps: list[ScriptedStep] = Field(default_factory=list)
     reply: str = "echo"
@@ -266,8 +279,8 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _provider_fields(self) -> ModelSpec:
-        if self.provider == "openai" and not self.model:
-            raise ValueError("model.model is required for provider 'openai'")
+        if self.provider in ("openai", "anthropic") and not self.model:
+            raise ValueError(f"model.model is required for provider {self.provider!r}")
         if self.provider == "scripted" and self.api_key is not None:
             raise ValueError("model.api_key is for providers that call an API, not 'scripted'")
         if self.api_key is not None and self.api_key_env is not None:
@@ -295,11 +308,14 @@ class ToolSpec(BaseModel):
     )
 
 
+AGENT_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
 class AgentSpec(BaseModel):
     """The body of an agent definition (DESIGN §7)."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(min_length=1, max_length=128, pattern=AGENT_NAME_PATTERN)
     instructions: str = ""
     model: ModelSpec = Field(default_factory=ModelSpec)
     tools: list[ToolSpec] = Field(default_factory=list)
@@ -360,6 +376,28 @@ class InterruptRequest:
 # --- stored records ------------------------------------------------------------------------
 
 
+class Role(enum.IntEnum):
+    """What an API key may do; each role may do all that the ones below it may."""
+
+    READ = 1
+    WRITE = 2
+    ADMIN = 3
+
+
+@dataclass(slots=True)
+class ApiKey:
+    """An API key as kept: never the key itself (DESIGN §8)."""
+
+    id: str
+    tenant_id: str
+    role: Role
+    name: str | None
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
 @dataclass(slots=True)
 class Agent:
     id: str
@@ -391,20 +429,29 @@ class Session:
 
 @dataclass(slots=True)
 class Usage:
+    """Tokens a turn used. `input_tokens` excludes cached input, as Anthropic counts it: prompt
+    caching adds what was written to the cache and what was read from it."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     model_calls: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
 
     def add(self, other: Usage) -> None:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.model_calls += other.model_calls
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens
+        self.cache_read_input_tokens += other.cache_read_input_tokens
 
     def as_dict(self) -> dict[str, int]:
         return {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "model_calls": self.model_calls,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
         }
 
 
@@ -465,7 +512,7 @@ class MessageStatus(enum.StrEnum):
     INTERRUPTED = "interrupted"
 
 
-Role = Literal["user", "assistant", "tool", "system"]
+MessageRole = Literal["user", "assistant", "tool", "system"]
 
 
 @dataclass(slots=True)
@@ -474,13 +521,17 @@ class Message:
     session_id: str
     turn_id: str
     seq: int
-    role: Role
+    role: MessageRole
     content: str | None
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_id: str | None = None
     name: str | None = None
     status: MessageStatus = MessageStatus.COMPLETED
     created_at: datetime = field(default_factory=utcnow)
+    # The provider's own form of an assistant answer, `{"provider": name, "content": [...]}`,
+    # sent back verbatim on the next call (Anthropic's signed thinking blocks must be). Never
+    # shown by the API: it carries opaque signatures and the model's reasoning.
+    provider_data: dict[str, Any] | None = None
 
     @classmethod
     def tool_result(cls, session_id: str, turn_id: str, call: ToolCall, content: str) -> Message:

@@ -79,6 +79,36 @@ class DestinationNotAllowed(Unprocessable):
     code = "destination_not_allowed"
 
 
+class UnstorableInput(Unprocessable):
+    """The input holds something that cannot be stored and read back as valid UTF-8 JSON."""
+
+    code = "unstorable_input"
+
+
+class InvalidText(UnstorableInput):
+    """Text must be valid Unicode without U+0000: no lone surrogate, no NUL."""
+
+    code = "invalid_text"
+
+
+class NestingTooDeep(UnstorableInput):
+    """The JSON is nested deeper than Tether stores."""
+
+    code = "nesting_too_deep"
+
+
+class InvalidNumber(UnstorableInput):
+    """NaN and Infinity are not JSON numbers."""
+
+    code = "invalid_number"
+
+
+class MetadataTooLarge(UnstorableInput):
+    """The metadata is larger than Tether stores."""
+
+    code = "metadata_too_large"
+
+
 class IdempotencyKeyReused(Unprocessable):
     """This Idempotency-Key was used with another request."""
 
@@ -230,6 +260,18 @@ class ModelError(TurnFailure):
 
     code = "model_error"
     reason = "model_error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+        details: dict[str, Any] | None = None,
+    ):
+        super().__init__(message, details=details)
+        self.retryable = retryable  # transient: worth another try if nothing was streamed yet
+        self.retry_after_s = retry_after_s  # what the provider asked us to wait, if it did
 
 
 class ProviderRejected(ModelError):

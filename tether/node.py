@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
 import yaml
 
-from tether import domain, errors
+from tether import domain, errors, gate
 from tether.auth import Keys
 from tether.bus import Bus, LocalBus
 from tether.config import Settings
@@ -51,7 +51,8 @@ class RefuseToStart(errors.TetherError):
 
 
 async def check_exposure(settings: Settings, keys: Keys) -> None:
-    """Off loopback, Tether serves only with API keys (DESIGN §8)."""
+    """Off loopback, Tether serves only with API keys (DESIGN §8). Checked at start so an
+    unusable server refuses at once; afterwards the gate (tether/gate.py) holds the line."""
     if settings.loopback:
         return
     if settings.auth == "disabled":
@@ -60,9 +61,9 @@ async def check_exposure(settings: Settings, keys: Keys) -> None:
         )
     if not await keys.any_active():
         raise RefuseToStart(
-            f"tether serve on {settings.host} needs API keys and none exists. Create one with\n"
-            f"  tether keys create --tenant <tenant> --role admin --data-dir {settings.data_dir}\n"
-            "or bind to 127.0.0.1 for local use without keys."
+            f"tether serve on {settings.host} needs API keys and none is active: create one "
+            f"with `tether keys create --tenant <tenant> --role admin --data-dir "
+            f"{settings.data_dir}` (or --store), or bind to 127.0.0.1 for local use without keys"
         )
 
 
@@ -78,32 +79,42 @@ class Node:
         self.bus: Bus
         self.store: Store
         self.service: Service
+        self.keys: Keys
+        self.gate: gate.Gate
+        self.stream_watch: gate.StreamWatch
         self.worker: Worker | None = None
         self.reaper: Reaper | None = None
         self.streams: Counter[str] = Counter()  # open SSE connections per tenant
-        self._auth_checked = (0.0, False)
+        self._opened = contextlib.AsyncExitStack()  # what start opened, closed in reverse
 
     async def auth_required(self) -> bool:
-        """`auto`: keys are required once one exists (re-checked every 2 s)."""
-        if self.settings.auth != "auto":
-            return self.settings.auth == "required"
-        until, required = self._auth_checked
-        if time.monotonic() >= until:
-            required = await self.keys.any_active()
-            self._auth_checked = (time.monotonic() + 2.0, required)
-        return required
+        """Whether a request without a key is refused: the gate's decision."""
+        return await self.gate.required()
 
     async def start(self) -> None:
-        settings = self.settings
+        """Open everything, in order; a failure closes what was opened and raises."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._opened.aclose()
+            raise
+
+    async def _start(self) -> None:
+        settings, opened = self.settings, self._opened
         self.bus = await open_bus(settings)
+        opened.push_async_callback(self.bus.close)
         self.store = await open_store(
             settings.resolved_store_url,
             on_commit=self.bus.publish_events,
             pool_size=settings.store_pool_size,
             serve=True,
         )
+        opened.push_async_callback(self.store.close)
         self.service = Service(self.store, self.bus, self.tools, settings)
         self.keys = Keys(self.store)
+        self.gate = gate.Gate(settings, self.keys)
+        self.stream_watch = gate.StreamWatch(self.gate)
+        self.keys.on_revoke = self.stream_watch.kick
         if self.store.exclusive:
             # the store's only server: every lease in it belongs to a dead process
             await self.store.leases.expire_all()
@@ -114,30 +125,32 @@ class Node:
             if settings.agents_file:
                 for spec in load_agents_file(settings.agents_file):
                     await self.service.upsert_agent(DEFAULT_TENANT, spec)
+            self.stream_watch.start()
+            opened.push_async_callback(self.stream_watch.stop)
         if settings.workers > 0:
             self.reaper = Reaper(self.store, self.bus, settings)
             await self.reaper.reap_once()
             await self.reaper.start()
+            opened.push_async_callback(self.reaper.stop)
             self.worker = Worker(self.store, self.bus, self.tools, settings)
             await self.worker.start()
+            opened.push_async_callback(self.worker.stop, settings.shutdown_grace_s)
 
     async def stop(self) -> None:
-        if self.worker:
-            await self.worker.stop(grace_s=self.settings.shutdown_grace_s)
-        if self.reaper:
-            await self.reaper.stop()
-        await self.bus.close()
-        await self.store.close()
+        await self._opened.aclose()
 
 
-async def run_worker(settings: Settings) -> None:
-    """A worker process until SIGTERM or SIGINT: then a graceful stop (Worker.stop)."""
+def stop_on_signals() -> asyncio.Event:
+    """An event set on SIGTERM or SIGINT (installed at once: a signal during start counts)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    node = Node(settings, api=False)
-    await node.start()
+    return stop
+
+
+async def run_worker(node: Node, stop: asyncio.Event) -> None:
+    """A started worker node until `stop` is set: then a graceful stop (Worker.stop)."""
     log.info("worker %s running", node.worker.id if node.worker else "-")
     try:
         await stop.wait()

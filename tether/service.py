@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -65,7 +67,20 @@ class Service:
 
     # --- agents --------------------------------------------------------------------------------
 
+    def _check_metadata(self, metadata: dict[str, Any] | None, what: str) -> None:
+        """Metadata rides along with every read of its object: bounded (DESIGN §8)."""
+        if not metadata:
+            return
+        size = len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode())
+        limit = self.settings.max_metadata_bytes
+        if size > limit:
+            raise errors.MetadataTooLarge(
+                f"{what} metadata is {size} bytes as JSON; the limit is {limit}",
+                details={"size": size, "limit": limit},
+            )
+
     def _check_agent(self, spec: domain.AgentSpec) -> None:
+        self._check_metadata(spec.metadata, "agent")
         unknown = [t.name for t in spec.tools if self.tools.get(t.name) is None]
         if unknown:
             raise errors.InvalidAgent(
@@ -115,12 +130,16 @@ class Service:
             return current
         return await self.store.agents.update(tenant, current.id, self._seal(tenant, spec))
 
+    async def find_agent(self, tenant: str, ref: str) -> domain.Agent:
+        """An agent by id or by name. A ref that is neither names nothing, and is not looked
+        up (the store could not even compare some text, such as a NUL, with its names)."""
+        named = len(ref) <= 128 and re.fullmatch(domain.AGENT_NAME_PATTERN, ref)
+        if not named and not ids.valid("agt", ref):
+            raise errors.NotFound(f"agent {ref!r} not found")
+        return await self.store.agents.get(tenant, ref)
+
     async def get_agent(self, tenant: str, agent_id: str) -> domain.Agent:
         return await self.store.agents.get(tenant, ids.check("agt", agent_id))
-
-    async def find_agent(self, tenant: str, ref: str) -> domain.Agent:
-        """An agent by id or by name."""
-        return await self.store.agents.get(tenant, ref)
 
     async def list_agents(self, tenant: str, limit: int, cursor: str | None) -> Page:
         return await self.store.agents.page(tenant, limit, cursor)
@@ -176,7 +195,8 @@ class Service:
         input: str | list[dict[str, Any]] | None = None,
     ) -> tuple[domain.Session, domain.Turn | None]:
         """`agent_ref` is an agent id or, for convenience, an agent's name."""
-        agent = await self.store.agents.get(tenant, agent_ref)
+        self._check_metadata(metadata, "session")
+        agent = await self.find_agent(tenant, agent_ref)
         first = normalize_input(input) if input is not None else None
         if first is not None:
             await self._check_turn_limits(tenant)
@@ -204,6 +224,19 @@ class Service:
         session_id = ids.check_session(session_id)
         await self.store.lifecycle.close_session(tenant, session_id)
         return await self.store.sessions.get(tenant, session_id)
+
+    async def purge_session(self, tenant: str, session_id: str, wait_s: float = 5.0) -> None:
+        """Delete the session for good. First it is closed (no new turns) and its turns are
+        stopped the normal way, waiting up to `wait_s` for a running one's executor to
+        confirm; then everything of it goes in one transaction. An executor that has not let
+        go by then is woken again, and its later writes find nothing."""
+        session_id = ids.check_session(session_id)
+        await self.store.lifecycle.close_session(tenant, session_id)
+        await self.stop(
+            tenant, session_id, scope=domain.StopScope.ALL, reason="session_purged", wait_s=wait_s
+        )
+        for turn_id in await self.store.lifecycle.purge_session(tenant, session_id):
+            self.bus.signal_stop(turn_id)
 
     # --- turns ---------------------------------------------------------------------------------
 

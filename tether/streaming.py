@@ -1,6 +1,7 @@
 """Following a session's events: the durable backlog from the store, then the live feed from
-the bus, with no gap and no duplicate. The one subscribe / lag / catch-up loop: SSE (native and
-compat surfaces), WebSockets and a stop waiting for its turn's end all read through `Feed`.
+the bus, with no gap and no duplicate, until the session is purged. The one subscribe / lag /
+catch-up loop: SSE (native and compat surfaces), WebSockets and a stop waiting for its turn's
+end all read through `Feed`.
 
 Durable events arrive exactly once and in seq order; deltas carry the seq of the last durable
 event before them (their resume point) and the char offset of their text, so a reader that
@@ -23,6 +24,7 @@ from tether.store import Store
 _PAGE = 500
 _POLL_S = 1.0  # without a bus, how often a reader with no idle_s asks the store
 _TURN_ENDS = frozenset(domain.TERMINAL_EVENT.values())
+_GONE = domain.EventType.SESSION_DELETED  # live only: the session was purged
 
 
 @dataclass(slots=True)
@@ -106,7 +108,7 @@ class Feed:
         """Every event of the session after `after`, then live ones, forever (the caller
         stops), in batches: whatever is ready at once goes out together. With `turn_id`, only
         that turn's events and deltas; without `text`, no deltas. After `idle_s` without
-        anything, an empty batch (a keep-alive)."""
+        anything, an empty batch (a keep-alive). Ends when the session is purged."""
         reader = _Reader(self, after, turn_id, text)
         batch = [f async for f in reader.backlog()]
         if text and (partial := await self.bus.partial(self.session_id)):
@@ -116,7 +118,10 @@ class Feed:
         while True:
             if self._sub is None:  # no bus: the store is all there is, read now and then
                 await asyncio.sleep(idle_s or _POLL_S)
-                yield [f async for f in reader.backlog()]
+                batch = [f async for f in reader.backlog()]
+                if not batch and not await self.store.sessions.exists(self.session_id):
+                    return
+                yield batch
                 continue
             received = await self._sub.get_all(idle_s)
             idle = not received.items and not received.lagged
@@ -124,12 +129,17 @@ class Feed:
             if received.lagged or idle:
                 # lagged: items were dropped; idle: a publish may have been lost (a cluster
                 # bus is at most once). Either way the store has every durable event.
+                # Also whether the session is still there (a lost `session.deleted`).
                 batch += [f async for f in reader.backlog()]
+                if not batch and not await self.store.sessions.exists(self.session_id):
+                    return
             else:
                 async for frame in reader.live(received.items):
                     batch.append(frame)
             if batch or idle:
                 yield batch  # an empty batch after idle_s: time for a keep-alive
+            if reader.gone:
+                return  # purged: nothing more will come, and it cannot be resumed
 
 
 class _Reader:
@@ -143,6 +153,7 @@ class _Reader:
         self.text = text
         self.sent: dict[str, int] = {}  # message_id -> chars already sent
         self.ended: set[str] = set()
+        self.gone = False  # the session was purged
 
     def wanted(self, frame: Frame) -> bool:
         return self.turn_id is None or frame.turn_id == self.turn_id
@@ -179,6 +190,9 @@ class _Reader:
                     for frame in self.deltas(pending):
                         yield frame
                     pending = []
+                    if any(e.type is _GONE for e in events):
+                        self.gone = True
+                        return
                     if events and events[0].seq > self.cursor + 1:
                         # a commit we have not been told of yet (out-of-order publish)
                         async for frame in self.backlog():

@@ -10,7 +10,8 @@ The last user message says what to do:
   call:NAME[:JSON]  first call: a tool call to NAME (arguments split over chunks); after the
                     tool result: "done"
   parallel          two tool calls in one answer (get_time, sleep 0)
-  http:CODE         answer CODE with an OpenAI-style error body
+  http:CODE[:N]     answer CODE with an OpenAI-style error body (the first N calls with this
+                    text, else all; `retry-after-ms: 20` on 429)
   hang              wait 60 s before answering
   garbage           a malformed chunk mid-stream
   badargs           a tool call with arguments that are not JSON
@@ -25,6 +26,7 @@ import asyncio
 import json
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -79,6 +81,7 @@ def _chunk(cid: str, delta: dict[str, Any], finish: str | None = None) -> str:
 class FakeOpenAI:
     def __init__(self, port: int | None = None) -> None:
         self.calls: list[Call] = []
+        self._seen: Counter[str] = Counter()  # calls per command
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         app = Starlette(
@@ -139,8 +142,10 @@ class FakeOpenAI:
         self.calls.append(call)
         last_user = next(m for m in reversed(messages) if m["role"] == "user")["content"]
         after_tool = messages[-1]["role"] == "tool"
-        if last_user.startswith("http:"):
-            code = int(last_user[5:])
+        self._seen[last_user] += 1
+        _, code_text, *times = last_user.split(":") if last_user.startswith("http:") else ["", ""]
+        if code_text and (not times or self._seen[last_user] <= int(times[0])):
+            code = int(code_text)
             call.finished = True
             return JSONResponse(
                 {
@@ -152,6 +157,7 @@ class FakeOpenAI:
                     }
                 },
                 status_code=code,
+                headers={"retry-after-ms": "20"} if code == 429 else None,
             )
         if last_user == "hang":
             await asyncio.sleep(60)

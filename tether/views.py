@@ -94,6 +94,22 @@ _INTERRUPT = (
 )
 
 
+_API_KEY = (
+    "id",
+    "tenant_id",
+    "role",
+    "name",
+    "prefix",
+    "created_at",
+    "last_used_at",
+    "revoked_at",
+)
+
+
+def api_key(k: domain.ApiKey) -> dict[str, Any]:
+    return {**_public(k, _API_KEY), "role": k.role.name.lower()}
+
+
 def agent(a: domain.Agent) -> dict[str, Any]:
     return {
         "id": a.id,

@@ -21,7 +21,7 @@ from tether.config import Settings
 from tether.domain import TurnStatus
 from tether.runtime import loop, providers
 from tether.runtime.tools import ToolRegistry
-from tether.store import Claim, Store
+from tether.store import Claim, Store, Unstartable
 
 log = logging.getLogger(__name__)
 IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
@@ -154,6 +154,7 @@ class Worker:
         self._agents: dict[str, tuple[domain.Agent, loop.Agent]] = {}
         self._stopping = asyncio.Event()
         self._draining = False  # stop() began: claim nothing more
+        self._unstartable: dict[str, float] = {}  # turn id -> when its claim last failed
 
     async def start(self) -> None:
         self.bus.on_stop(self._on_stop)
@@ -198,23 +199,51 @@ class Worker:
     async def _claim_loop(self) -> None:
         while not self._draining:
             free = self.settings.workers - len(self._running)
-            claimed = 0
+            claimed = failed = 0
             if free > 0:
                 try:
-                    for claim in await self.store.leases.claim(
-                        self.id, min(free, CLAIM_BATCH), self.settings.lease_ttl_s
-                    ):
+                    claims, unstartable = await self.store.leases.claim(
+                        self.id, min(free, CLAIM_BATCH), self.settings.lease_ttl_s, self._skip()
+                    )
+                    for claim in claims:
                         self._start(claim)
-                        claimed += 1
+                    claimed, failed = len(claims), len(unstartable)
+                    now = time.monotonic()
+                    for turn in unstartable:
+                        self._unstartable[turn.turn_id] = now
+                    await asyncio.gather(*(self._claim_failed(t) for t in unstartable))
                 except Exception:
                     log.exception("claim failed")
-            if claimed:
+            if claimed or failed:
                 # An inline store never suspends: yield, so the turns just claimed get to
                 # stream before we claim more.
                 await asyncio.sleep(0)
                 if claimed < free:
-                    continue  # there may be more; a full batch means we are saturated
+                    # there may be more; a full batch means we are saturated. Turns that
+                    # failed are skipped now, so this looks past them at once.
+                    continue
             await self.bus.wait_for_work(self.settings.poll_interval_s)
+
+    def _skip(self) -> list[str]:
+        """Turns whose claim failed less than a poll interval ago: the next claims look past
+        them (they are tried again at the next poll), so a batch of turns that cannot start
+        never hides the turns queued behind them."""
+        since = time.monotonic() - self.settings.poll_interval_s
+        for turn_id, failed_at in list(self._unstartable.items()):
+            if failed_at < since:
+                del self._unstartable[turn_id]
+        return list(self._unstartable)
+
+    async def _claim_failed(self, turn: Unstartable) -> None:
+        try:
+            status = await self.store.lifecycle.unstartable(turn, self.settings.max_attempts)
+        except Exception:
+            log.exception("turn %s could not be started, nor its failure counted", turn.turn_id)
+            return
+        if status is TurnStatus.FAILED:
+            log.error("turn %s could never be started, failed: %r", turn.turn_id, turn.error)
+        elif status is TurnStatus.QUEUED:
+            log.warning("turn %s could not be started: %r", turn.turn_id, turn.error)
 
     def _start(self, claim: Claim) -> None:
         execution = Execution(self, claim)

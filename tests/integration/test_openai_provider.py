@@ -58,7 +58,13 @@ async def test_text_and_usage(api: Api, client: httpx.AsyncClient, fake: FakeOpe
     sid = await api.session(await _agent(client, fake))
     done = await api.wait_turn(sid, (await api.turn(sid, "hello world"))["id"])
     assert done["status"] == "completed", done
-    assert done["usage"] == {"input_tokens": 11, "output_tokens": 3, "model_calls": 1}
+    assert done["usage"] == {
+        "input_tokens": 11,
+        "output_tokens": 3,
+        "model_calls": 1,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
     msgs = await api.messages(sid)
     assert msgs[-1]["content"] == "echo: hello world "
     sent = fake.calls[-1].body
@@ -117,6 +123,31 @@ async def test_provider_failures_fail_the_turn(
     # and the session goes on
     again = await api.wait_turn(sid, (await api.turn(sid, "fine"))["id"])
     assert again["status"] == "completed"
+
+
+@pytest.mark.parametrize("command", ["http:503:2", "http:429:2"])
+async def test_transient_failures_are_retried(
+    api: Api, client: httpx.AsyncClient, fake: FakeOpenAI, command: str
+) -> None:
+    sid = await api.session(await _agent(client, fake))
+    done = await api.wait_turn(sid, (await api.turn(sid, command))["id"])
+    assert done["status"] == "completed", done
+    assert len(fake.calls) == 3  # two failures, then the answer
+    assert (await api.messages(sid))[-1]["content"] == f"echo: {command} "
+
+
+async def test_no_retry_when_max_retries_is_zero(
+    api: Api, client: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    agent = await _agent(
+        client,
+        fake,
+        model={"provider": "openai", "model": "fake-1", "base_url": fake.url, "max_retries": 0},
+    )
+    sid = await api.session(agent)
+    done = await api.wait_turn(sid, (await api.turn(sid, "http:503:1"))["id"])
+    assert done["error"]["code"] == "provider_unavailable"
+    assert len(fake.calls) == 1
 
 
 async def test_unreachable_provider(api: Api, client: httpx.AsyncClient, fake: FakeOpenAI) -> None:

@@ -41,7 +41,8 @@ async def _queued(store: Store, session_id: str, text: str = "hi") -> domain.Tur
 
 
 async def _claimed(store: Store, session_id: str) -> Claim:
-    claims = await store.leases.claim("w1", 1, lease_ttl_s=30)
+    claims, unstartable = await store.leases.claim("w1", 1, lease_ttl_s=30)
+    assert unstartable == []
     assert [c.turn.session_id for c in claims] == [session_id]
     return claims[0]
 
@@ -133,7 +134,7 @@ async def test_one_turn_runs_per_session_in_order(store: Store, session_id: str)
     first, second = await _queued(store, session_id, "1"), await _queued(store, session_id, "2")
     claim = await _claimed(store, session_id)
     assert claim.turn.id == first.id
-    assert await store.leases.claim("w2", 5, lease_ttl_s=30) == [], "the session is busy"
+    assert await store.leases.claim("w2", 5, lease_ttl_s=30) == ([], []), "the session is busy"
     end = domain.Checkpoint(_usage(), end=domain.TurnEnd(TurnStatus.COMPLETED))
     await store.lifecycle.checkpoint(claim.turn, claim.token, end, 0.1)
     assert (await _claimed(store, session_id)).turn.id == second.id
@@ -160,7 +161,7 @@ async def test_a_stop_ends_a_queued_turn_at_once(store: Store, session_id: str) 
     )
     assert stopped is not None and stopped.id == turn.id
     assert (stopped.status, stopped.reason, wake) == (TurnStatus.CANCELLED, "why", [])
-    assert await store.leases.claim("w1", 5, lease_ttl_s=30) == []
+    assert await store.leases.claim("w1", 5, lease_ttl_s=30) == ([], [])
 
 
 async def test_a_stopped_turn_gives_every_call_an_outcome(store: Store, session_id: str) -> None:

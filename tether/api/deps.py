@@ -7,11 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from tether import errors
 from tether.auth import Principal, Role
 from tether.node import Node
-from tether.service import DEFAULT_TENANT, Service
+from tether.service import Service
 
 
 # async on purpose: FastAPI runs a sync dependency on its thread pool, once per request
@@ -23,8 +24,8 @@ async def service(request: Request) -> Service:
     return (await node(request)).service
 
 
-def node_of(request: Request) -> Node:
-    return request.app.state.node  # type: ignore[no-any-return]
+def node_of(connection: HTTPConnection) -> Node:
+    return connection.app.state.node  # type: ignore[no-any-return]
 
 
 # Declares the scheme in OpenAPI; the checking is ours (auto_error=False).
@@ -35,24 +36,35 @@ async def principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
 ) -> Principal:
-    """The caller: from `Authorization: Bearer <key>`, or, while auth is off (loopback, no
-    keys), the default tenant's admin."""
-    cached = getattr(request.state, "principal", None)
+    """The caller: from `Authorization: Bearer <key>`, or, while auth is off, the default
+    tenant's admin."""
+    return await admit(request)
+
+
+async def admit(connection: HTTPConnection, *, query_token: bool = False) -> Principal:
+    """Who is asking, decided by the node's gate (tether/gate.py) for every surface: HTTP
+    requests and WebSockets alike. `query_token`: also take the key from `?access_token=`
+    (RFC 6750 §2.3), for WebSocket clients that can only give a URL. Kept on the connection's
+    state, where the audit log and the stream watch (api/stream_guard.py) find it."""
+    cached = getattr(connection.state, "principal", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
-    the_node = node_of(request)
-    header = request.headers.get("authorization")
+    key = presented_key(connection, query_token=query_token)
+    who = await node_of(connection).gate.admit(key)
+    connection.state.principal = who
+    return who
+
+
+def presented_key(connection: HTTPConnection, *, query_token: bool = False) -> str | None:
+    """The key a request presents, None without one; a malformed Authorization is 401."""
+    header = connection.headers.get("authorization")
     if header is not None:
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise errors.Unauthorized()
-        who = await the_node.keys.verify(key.strip())
-    elif await the_node.auth_required():
-        raise errors.Unauthorized()
-    else:
-        who = Principal(DEFAULT_TENANT, Role.ADMIN)
-    request.state.principal = who
-    return who
+        return key.strip()
+    token = connection.query_params.get("access_token") if query_token else None
+    return token.strip() if token is not None else None
 
 
 def tenant_for(role: Role) -> Callable[..., Awaitable[str]]:

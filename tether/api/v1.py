@@ -149,13 +149,26 @@ async def get_session(session_id: SessionId, svc: Svc, tenant: Reader) -> dict[s
 @router.delete(
     "/sessions/{session_id}",
     response_model=schemas.SessionOut,
-    responses=_ERRORS,
+    responses={**_ERRORS, 204: {"description": "purged: the session is gone for good"}},
     tags=["sessions"],
 )
 async def close_session(
-    request: Request, session_id: SessionId, svc: Svc, tenant: Writer
-) -> dict[str, Any]:
-    """Close the session: no new turns; queued turns are cancelled; it stays readable."""
+    request: Request,
+    session_id: SessionId,
+    svc: Svc,
+    tenant: Writer,
+    who: Annotated[Principal, Depends(principal)],
+    purge: Annotated[bool, Query(description="admins: delete it and all of it for good")] = False,
+) -> Any:
+    """Close the session: no new turns; queued turns are cancelled; it stays readable.
+    `?purge=true` (admin keys only) deletes it instead: its turns are stopped first (a running
+    one through the normal stop), then the session and all that belongs to it are deleted
+    (204); every read of it is 404 after that, and its open streams end."""
+    if purge:
+        who.require(Role.ADMIN)
+        await svc.purge_session(tenant, session_id)
+        await audit(request, "session.purge", session_id)
+        return Response(status_code=204)
     session = await svc.close_session(tenant, session_id)
     await audit(request, "session.close", session_id)
     return views.session(session)

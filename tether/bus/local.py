@@ -16,6 +16,7 @@ ENDS_MESSAGE = frozenset(
         domain.EventType.TURN_COMPLETED,
         domain.EventType.TURN_FAILED,
         domain.EventType.TURN_CANCELLED,
+        domain.EventType.SESSION_DELETED,
     }
 )
 

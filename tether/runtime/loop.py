@@ -67,6 +67,7 @@ class Progress:
     tool_calls: list[domain.ToolCall] = field(default_factory=list)
     tools: list[ToolRun] = field(default_factory=list)  # the tool batch being run
     usage: domain.Usage = field(default_factory=domain.Usage)
+    provider_data: dict[str, Any] | None = None  # the whole answer in the provider's form
 
     def reset(self) -> None:
         """The step in flight was committed: nothing of it is left to record."""
@@ -74,6 +75,7 @@ class Progress:
         self.text = []
         self.tool_calls = []
         self.tools = []
+        self.provider_data = None
 
     def message(self, turn: domain.Turn, status: domain.MessageStatus) -> domain.Message:
         """The assistant message of the model step in flight, as far as it got."""
@@ -86,6 +88,8 @@ class Progress:
             content="".join(self.text) or None,
             tool_calls=list(self.tool_calls),
             status=status,
+            # an interrupted answer's blocks are incomplete (unsigned thinking): never sent back
+            provider_data=self.provider_data if status is domain.MessageStatus.COMPLETED else None,
         )
 
     def ended(self, turn: domain.Turn, end: domain.TurnEnd) -> domain.Checkpoint:
@@ -199,8 +203,16 @@ async def _model_step(
             elif isinstance(event, domain.ToolCall):
                 progress.tool_calls.append(event)
             elif isinstance(event, m.UsageReport):
-                progress.usage.input_tokens += event.input_tokens
-                progress.usage.output_tokens += event.output_tokens
+                progress.usage.add(
+                    domain.Usage(
+                        input_tokens=event.input_tokens,
+                        output_tokens=event.output_tokens,
+                        cache_creation_input_tokens=event.cache_creation_input_tokens,
+                        cache_read_input_tokens=event.cache_read_input_tokens,
+                    )
+                )
+            elif isinstance(event, m.ProviderContent):
+                progress.provider_data = event.as_dict()
     return progress.message(turn, domain.MessageStatus.COMPLETED)
 
 

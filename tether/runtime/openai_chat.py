@@ -6,18 +6,15 @@ dropped and no more tokens are produced or billed.
 
 from __future__ import annotations
 
-import functools
 import json
-import typing
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import openai
 from openai.types.chat import completion_create_params
-from pydantic import TypeAdapter, ValidationError
 
 from tether import destinations, domain, errors
-from tether.runtime import credentials
+from tether.runtime import credentials, provider_params, retry
 from tether.runtime.model import Finished, ModelEvent, ModelRequest, TextDelta, UsageReport
 
 PROVIDER = credentials.Provider(
@@ -33,49 +30,15 @@ PROVIDER = credentials.Provider(
 MANAGED_PARAMS = frozenset(
     {"model", "messages", "stream", "stream_options", "tools", "functions", "function_call", "n"}
 )
-_Streaming = completion_create_params.CompletionCreateParamsStreaming
-
-
-@functools.cache
-def _declared() -> dict[str, Any]:
-    """The request fields agents may set, with the value types the SDK declares for them."""
-    hints = typing.get_type_hints(_Streaming)
-    return {name: hint for name, hint in hints.items() if name not in MANAGED_PARAMS}
-
-
-@functools.cache
-def _value_schema(name: str) -> TypeAdapter[Any]:
-    return TypeAdapter(_declared()[name])  # one field at a time: the whole type is slow to build
+PARAMS = provider_params.RequestParams(
+    "Chat Completions", completion_create_params.CompletionCreateParamsStreaming, MANAGED_PARAMS
+)
 
 
 def check_params(params: dict[str, Any]) -> None:
     """`model.params` must be Chat Completions request fields, as the SDK's own request type
     declares them (names and value types), other than those Tether sets."""
-    managed = sorted(set(params) & MANAGED_PARAMS)
-    if managed:
-        raise errors.InvalidModelParams(
-            f"model.params may not set {', '.join(managed)}: Tether sets them",
-            details={"params": managed},
-        )
-    unknown = sorted(set(params) - set(_declared()))
-    if unknown:
-        raise errors.InvalidModelParams(
-            f"model.params has fields the Chat Completions API does not take: {', '.join(unknown)}",
-            details={"params": unknown, "accepted": sorted(_declared())},
-        )
-    problems: list[str] = []
-    for name, value in params.items():
-        try:
-            _value_schema(name).validate_python(value)
-        except ValidationError as exc:
-            problems += [
-                ".".join(map(str, [name, *e["loc"]])) + f": {e['msg']}"
-                for e in exc.errors(include_input=False)
-            ]
-    if problems:
-        raise errors.InvalidModelParams(
-            f"model.params: {'; '.join(problems[:5])}", details={"errors": problems}
-        )
+    PARAMS.check(params)
 
 
 def chat_messages(request: ModelRequest) -> list[dict[str, Any]]:
@@ -141,17 +104,20 @@ def _refusal(exc: BaseException) -> errors.DestinationNotAllowed | None:
 
 
 def _failure(exc: Exception) -> errors.ModelError:
+    """The provider's failure as a turn failure, saying whether another try may help."""
     if (refused := _refusal(exc)) is not None:
         return errors.ProviderRefused(refused)
     if isinstance(exc, _TIMEOUT_ERRORS):
         return errors.ProviderTimeout(f"model provider timed out: {exc}")
     if isinstance(exc, openai.APIStatusError):
         detail = f"model provider answered {exc.status_code}: {exc.message}"
+        asked = retry.retry_after_s(exc.response.headers)
         if exc.status_code >= 500:
-            return errors.ProviderUnavailable(detail)
-        return errors.ProviderRejected(detail)
+            return errors.ProviderUnavailable(detail, retryable=True, retry_after_s=asked)
+        transient = exc.status_code in (408, 429)
+        return errors.ProviderRejected(detail, retryable=transient, retry_after_s=asked)
     if isinstance(exc, (openai.APIConnectionError, *_TRANSPORT_ERRORS)):
-        return errors.ProviderUnavailable(f"model provider unreachable: {exc}")
+        return errors.ProviderUnavailable(f"model provider unreachable: {exc}", retryable=True)
     return errors.ProviderBadResponse(f"unreadable model provider answer: {exc}")
 
 

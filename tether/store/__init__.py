@@ -12,15 +12,16 @@ from tether.store import (
     audit,
     idempotency,
     interrupts,
+    keys,
     leases,
     lifecycle,
     sessions,
     tool_runs,
 )
 from tether.store.base import CommitHook, Database, Dialect, Page
-from tether.store.leases import Claim, LeaseState
+from tether.store.leases import Claim, LeaseState, Unstartable
 
-__all__ = ["Claim", "CommitHook", "LeaseState", "Page", "Store", "open_store"]
+__all__ = ["Claim", "CommitHook", "LeaseState", "Page", "Store", "Unstartable", "open_store"]
 
 
 class Store:
@@ -32,6 +33,7 @@ class Store:
         self.leases = leases.Leases(db)
         self.interrupts = interrupts.Interrupts(db)
         self.tool_runs = tool_runs.ToolRuns(db)
+        self.keys = keys.ApiKeys(db)
         self.audit = audit.AuditLog(db)
         self.idempotency = idempotency.IdempotencyKeys(db)
 

@@ -84,7 +84,8 @@ class Database:
     def __init__(self, dialect: Dialect, on_commit: CommitHook | None = None):
         self.dialect = dialect
         self.on_commit = on_commit
-        self._session_row = dialect.lock(SESSION_BY_ID, skip_locked=False)
+        # a session's row, locked (where the dialect locks) for the transaction that reads it
+        self.session_row = dialect.lock(SESSION_BY_ID, skip_locked=False)
         self._session_row_skip_locked = dialect.lock(SESSION_BY_ID, skip_locked=True)
 
     async def read(self, body: Callable[[Connection], T]) -> T:
@@ -104,7 +105,7 @@ class Database:
         """A write transaction on one session, its row read (and locked, where the dialect
         locks) first; its events reach `on_commit` after commit. NotFound if the session does
         not exist in `tenant_id` (or, with `skip_locked`, another writer holds it)."""
-        query = self._session_row_skip_locked if skip_locked else self._session_row
+        query = self._session_row_skip_locked if skip_locked else self.session_row
         written: list[domain.Event] = []
 
         def tx(conn: Connection) -> T:

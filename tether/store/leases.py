@@ -9,12 +9,14 @@ import asyncio
 import functools
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import Connection, Row, Update, and_, bindparam, case, func, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from tether import domain, errors, views
 from tether.domain import EventType, TurnMove, TurnStatus, utcnow
@@ -24,6 +26,12 @@ from tether.store.schema import UTCDateTime, messages, sessions, turns
 from tether.store.session_write import IS_HELD, SESSION_BUSY, SessionWrite
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# A claim failing for these is an outage or an overload (the store unreachable, SQLite locked
+# by another process, no connection free in time), not the turn's fault: not counted against
+# the turn. Anything else is: most likely its data, and a bug at worst, which then fails
+# turns loudly rather than stalling every queue.
+_TRANSIENT = (errors.Unavailable, OperationalError, PoolTimeout, TimeoutError)
 
 
 @dataclass(slots=True)
@@ -33,6 +41,16 @@ class Claim:
     turn: domain.Turn
     agent_id: str
     token: str
+
+
+@dataclass(slots=True)
+class Unstartable:
+    """A turn whose claim failed for a reason other than contention or an outage: most
+    likely data it cannot start with (an input stored by an older version or a bug)."""
+
+    turn_id: str
+    session_id: str
+    error: Exception
 
 
 @dataclass(slots=True)
@@ -75,6 +93,15 @@ def fenced(move: domain.Move[TurnStatus]) -> Update:
     )
 
 
+async def holder_write(db: Database, turn: domain.Turn, body: Callable[[SessionWrite], T]) -> T:
+    """A session write of the worker holding `turn`. The session gone (purged under it) means
+    the turn is gone too: LeaseLost, so the worker abandons the turn, writing nothing."""
+    try:
+        return await db.session_write(turn.session_id, body)
+    except errors.NotFound as exc:
+        raise errors.LeaseLost(f"turn {turn.id} is gone: its session was deleted") from exc
+
+
 def refused(conn: Connection, turn_id: str, token: str) -> NoReturn:
     """A fenced write changed nothing: say why. A stop written meanwhile (the turn is
     `cancelling`, still ours) is StopRequested; anything else means we lost the turn."""
@@ -88,9 +115,13 @@ class Leases:
     def __init__(self, db: Database):
         self.db = db
 
-    async def claim(self, worker_id: str, limit: int, lease_ttl_s: float) -> list[Claim]:
+    async def claim(
+        self, worker_id: str, limit: int, lease_ttl_s: float, skip: Collection[str] = ()
+    ) -> tuple[list[Claim], list[Unstartable]]:
         """Take up to `limit` runnable turns: the head of the queue of sessions with no active
-        turn, oldest first. First attempts put the turn's input into the transcript."""
+        turn, oldest first, but for those in `skip`. First attempts put the turn's input into
+        the transcript. Each turn is claimed in a transaction of its own, so one that cannot
+        be claimed (answered among the Unstartable) costs the others nothing."""
         query = (
             select(turns.c.id, turns.c.session_id, sessions.c.agent_id)
             .join(sessions, sessions.c.id == turns.c.session_id)
@@ -102,6 +133,8 @@ class Leases:
             .order_by(turns.c.created_at)
             .limit(limit)
         )
+        if skip:
+            query = query.where(turns.c.id.not_in(list(skip)))
         candidates = await self.db.read(lambda conn: conn.execute(query).all())
 
         async def claim_one(cand: Row[Any, Any, Any]) -> Claim | None:
@@ -126,9 +159,16 @@ class Leases:
         # claim made is handed over, even when another failed: a claim nobody runs would wait
         # out its lease.
         made = await asyncio.gather(*(claim_one(c) for c in candidates), return_exceptions=True)
-        for failure in (c for c in made if isinstance(c, BaseException)):
-            log.warning("claim failed: %s", failure)
-        return [c for c in made if isinstance(c, Claim)]
+        claims: list[Claim] = []
+        unstartable: list[Unstartable] = []
+        for cand, claim in zip(candidates, made, strict=True):
+            if isinstance(claim, Exception) and not isinstance(claim, _TRANSIENT):
+                unstartable.append(Unstartable(cand.id, cand.session_id, claim))
+            elif isinstance(claim, BaseException):
+                log.warning("claim of %s failed: %s", cand.id, claim)
+            elif claim is not None:
+                claims.append(claim)
+        return claims, unstartable
 
     async def heartbeat(self, tokens: Iterable[str], lease_ttl_s: float) -> dict[str, LeaseState]:
         """Renew the leases still held; answer each held turn's status and requested stop.
@@ -164,7 +204,7 @@ class Leases:
                 sw.event(EventType.TURN_QUEUED, turn.id, resumed)
             return row is not None
 
-        return await self.db.session_write(turn.session_id, body)
+        return await holder_write(self.db, turn, body)
 
     async def expired(self, now: datetime) -> list[tuple[str, str]]:
         """(session, turn) of the leases past their time."""

@@ -8,21 +8,43 @@ removes it, for a rollback) and says so, in the transaction of the end.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, String, bindparam, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    String,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
-from tether import domain, errors, ids, views
+from tether import domain, errors, ids, storable, views
 from tether.domain import EventType, TurnMove, TurnStatus
-from tether.store import guards, interrupts, rows, tool_runs
+from tether.store import guards, interrupts, rows, schema, tool_runs
 from tether.store.base import Database
-from tether.store.leases import RELEASED, fenced, refused
-from tether.store.schema import Json, UTCDateTime, messages, sessions, turns
+from tether.store.leases import RELEASED, Unstartable, fenced, holder_write, refused
+from tether.store.schema import (
+    Json,
+    UTCDateTime,
+    events,
+    idempotency_keys,
+    messages,
+    sessions,
+    turns,
+)
 from tether.store.session_write import IS_HELD, IS_UNFINISHED, SessionWrite
 
+INVALID_TURN = "invalid_turn"  # reason and error code of a turn that could never be started
 _UNFINISHED = select(turns).where(turns.c.session_id == bindparam("sid"), IS_UNFINISHED)
 _QUEUED = select(turns).where(
     turns.c.session_id == bindparam("sid"),
@@ -106,6 +128,47 @@ class Lifecycle:
                 stop_turn(sw, rows.turn(row), domain.StopMode.INTERRUPT, "session_closed")
 
         await self.db.session_write(session_id, body, tenant_id)
+
+    async def purge_session(self, tenant_id: str, session_id: str) -> list[str]:
+        """Delete the session and everything of it for good, in one transaction: its turns,
+        messages, events, interrupts, tool runs, and the idempotency records whose answers
+        name it. (The audit log keeps its records: it is the trail of who did this.) Answers
+        the turns that were still held by an executor, to be woken so they let go; their
+        later writes find nothing and they abandon the turn. Streams of the session hear a
+        live `session.deleted` and end."""
+
+        def tx(conn: Connection) -> tuple[list[str], int]:
+            row = conn.execute(self.db.session_row, {"sid": session_id}).first()
+            if row is None or row.tenant_id != tenant_id:
+                raise errors.NotFound(f"session {session_id} not found")
+            held = conn.execute(
+                select(turns.c.id).where(turns.c.session_id == session_id, IS_HELD)
+            ).scalars()
+            held_ids = list(held)
+            its_turns = select(turns.c.id).where(turns.c.session_id == session_id)
+            ledger = schema.tool_runs
+            conn.execute(delete(ledger).where(ledger.c.turn_id.in_(its_turns)))
+            for table in (schema.interrupts, messages, events):
+                conn.execute(delete(table).where(table.c.session_id == session_id))
+            conn.execute(delete(turns).where(turns.c.session_id == session_id))
+            conn.execute(delete(sessions).where(sessions.c.id == session_id))
+            # Ids are unique, so an answer holding this one is an answer about this session
+            # (its creation, a turn of it, a refusal naming it); replaying it would be a lie.
+            conn.execute(
+                delete(idempotency_keys).where(
+                    idempotency_keys.c.tenant_id == tenant_id,
+                    cast(idempotency_keys.c.response, Text).contains(session_id, autoescape=True),
+                )
+            )
+            return held_ids, row.last_event_seq
+
+        held, last_seq = await self.db.write(tx)
+        if self.db.on_commit:
+            gone = domain.Event(
+                session_id, last_seq + 1, EventType.SESSION_DELETED, None, {}, domain.utcnow()
+            )
+            self.db.on_commit(session_id, [gone])
+        return held
 
     async def create_turn(
         self,
@@ -237,7 +300,42 @@ class Lifecycle:
                     row = _with_stop_reason(sw, row)  # a requested stop ends on its terms
                 ended(sw, row, cp.interrupted)
 
-        await self.db.session_write(turn.session_id, body)
+        await holder_write(self.db, turn, body)
+
+    async def unstartable(self, failed: Unstartable, max_attempts: int) -> TurnStatus | None:
+        """Count a failed start of a queued turn as one of its attempts (DESIGN §2); at
+        `max_attempts` the turn ends `failed`, reason and code `invalid_turn`. A transaction of
+        its own. Answers the turn's status now (None: it left the queue meanwhile)."""
+
+        def body(sw: SessionWrite) -> TurnStatus | None:
+            queued = (turns.c.id == failed.turn_id) & guards.guard(turns.c.status, TurnMove.CLAIM)
+            attempt = sw.conn.execute(select(turns.c.attempt).where(queued)).scalar()
+            if attempt is None:
+                return None
+            attempt = max(attempt, 1)  # the first claim makes it 1, failed or not
+            if attempt < max_attempts:
+                sw.conn.execute(update(turns).where(queued).values(attempt=attempt + 1))
+                return TurnStatus.QUEUED
+            why = storable.printable(f"{type(failed.error).__name__}: {failed.error}", 300)
+            message = f"the turn could not be started (attempts: {attempt}): {why}"
+            row = sw.conn.execute(
+                guards.update(turns, TurnMove.UNSTARTABLE)
+                .where(turns.c.id == failed.turn_id)
+                .values(
+                    attempt=attempt,
+                    reason=INVALID_TURN,
+                    error={"code": INVALID_TURN, "message": message},
+                    finished_at=sw.now,
+                )
+                .returning(*turns.c)
+            ).one()
+            ended(sw, row)
+            return TurnStatus.FAILED
+
+        try:
+            return await self.db.session_write(failed.session_id, body)
+        except errors.NotFound:
+            return None  # the session was deleted meanwhile
 
     # --- expired leases ------------------------------------------------------------------------
 
@@ -291,7 +389,10 @@ class Lifecycle:
                 ended(sw, updated)
             return move.target
 
-        return await self.db.session_write(session_id, body)
+        try:
+            return await self.db.session_write(session_id, body)
+        except errors.NotFound:
+            return None  # the session was deleted meanwhile
 
     # --- interrupts answered or expired (DESIGN §4) -------------------------------------------
 
@@ -311,9 +412,10 @@ class Lifecycle:
         """A pending interrupt past its time becomes `expired` (never a human denial); the
         agent's on_expire applies: `deny` resumes the turn (the call is not run), `fail` ends
         it `failed` with reason approval_expired."""
-        await self.db.session_write(
-            session_id, functools.partial(_expire, interrupt_id=interrupt_id, now=now)
-        )
+        with contextlib.suppress(errors.NotFound):  # its session was deleted meanwhile
+            await self.db.session_write(
+                session_id, functools.partial(_expire, interrupt_id=interrupt_id, now=now)
+            )
 
 
 # --- inside a session write ----------------------------------------------------------------

@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from tether import errors
+from tether import errors, storable
 from tether.store import migrations
 
 T = TypeVar("T")
@@ -43,6 +43,7 @@ def engine_for(url: str, pool_size: int, max_overflow: int) -> AsyncEngine:
         connect_args={"timeout": 5, "command_timeout": 30},
         # the store has more distinct statements than asyncpg's default cache of 100
         query_cache_size=1200,
+        json_deserializer=storable.loads_stored,  # repaired if it must be, to be readable
     )
 
 

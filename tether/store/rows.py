@@ -136,7 +136,15 @@ INTERRUPT = Codec(
     stamp={"v": versions.RESUME_VERSION},
 )
 
+API_KEY = Codec(
+    domain.ApiKey,
+    schema.api_keys,
+    decode={"role": lambda role: domain.Role[role.upper()]},
+    encode={"role": lambda role: role.name.lower()},
+)
+
 agent = AGENT.record
+api_key = API_KEY.record
 session = SESSION.record
 turn = TURN.record
 message = MESSAGE.record

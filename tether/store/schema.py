@@ -151,6 +151,7 @@ messages = Table(
     Column("status", String(16), nullable=False),
     Column("hidden", Boolean, nullable=False, server_default="0", doc="rolled back"),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("provider_data", Json, doc="the answer in the provider's form, sent back verbatim"),
     UniqueConstraint("session_id", "seq"),
     Index("ix_messages_turn", "turn_id"),
 )

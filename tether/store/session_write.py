@@ -65,7 +65,7 @@ class SessionWrite:
     def new_message(
         self,
         turn_id: str,
-        role: domain.Role,
+        role: domain.MessageRole,
         content: str | None,
         *,
         tool_call_id: str | None = None,

@@ -40,6 +40,10 @@ class Sessions:
     async def get(self, tenant_id: str, session_id: str) -> domain.Session:
         return rows.session(await self.db.read(lambda c: _session_row(c, tenant_id, session_id)))
 
+    async def exists(self, session_id: str) -> bool:
+        query = select(sessions.c.id).where(sessions.c.id == session_id)
+        return await self.db.read(lambda conn: conn.execute(query).first() is not None)
+
     async def page(
         self,
         tenant_id: str,

@@ -35,7 +35,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from tether import errors
+from tether import errors, storable
 from tether.store import migrations, schema
 
 T = TypeVar("T")
@@ -50,12 +50,19 @@ class DataDirLocked(errors.TetherError):
     code = "data_dir_locked"
 
 
+class DataDirUnusable(errors.TetherError):
+    """The data directory cannot be created or written."""
+
+    code = "data_dir_unusable"
+
+
 def engine_for(url: str) -> Engine:
     parsed = make_url(url).set(drivername="sqlite")  # pysqlite: we never hand it to threads
     database = parsed.database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, poolclass=StaticPool)
+    # stored JSON is read back repaired if it must be (storable.loads_stored)
+    engine = create_engine(parsed, poolclass=StaticPool, json_deserializer=storable.loads_stored)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -154,13 +161,20 @@ def _lock_dir(url: str) -> IO[Any] | None:
     if not database or database == ":memory:":
         return None
     directory = Path(database).parent
-    directory.mkdir(parents=True, exist_ok=True)
-    lock = open(directory / "tether.lock", "a+")  # noqa: SIM115 - held while the store is open
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = open(directory / "tether.lock", "a+")  # noqa: SIM115 - held while it is open
+    except FileExistsError as exc:
+        raise DataDirUnusable(f"data dir {directory} is a file, not a directory") from exc
+    except NotADirectoryError as exc:
+        raise DataDirUnusable(f"data dir {directory} is under a file, not a directory") from exc
+    except OSError as exc:
+        raise DataDirUnusable(f"data dir {directory} is not writable: {exc.strerror}") from exc
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         lock.close()
-        raise DataDirLocked(f"another tether process is using {directory}") from exc
+        raise DataDirLocked(f"another tether process is using the data dir {directory}") from exc
     lock.truncate(0)
     lock.write(str(os.getpid()))
     lock.flush()

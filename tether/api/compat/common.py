@@ -66,6 +66,15 @@ def failure_of(exc: Exception) -> Failure:
     return Failure(500, "internal_error", "internal error")
 
 
+def answer_with(render: Render) -> Callable[[errors.TetherError], Response]:
+    """A surface's answer to an error raised before its routes run (api/input_guard.py)."""
+
+    def answer(exc: errors.TetherError) -> Response:
+        return render(failure_of(exc))
+
+    return answer
+
+
 def malformed_id_as_not_found(failure: Failure) -> Failure:
     """The vendors' contracts type ids as any string, so a malformed one is a valid request
     for an object that does not exist: 404, where /v1 says 400."""

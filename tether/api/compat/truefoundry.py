@@ -33,8 +33,10 @@ TurnId = Annotated[str, Path(pattern=ids.pattern("turn"))]
 
 DEFAULT_CANCEL_WAIT_S = 5.0  # DESIGN §3: how long a cancel waits for the executor
 
+ROOT = "/compat/truefoundry/"  # then the tenant
+
 router = APIRouter(
-    prefix="/compat/truefoundry/{tenant}/v1/agents/sessions",
+    prefix=ROOT + "{tenant}/v1/agents/sessions",
     route_class=edge.VendorRoute,
     include_in_schema=False,  # TrueFoundry's own spec documents it, not Tether's
 )

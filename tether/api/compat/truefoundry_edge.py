@@ -3,7 +3,7 @@ TrueFoundry's error shape `{"error": {"message", "type", "code", "param"}}`.
 
 The same API keys and roles as /v1 (tether/api/deps.py). The `{tenant}` path segment must be
 the key's tenant: another tenant's path is 404, as any object of another tenant is. With auth
-off (loopback, no keys) a request acts in the path's tenant.
+off (tether/gate.py) a request acts in the path's tenant.
 """
 
 from __future__ import annotations
@@ -95,14 +95,17 @@ class VendorRoute(APIRoute):
 
 
 async def caller(
-    request: Request, tenant: Annotated[str, Path(min_length=1, max_length=128)]
+    request: Request, tenant: Annotated[str, Path(min_length=1, max_length=64)]
 ) -> Principal:
     """Who asks, in which tenant. TrueFoundry's client always sends a key: with auth off,
-    one that does not verify counts as none, so the client works against a local Tether."""
+    one that does not verify counts as none, so the client works against a local Tether
+    (and the path's tenant is stored with what it creates: 64 characters, no NUL)."""
+    if "\x00" in tenant:
+        raise errors.NotFound("no such tenant")
     try:
         who = await deps.principal(request)
     except errors.Unauthorized:
-        if await deps.node_of(request).auth_required():
+        if await deps.node_of(request).gate.required():
             raise
         who = None
     if who is None or who.key_id is None:  # auth is off: the path names the tenant
