@@ -1,4 +1,4 @@
-"""The state machines (domain.TurnMove, InterruptMove, ToolRunMove) are the one definition of
+"""The state machines (machines.TurnMove, InterruptMove, ToolRunMove) are the one definition of
 which status may follow which, and store/guards.py the one place that applies them: checked
 on the table, on the code of the store, and by applying moves to rows of SQLite `:memory:`."""
 
@@ -15,12 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, insert, select
 
-from tether import domain
+from tether import domain, machines
 from tether.domain import InterruptStatus, ToolRunStatus, TurnStatus
 from tether.store import Store, guards, open_store, sqlite
 from tether.store.schema import agents, interrupts, sessions, tool_runs, turns
 
-MACHINES = [domain.TurnMove, domain.InterruptMove, domain.ToolRunMove]
+MACHINES = [machines.TurnMove, machines.InterruptMove, machines.ToolRunMove]
 STORE = Path(domain.__file__).parent / "store"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -30,28 +30,30 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 @pytest.mark.parametrize("machine", MACHINES)
 def test_terminal_states_absorb(machine: type) -> None:
-    table = domain.transitions(machine)
+    table = machines.transitions(machine)
     terminal = {s for s, targets in table.items() if not targets}
     assert terminal, "every machine ends somewhere"
-    for move in domain.moves_of(machine):
+    for move in machines.moves_of(machine):
         assert not move.sources & terminal, f"{move.name} leaves a terminal state"
 
 
 def test_turn_table() -> None:
-    assert {s for s, t in domain.TRANSITIONS.items() if not t} == domain.TERMINAL
-    assert domain.sources_of(TurnStatus.COMPLETED) == (TurnStatus.RUNNING,)
+    assert {s for s, t in machines.TURN_TRANSITIONS.items() if not t} == domain.TERMINAL
+    assert machines.sources_of(TurnStatus.COMPLETED) == (TurnStatus.RUNNING,)
     # never completed once a stop was requested
-    assert TurnStatus.COMPLETED not in domain.TRANSITIONS[TurnStatus.CANCELLING]
+    assert TurnStatus.COMPLETED not in machines.TURN_TRANSITIONS[TurnStatus.CANCELLING]
     # a turn no executor holds is never `cancelling`: a stop ends it at once
-    assert domain.TurnMove.STOP.sources <= domain.HELD
-    assert not domain.TurnMove.CANCEL.sources & domain.HELD
+    assert machines.TurnMove.STOP.sources <= domain.HELD
+    assert not machines.TurnMove.CANCEL.sources & domain.HELD
     # every status is reached by some move; every one but the terminal ones goes on
-    assert {m.target for m in domain.moves_of(domain.TurnMove)} == set(TurnStatus)
-    assert {s for s, t in domain.TRANSITIONS.items() if t} == set(TurnStatus) - domain.TERMINAL
+    assert {m.target for m in machines.moves_of(machines.TurnMove)} == set(TurnStatus)
+    assert {s for s, t in machines.TURN_TRANSITIONS.items() if t} == set(
+        TurnStatus
+    ) - domain.TERMINAL
 
 
 def test_a_finished_call_never_runs_again() -> None:
-    assert domain.transitions(domain.ToolRunMove)[ToolRunStatus.FINISHED] == frozenset()
+    assert machines.transitions(machines.ToolRunMove)[ToolRunStatus.FINISHED] == frozenset()
 
 
 # --- the code: every status write goes through guards.py --------------------------------------
@@ -171,7 +173,7 @@ def _turn(conn: Connection, status: TurnStatus) -> str:
     return turn_id
 
 
-def _apply(conn: Connection, table: Any, move: domain.Move[Any], **where: Any) -> int:
+def _apply(conn: Connection, table: Any, move: machines.Move[Any], **where: Any) -> int:
     statement = guards.update(table, move)
     for column, value in where.items():
         statement = statement.where(table.c[column] == value)
@@ -185,8 +187,8 @@ def _status(conn: Connection, table: Any, **where: Any) -> str:
     return str(conn.execute(query).scalar_one())
 
 
-@pytest.mark.parametrize("move", domain.moves_of(domain.TurnMove), ids=lambda m: m.name)
-def test_a_turn_move_changes_exactly_its_sources(engine: Engine, move: domain.Move[Any]) -> None:
+@pytest.mark.parametrize("move", machines.moves_of(machines.TurnMove), ids=lambda m: m.name)
+def test_a_turn_move_changes_exactly_its_sources(engine: Engine, move: machines.Move[Any]) -> None:
     with engine.begin() as conn:
         for status in TurnStatus:
             turn_id = _turn(conn, status)
@@ -196,9 +198,9 @@ def test_a_turn_move_changes_exactly_its_sources(engine: Engine, move: domain.Mo
             assert _status(conn, turns, id=turn_id) == expected
 
 
-@pytest.mark.parametrize("move", domain.moves_of(domain.InterruptMove), ids=lambda m: m.name)
+@pytest.mark.parametrize("move", machines.moves_of(machines.InterruptMove), ids=lambda m: m.name)
 def test_an_interrupt_move_changes_exactly_its_sources(
-    engine: Engine, move: domain.Move[Any]
+    engine: Engine, move: machines.Move[Any]
 ) -> None:
     with engine.begin() as conn:
         turn_id = _turn(conn, TurnStatus.WAITING)
@@ -259,10 +261,10 @@ async def test_the_ledger_upsert_follows_the_table(store: Store) -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     start=st.sampled_from(list(TurnStatus)),
-    moves=st.lists(st.sampled_from(domain.moves_of(domain.TurnMove)), max_size=12),
+    moves=st.lists(st.sampled_from(machines.moves_of(machines.TurnMove)), max_size=12),
 )
 def test_any_sequence_of_moves_follows_the_table(
-    engine: Engine, start: TurnStatus, moves: list[domain.Move[TurnStatus]]
+    engine: Engine, start: TurnStatus, moves: list[machines.Move[TurnStatus]]
 ) -> None:
     """Whatever writes race, the row is where the table says, and a terminal state, once
     reached, is never left."""

@@ -1,4 +1,4 @@
-"""The state machines of domain.py, applied to SQL. Every status write starts from `update`
+"""The state machines of machines.py, applied to SQL. Every status write starts from `update`
 here with the move it makes, so no write names its own from-states: a write whose row is not
 in one of the move's sources changes nothing (and says so by its row count)."""
 
@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, Update, or_
 from sqlalchemy import update as sql_update
 
-from tether import domain
+from tether import machines
 
 
 def status_in(column: Any, statuses: Iterable[enum.StrEnum]) -> ColumnElement[bool]:
@@ -20,12 +20,12 @@ def status_in(column: Any, statuses: Iterable[enum.StrEnum]) -> ColumnElement[bo
     return or_(*(column == s.value for s in sorted(statuses)))
 
 
-def guard(column: Any, move: domain.Move[Any]) -> ColumnElement[bool]:
+def guard(column: Any, move: machines.Move[Any]) -> ColumnElement[bool]:
     """The row may make `move`: its status is one of the move's sources."""
     return status_in(column, move.sources)
 
 
-def update(table: Table, move: domain.Move[Any]) -> Update:
+def update(table: Table, move: machines.Move[Any]) -> Update:
     """`UPDATE table SET status = <target> WHERE status IN (<sources>)`: the caller adds which
     rows, and any other values."""
     return sql_update(table).where(guard(table.c.status, move)).values(status=move.target.value)

@@ -1,5 +1,5 @@
 """Interrupts (DESIGN §4): created when a turn pauses, then answered, expired or cancelled,
-each a move of `domain.InterruptMove`. What those do to the turn is in lifecycle.py. Read by
+each a move of `machines.InterruptMove`. What those do to the turn is in lifecycle.py. Read by
 session, or across a tenant's sessions as the approvals inbox (console, CLI): what needs a
 human soonest first."""
 
@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import func, insert, literal, select, tuple_
 
 from tether import domain, errors, ids, views
-from tether.domain import EventType, InterruptMove, InterruptStatus
+from tether.domain import EventType, InterruptStatus
+from tether.machines import InterruptMove
 from tether.store import guards, rows
 from tether.store.base import Database, Page, paged
 from tether.store.schema import UTCDateTime, interrupts

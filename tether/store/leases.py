@@ -18,8 +18,9 @@ from sqlalchemy import Connection, Row, Update, and_, bindparam, case, func, sel
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from tether import domain, errors, views
-from tether.domain import EventType, TurnMove, TurnStatus, utcnow
+from tether import domain, errors, machines, views
+from tether.domain import EventType, TurnStatus, utcnow
+from tether.machines import TurnMove
 from tether.store import guards, rows
 from tether.store.base import Database
 from tether.store.schema import UTCDateTime, messages, sessions, turns
@@ -86,7 +87,7 @@ _HELD_BY = select(turns.c.status).where(
 )
 
 
-def fenced(move: domain.Move[TurnStatus]) -> Update:
+def fenced(move: machines.Move[TurnStatus]) -> Update:
     """`move` as a write of the turn's holder: only with its claim token (`tid`, `token`)."""
     return guards.update(turns, move).where(
         turns.c.id == bindparam("tid"), turns.c.claim_token == bindparam("token")

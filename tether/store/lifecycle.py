@@ -1,4 +1,4 @@
-"""Every change of a turn's status (DESIGN §2-4), each one move of `domain.TurnMove` made in a
+"""Every change of a turn's status (DESIGN §2-4), each one move of `machines.TurnMove` made in a
 session write: sessions opened and closed, turns queued and stopped, a holder's checkpoints
 (a step, a pause, an end), leases recovered, interrupts answered or expired.
 
@@ -28,8 +28,9 @@ from sqlalchemy import (
     update,
 )
 
-from tether import domain, errors, ids, storable, views
-from tether.domain import EventType, TurnMove, TurnStatus
+from tether import domain, errors, ids, machines, storable, views
+from tether.domain import EventType, TurnStatus
+from tether.machines import TurnMove
 from tether.store import guards, interrupts, rows, schema, tool_runs
 from tether.store.base import Database
 from tether.store.leases import RELEASED, Unstartable, fenced, holder_write, refused
@@ -52,7 +53,7 @@ _QUEUED = select(turns).where(
 )
 
 
-def _step(move: domain.Move[TurnStatus]) -> Any:
+def _step(move: machines.Move[TurnStatus]) -> Any:
     """A holder's checkpoint making `move`: the step's usage and counters with it."""
     return fenced(move).values(
         step=turns.c.step + bindparam("step_inc"),

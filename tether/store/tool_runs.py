@@ -3,7 +3,7 @@ what a resumed turn needs to know of them.
 
 A call is `started` in the ledger in the transaction that says it is about to run, and leaves
 that state only with its outcome; after a crash, a call still `started` may or may not have
-run. Every ledger write is one of `domain.ToolRunMove`: an upsert that creates the row of a
+run. Every ledger write is one of `machines.ToolRunMove`: an upsert that creates the row of a
 call the ledger has not seen, and otherwise moves it only from the move's sources (a
 `finished` call never runs again).
 """
@@ -16,8 +16,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Insert, bindparam, select
 
-from tether import domain, versions
-from tether.domain import EventType, ToolOutcome, ToolRunMove
+from tether import domain, machines, versions
+from tether.domain import EventType, ToolOutcome
+from tether.machines import ToolRunMove
 from tether.store import guards, rows
 from tether.store.base import Database
 from tether.store.schema import interrupts, messages, tool_runs
@@ -30,7 +31,7 @@ _CLOSED = {
 
 
 @functools.cache
-def _ledger(insert: Callable[[Any], Any], move: domain.Move[domain.ToolRunStatus]) -> Insert:
+def _ledger(insert: Callable[[Any], Any], move: machines.Move[domain.ToolRunStatus]) -> Insert:
     """The upsert of `move`, built once per dialect: `runs` counts the starts."""
     runs = 1 if move is ToolRunMove.START else 0
     statement = insert(tool_runs).values(
@@ -59,7 +60,7 @@ def _ledger(insert: Callable[[Any], Any], move: domain.Move[domain.ToolRunStatus
 
 def _mark(
     sw: SessionWrite,
-    move: domain.Move[domain.ToolRunStatus],
+    move: machines.Move[domain.ToolRunStatus],
     turn_id: str,
     calls: Sequence[tuple[str, str]],
 ) -> None:
