@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether import ids, views
+from tether.api import schemas
 from tether.api.deps import audit, node, tenant_for
 from tether.api.schemas import ErrorOut
 from tether.auth import Role
@@ -77,8 +78,7 @@ async def create_key(
 
 @router.get("/keys", response_model=KeyPage)
 async def list_keys(tenant: Admin, the_node: TheNode) -> dict[str, Any]:
-    page = await the_node.keys.list(tenant)
-    return {"data": [views.api_key(k) for k in page.items], "next_cursor": None}
+    return schemas.page(await the_node.keys.list(tenant), views.api_key)
 
 
 @router.delete("/keys/{key_id}", response_model=KeyOut, responses=_ERRORS)
@@ -98,5 +98,4 @@ async def audit_log(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Mutations of your tenant, newest first."""
-    page = await the_node.service.audit_log(tenant, limit, cursor)
-    return {"data": page.items, "next_cursor": page.next_cursor}
+    return schemas.page(await the_node.service.audit_log(tenant, limit, cursor), dict)

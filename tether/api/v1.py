@@ -64,7 +64,7 @@ async def list_agents(
     svc: Svc, tenant: Reader, limit: Limit = 50, cursor: str | None = None
 ) -> dict[str, Any]:
     page = await svc.list_agents(tenant, limit, cursor)
-    return {"data": [views.agent(a) for a in page.items], "next_cursor": page.next_cursor}
+    return schemas.page(page, views.agent)
 
 
 @router.get(
@@ -133,7 +133,7 @@ async def list_sessions(
     agent_id: str | None = None,
 ) -> dict[str, Any]:
     page = await svc.list_sessions(tenant, limit, cursor, status, agent_id)
-    return {"data": [views.session(s) for s in page.items], "next_cursor": page.next_cursor}
+    return schemas.page(page, views.session)
 
 
 @router.get(
@@ -224,7 +224,7 @@ async def _turn_stream(
     batches = await svc.follow(
         tenant, replay["session_id"], replay["after"], turn_id=replay["turn_id"], idle_s=ping_s
     )
-    release = stream_slot(request, tenant)
+    release = await stream_slot(request, tenant)
     return sse.response(batches, until_terminal=True, replay=replay, on_close=release)
 
 
@@ -238,7 +238,7 @@ async def list_turns(
     session_id: SessionId, svc: Svc, tenant: Reader, limit: Limit = 50, cursor: str | None = None
 ) -> dict[str, Any]:
     page = await svc.list_turns(tenant, session_id, limit, int_cursor(cursor))
-    return {"data": [views.turn(t) for t in page.items], "next_cursor": page.next_cursor}
+    return schemas.page(page, views.turn)
 
 
 @router.get(
@@ -340,7 +340,7 @@ async def list_interrupts(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     page = await svc.list_interrupts(tenant, session_id, status, limit, cursor)
-    return {"data": [views.interrupt(i) for i in page.items], "next_cursor": page.next_cursor}
+    return schemas.page(page, views.interrupt)
 
 
 @router.get(
@@ -389,7 +389,7 @@ async def list_messages(
     session_id: SessionId, svc: Svc, tenant: Reader, limit: Limit = 100, cursor: str | None = None
 ) -> dict[str, Any]:
     page = await svc.list_messages(tenant, session_id, limit, int_cursor(cursor))
-    return {"data": [views.message(m) for m in page.items], "next_cursor": page.next_cursor}
+    return schemas.page(page, views.message)
 
 
 @router.get(
@@ -430,5 +430,5 @@ async def session_events(
             "next_cursor": str(items[-1].seq) if more else None,
         }
     batches = await svc.follow(tenant, session_id, after, idle_s=the_node.settings.sse_ping_s)
-    release = stream_slot(request, tenant)
+    release = await stream_slot(request, tenant)
     return sse.response(batches, on_close=release)

@@ -35,6 +35,25 @@ class Failure:
 
 Render = Callable[[Failure], Response]
 
+# The error `type` of an HTTP status, in the vendors' (OpenAI-style) words.
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    412: "precondition_failed_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    424: "failed_dependency_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type(status: int) -> str:
+    return _ERROR_TYPES.get(status, "api_error")
+
+
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 

@@ -21,16 +21,6 @@ from tether.service import Service
 
 PREFIX = "/compat/gumloop/api/v1"
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-}
 # Gumloop's own code where it documents one for the same refusal
 _CODES = {"session_busy": "interaction_not_in_terminal_state"}
 
@@ -45,7 +35,7 @@ def render(failure: common.Failure) -> Response:
     failure = common.malformed_id_as_not_found(failure)
     body = {
         "code": _CODES.get(failure.code, failure.code),
-        "type": _TYPES.get(failure.status, "api_error"),
+        "type": common.error_type(failure.status),
         "message": failure.message,
         "details": failure.details or {},
     }
@@ -183,7 +173,7 @@ async def create_session(
     metadata = {**(body.metadata or {}), **({"name": body.name} if body.name else {})}
 
     # a stream's slot is taken first: past the tenant's limit, nothing is created
-    release = deps.stream_slot(request, tenant) if body.stream else None
+    release = await deps.stream_slot(request, tenant) if body.stream else None
 
     async def handler() -> Response:
         session, turn = await svc.create_session(tenant, agent_id, metadata, text)
@@ -245,7 +235,7 @@ async def get_session(
     if not stream:
         return await _answer(svc, tenant, session.id)
     start = gumloop_stream.Cursor.parse(last_cursor or "0")
-    release = deps.stream_slot(request, tenant)
+    release = await deps.stream_slot(request, tenant)
     busy = session.status in (domain.SessionStatus.RUNNING, domain.SessionStatus.QUEUED)
     if busy and session.last_turn is not None:
         return await gumloop_stream.follow_turn(
@@ -301,7 +291,7 @@ async def send_message(
             return await _answer(svc, tenant, session_id)
 
         return await common.idempotent(request, svc, tenant, start)
-    release = deps.stream_slot(request, tenant)  # first: past the limit, nothing starts
+    release = await deps.stream_slot(request, tenant)  # first: past the limit, nothing starts
     try:
         before = (await svc.get_session(tenant, session_id)).last_event_seq
         turn = await svc.start_turn(tenant, session_id, text, domain.OnBusy.REJECT)
@@ -409,7 +399,7 @@ async def _resolve_then_follow(
     _, turn_id = await _resolve(request, svc, tenant, before.id, body.approval_responses)
     if not body.stream:
         return await _answer(svc, tenant, session_id)
-    release = deps.stream_slot(request, tenant)
+    release = await deps.stream_slot(request, tenant)
     return await gumloop_stream.follow_turn(
         svc,
         tenant,

@@ -26,8 +26,8 @@ from tether.auth import Principal, Role
 from tether.service import Service
 
 Svc = Annotated[Service, Depends(deps.service)]
-Reader = Annotated[str, Depends(edge.tenant_for(Role.READ))]
-Writer = Annotated[str, Depends(edge.tenant_for(Role.WRITE))]
+Reader = Annotated[str, Depends(deps.tenant_for(Role.READ, edge.caller))]
+Writer = Annotated[str, Depends(deps.tenant_for(Role.WRITE, edge.caller))]
 SessionId = Annotated[str, Path(pattern=ids.SESSION_PATTERN)]
 TurnId = Annotated[str, Path(pattern=ids.pattern("turn"))]
 
@@ -375,9 +375,9 @@ async def _stream(
         request.path_params["session_id"],
         context_from,
         turn_id=turn_id,
-        idle_s=deps.node_of(request).settings.sse_ping_s,
+        idle_s=(await deps.node(request)).settings.sse_ping_s,
     )
-    release = deps.stream_slot(request, tenant)
+    release = await deps.stream_slot(request, tenant)
     translator = wire.EventTranslator(tenant)
 
     async def translated() -> AsyncGenerator[list[streaming.Frame], None]:
