@@ -121,10 +121,10 @@ class Node:
         if self.api:
             await check_exposure(settings, self.keys)
             if settings.demo_agent:
-                await self.service.upsert_agent(DEFAULT_TENANT, DEMO_AGENT)
+                await self.service.agents.upsert(DEFAULT_TENANT, DEMO_AGENT)
             if settings.agents_file:
                 for spec in load_agents_file(settings.agents_file):
-                    await self.service.upsert_agent(DEFAULT_TENANT, spec)
+                    await self.service.agents.upsert(DEFAULT_TENANT, spec)
             self.stream_watch.start()
             opened.push_async_callback(self.stream_watch.stop)
         if settings.workers > 0:
@@ -134,7 +134,12 @@ class Node:
             opened.push_async_callback(self.reaper.stop)
             self.worker = Worker(self.store, self.bus, self.tools, settings)
             await self.worker.start()
-            opened.push_async_callback(self.worker.stop, settings.shutdown_grace_s)
+            opened.push_async_callback(self._stop_worker)
+
+    async def _stop_worker(self) -> None:
+        """The worker this node runs when it stops (one may have replaced the first)."""
+        if self.worker is not None:
+            await self.worker.stop(grace_s=self.settings.shutdown_grace_s)
 
     async def stop(self) -> None:
         await self._opened.aclose()

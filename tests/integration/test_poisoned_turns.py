@@ -96,7 +96,7 @@ async def test_poisoned_turns_do_not_delay_another_tenant(server: Server, api: A
 async def test_failing_turns_do_not_delay_another_tenant(server: Server, api: Api) -> None:
     svc = server.node.service
     spec = domain.AgentSpec(name="failing", model=domain.ModelSpec(fail="scripted failure"))
-    await svc.create_agent("failer", spec)
+    await svc.agents.create("failer", spec)
     failing = [await svc.create_session("failer", "failing", None, "go") for _ in range(FIFTY)]
     _assert_prompt(await _prompt_turn(api))
 

@@ -52,7 +52,7 @@ async def create_agent(
     request: Request, body: domain.AgentSpec, svc: Svc, tenant: Admin
 ) -> Response:
     async def handler() -> Response:
-        agent = await svc.create_agent(tenant, body)
+        agent = await svc.agents.create(tenant, body)
         await audit(request, "agent.create", agent.id)
         return JSONResponse(views.agent(agent), status_code=201)
 
@@ -63,7 +63,7 @@ async def create_agent(
 async def list_agents(
     svc: Svc, tenant: Reader, limit: Limit = 50, cursor: str | None = None
 ) -> dict[str, Any]:
-    page = await svc.list_agents(tenant, limit, cursor)
+    page = await svc.agents.page(tenant, limit, cursor)
     return schemas.page(page, views.agent)
 
 
@@ -71,7 +71,7 @@ async def list_agents(
     "/agents/{agent_id}", response_model=schemas.AgentOut, responses=_ERRORS, tags=["agents"]
 )
 async def get_agent(agent_id: AgentId, svc: Svc, tenant: Reader) -> dict[str, Any]:
-    return views.agent(await svc.get_agent(tenant, agent_id))
+    return views.agent(await svc.agents.get(tenant, agent_id))
 
 
 @router.patch(
@@ -81,14 +81,14 @@ async def update_agent(
     request: Request, agent_id: AgentId, body: schemas.AgentPatch, svc: Svc, tenant: Admin
 ) -> dict[str, Any]:
     changes = body.changes()
-    agent = await svc.update_agent(tenant, agent_id, changes)
+    agent = await svc.agents.update(tenant, agent_id, changes)
     await audit(request, "agent.update", agent_id, fields=sorted(changes))
     return views.agent(agent)
 
 
 @router.delete("/agents/{agent_id}", status_code=204, responses=_ERRORS, tags=["agents"])
 async def delete_agent(request: Request, agent_id: AgentId, svc: Svc, tenant: Admin) -> Response:
-    await svc.delete_agent(tenant, agent_id)
+    await svc.agents.delete(tenant, agent_id)
     await audit(request, "agent.delete", agent_id)
     return Response(status_code=204)
 

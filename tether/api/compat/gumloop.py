@@ -134,7 +134,7 @@ async def _transcript(svc: Service, tenant: str, session_id: str) -> list[domain
 
 async def _full(svc: Service, tenant: str, session: domain.Session) -> dict[str, Any]:
     """The whole `session` object: transcript, agent, and the asks it waits on."""
-    agent = await svc.get_agent(tenant, session.agent_id)
+    agent = await svc.agents.get(tenant, session.agent_id)
     messages = await _transcript(svc, tenant, session.id)
     pending = None
     if session.status is domain.SessionStatus.WAITING:
@@ -211,7 +211,7 @@ async def list_sessions(
 ) -> dict[str, Any]:
     """The agent's sessions, newest first. `state` filters each page (a page may come back
     short of `page_size`; follow `next_cursor`)."""
-    agent = await svc.get_agent(tenant, agent_id)
+    agent = await svc.agents.get(tenant, agent_id)
     page = await svc.list_sessions(tenant, page_size, cursor, None, agent.id)
     sessions = [gumloop_views.envelope(s, agent) for s in page.items]
     if state is not None:

@@ -106,7 +106,7 @@ class Subscribe(_In):
 
 async def _session_out(svc: Service, tenant: str, session: domain.Session) -> dict[str, Any]:
     try:
-        name = (await svc.get_agent(tenant, session.agent_id)).spec.name
+        name = (await svc.agents.get(tenant, session.agent_id)).spec.name
     except errors.NotFound:  # a deleted agent's sessions stay readable
         name = session.agent_id
     return wire.session(views.session(session), name, tenant)
@@ -116,7 +116,7 @@ async def _session_out(svc: Service, tenant: str, session: domain.Session) -> di
 async def create_session(
     request: Request, body: SessionCreate, svc: Svc, tenant: Writer
 ) -> dict[str, Any]:
-    agent = await svc.find_agent(tenant, body.agent_name)
+    agent = await svc.agents.find(tenant, body.agent_name)
     session, _ = await svc.create_session(tenant, agent.id)
     await deps.audit(request, "session.create", session.id)
     return {"data": wire.session(views.session(session), agent.spec.name, tenant)}
@@ -143,7 +143,7 @@ async def list_sessions(
     start_timestamp: str | None = None,
     end_timestamp: str | None = None,
 ) -> dict[str, Any]:
-    agent = await svc.find_agent(tenant, agent_name)
+    agent = await svc.agents.find(tenant, agent_name)
     start = _timestamp(start_timestamp, "start_timestamp")
     end = _timestamp(end_timestamp, "end_timestamp")
     found: list[domain.Session] = []
