@@ -83,6 +83,12 @@ class Execution:
                 await self._end(end)
         except errors.LeaseLost:
             log.info("turn %s: lease lost, abandoning", self.turn.id)
+        except errors.Unavailable as exc:
+            # an outage is not the turn's fault: its lease runs out and another attempt
+            # resumes it from its last checkpoint
+            log.warning(
+                "turn %s: the store is unavailable (%s), left to its lease", self.turn.id, exc
+            )
         except asyncio.CancelledError:
             if self.worker.stopping and not self.lease_lost:
                 await self.worker.hand_back(self)
@@ -118,7 +124,7 @@ class Execution:
         except errors.TurnFailure as exc:
             error = domain.TurnError(exc.code or exc.reason, exc.message)
             return domain.TurnEnd(TurnStatus.FAILED, exc.reason, error)
-        except errors.LeaseLost:
+        except (errors.LeaseLost, errors.Unavailable):
             raise
         except Exception as exc:
             log.exception("turn %s crashed", turn.id)
