@@ -157,10 +157,15 @@ class Node:
             opened.push_async_callback(self.reaper.stop)
             self.worker = Worker(self.store, self.bus, self.tools, settings)
             await self.worker.start()
-            opened.push_async_callback(self.worker.stop, settings.shutdown_grace_s)
+            # whichever worker the node holds when it stops (a test may swap it)
+            opened.push_async_callback(self._stop_worker)
 
     async def stop(self) -> None:
         await self._opened.aclose()
+
+    async def _stop_worker(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop(grace_s=self.settings.shutdown_grace_s)
 
 
 def _lock_data_dir(data_dir: Path) -> IO[Any]:
