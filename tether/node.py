@@ -134,15 +134,15 @@ class Node:
             opened.push_async_callback(self.reaper.stop)
             self.worker = Worker(self.store, self.bus, self.tools, settings)
             await self.worker.start()
+            # whichever worker the node holds when it stops (a test may swap it)
             opened.push_async_callback(self._stop_worker)
-
-    async def _stop_worker(self) -> None:
-        """The worker this node runs when it stops (one may have replaced the first)."""
-        if self.worker is not None:
-            await self.worker.stop(grace_s=self.settings.shutdown_grace_s)
 
     async def stop(self) -> None:
         await self._opened.aclose()
+
+    async def _stop_worker(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop(grace_s=self.settings.shutdown_grace_s)
 
 
 def stop_on_signals() -> asyncio.Event:
