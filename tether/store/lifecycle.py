@@ -46,10 +46,20 @@ from tether.store.schema import (
 from tether.store.session_write import IS_HELD, IS_UNFINISHED, SessionWrite
 
 INVALID_TURN = "invalid_turn"  # reason and error code of a turn that could never be started
-_UNFINISHED = select(turns).where(turns.c.session_id == bindparam("sid"), IS_UNFINISHED)
-_QUEUED = select(turns).where(
-    turns.c.session_id == bindparam("sid"),
-    guards.status_in(turns.c.status, {TurnStatus.QUEUED}),
+# a session's turns, oldest first (statements built once: building costs more than running)
+_UNFINISHED = (
+    select(turns).where(turns.c.session_id == bindparam("sid"), IS_UNFINISHED).order_by(turns.c.seq)
+)
+_ANY_UNFINISHED = (
+    select(turns.c.id).where(turns.c.session_id == bindparam("sid"), IS_UNFINISHED).limit(1)
+)
+_QUEUED = (
+    select(turns)
+    .where(
+        turns.c.session_id == bindparam("sid"),
+        guards.status_in(turns.c.status, {TurnStatus.QUEUED}),
+    )
+    .order_by(turns.c.seq)
 )
 
 
@@ -71,7 +81,8 @@ _END = {
         reason=func.coalesce(bindparam("reason", type_=String), turns.c.reason),
         error=bindparam("error", type_=Json),
         finished_at=bindparam("now", type_=UTCDateTime),
-        **RELEASED,
+        claim_token=None,  # the worker id stays: who ran it
+        lease_expires_at=None,
     )
     .returning(*turns.c)
     for move in (TurnMove.COMPLETE, TurnMove.FAIL, TurnMove.END_STOPPED)
@@ -125,7 +136,7 @@ class Lifecycle:
                 update(sessions).where(sessions.c.id == session_id).values(closed_at=sw.now)
             )
             sw.closed = True
-            for row in sw.conn.execute(_QUEUED.order_by(turns.c.seq), {"sid": sw.id}).all():
+            for row in sw.conn.execute(_QUEUED, {"sid": sw.id}).all():
                 stop_turn(sw, rows.turn(row), domain.StopMode.INTERRUPT, "session_closed")
 
         await self.db.session_write(session_id, body, tenant_id)
@@ -454,7 +465,7 @@ def stop_turn(
 
 def stop_all(sw: SessionWrite, mode: domain.StopMode, reason: str) -> list[str]:
     """Stop every unfinished turn of the session; answers the executors to wake."""
-    unfinished = sw.conn.execute(_UNFINISHED.order_by(turns.c.seq), {"sid": sw.id}).all()
+    unfinished = sw.conn.execute(_UNFINISHED, {"sid": sw.id}).all()
     woken = [stop_turn(sw, rows.turn(r), mode, reason) for r in unfinished]
     return [w for w in woken if w]
 
@@ -480,12 +491,12 @@ def ended(sw: SessionWrite, row: Row[Any], interrupted: Collection[str] = ()) ->
 
 
 def _unfinished(sw: SessionWrite) -> bool:
-    return sw.conn.execute(_UNFINISHED.limit(1), {"sid": sw.id}).first() is not None
+    return sw.conn.execute(_ANY_UNFINISHED, {"sid": sw.id}).first() is not None
 
 
 def _target(sw: SessionWrite) -> domain.Turn | None:
     """The session's active turn, or else the head of its queue."""
-    unfinished = sw.conn.execute(_UNFINISHED.order_by(turns.c.seq), {"sid": sw.id}).all()
+    unfinished = sw.conn.execute(_UNFINISHED, {"sid": sw.id}).all()
     active = [r for r in unfinished if r.status in domain.ACTIVE]
     chosen = active[0] if active else (unfinished[0] if unfinished else None)
     return rows.turn(chosen) if chosen is not None else None
