@@ -86,7 +86,7 @@ class BusTap:
     turn starts; read `tap.log`; `await tap.close()`."""
 
     def __init__(self, url: str, prefix: str) -> None:
-        self.keys = keys.Keys(prefix)
+        self.names = keys.Names(prefix)
         self._redis = aioredis.from_url(url, decode_responses=True)
         self._pubsub = self._redis.pubsub()
         self._confirmed: dict[str, asyncio.Future[None]] = {}
@@ -97,7 +97,7 @@ class BusTap:
     async def watch(self, session_id: str) -> None:
         """Subscribe to the session's channel; returns once Redis confirmed it, so everything
         published afterwards is seen."""
-        channel = self.keys.session(session_id)
+        channel = self.names.session(session_id)
         confirmed = self._confirmed[channel] = asyncio.get_running_loop().create_future()
         await self._pubsub.subscribe(channel)
         if self._reader is None:  # a pubsub connection can only be read once subscribed
@@ -118,7 +118,7 @@ class BusTap:
             raise RuntimeError(f"the bus tap stopped reading: {exc!r}") from exc
 
     async def _read(self) -> None:
-        prefix = self.keys.session("")
+        prefix = self.names.session("")
         while True:
             message: dict[str, Any] | None = await self._pubsub.get_message(timeout=1.0)
             if message is None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import uvloop
 
-from bench import bustap, goals, profile
+from bench import bustap, goals, procs, profile
 from bench.__main__ import RESULTS, add_quiet_options, code_version, quiet_options
 from bench.client import Connection, Stream, create_session, stream_turn
 from bench.scenarios import in_client_process, percentile
@@ -88,13 +88,7 @@ class FakeProvider:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        procs.stop(self.proc)
 
 
 # --- the stops (in a client process) ----------------------------------------------------------

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from bench import procs
+
 SAMPLE_S = 0.1
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -138,13 +140,7 @@ class Server:
                 self.spy.wait(30)
             except subprocess.TimeoutExpired:
                 self.spy.kill()
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        procs.stop(self.proc)
         if kind is not None:
             sys.stderr.write(f"--- server log (tail) ---\n{self.log_tail()}\n")
         shutil.rmtree(self.data_dir, ignore_errors=True)

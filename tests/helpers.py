@@ -122,7 +122,7 @@ async def store_snapshot(server: Server) -> dict[str, Any]:
             for table in schema.metadata.sorted_tables
         }
 
-    return await server.node.store.runner.run(read, write=False)  # type: ignore[no-any-return]
+    return await server.node.store.db.read(read)  # type: ignore[no-any-return]
 
 
 async def wait_for(

@@ -166,6 +166,7 @@ def keys_create(
     as_json: common.AsJson = False,
 ) -> None:
     """Create a key and print it, once: only its hash is stored."""
+    from tether import views
     from tether.auth import Role
 
     if role.upper() not in Role.__members__:
@@ -173,7 +174,7 @@ def keys_create(
     url = _store_url(store, data_dir, create)
     info, key = _with_keys(url, lambda keys: keys.create(tenant, Role[role.upper()], name))
     if as_json:
-        common.print_json({**info.view(), "key": key})
+        common.print_json({**views.api_key(info), "key": key})
         return
     console.print(f"created {info.id} (tenant {tenant}, role {role}); the key, shown this once:")
     print(key)
@@ -184,14 +185,16 @@ def keys_list(
     store: StoreOption = None, data_dir: DataDirOption = None, as_json: common.AsJson = False
 ) -> None:
     """List keys (never their secrets)."""
+    from tether import views
+
     url = _store_url(store, data_dir)
     page = _with_keys(url, lambda keys: keys.list())
-    views = [k.view() for k in page.items]
+    shown = [views.api_key(k) for k in page.items]
     if as_json:
-        common.print_json(views)
+        common.print_json(shown)
         return
     grid = common.Grid("id", "tenant", "role", "name", "prefix", "last used", "state", ids=["id"])
-    for view in views:
+    for view in shown:
         grid.add_row(
             view["id"],
             view["tenant_id"],
@@ -212,10 +215,12 @@ def keys_revoke(
     as_json: common.AsJson = False,
 ) -> None:
     """Revoke a key: it stops working within seconds."""
+    from tether import views
+
     url = _store_url(store, data_dir)
     info = _with_keys(url, lambda keys: keys.revoke(key_id))
     if as_json:
-        common.print_json(info.view())
+        common.print_json(views.api_key(info))
         return
     console.print(f"revoked {key_id}")
 

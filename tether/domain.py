@@ -18,6 +18,8 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from tether import ids
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -37,35 +39,27 @@ class TurnStatus(enum.StrEnum):
         return self in TERMINAL
 
 
+class InterruptStatus(enum.StrEnum):
+    PENDING = "pending"
+    RESOLVED = "resolved"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class ToolRunStatus(enum.StrEnum):
+    """A tool call in the ledger (DESIGN §5). No row yet: the call has not been reached."""
+
+    STARTED = "started"  # about to run, or running; after a crash: may or may not have run
+    PAUSED = "paused"  # waits on an interrupt
+    FINISHED = "finished"  # its result is in the transcript
+
+
 TERMINAL = frozenset({TurnStatus.COMPLETED, TurnStatus.FAILED, TurnStatus.CANCELLED})
 # A turn in one of these holds its session: no other turn of the session may start.
 ACTIVE = frozenset({TurnStatus.RUNNING, TurnStatus.CANCELLING, TurnStatus.WAITING})
 UNFINISHED = ACTIVE | {TurnStatus.QUEUED}
-
-# from -> allowed targets. Terminal states have no exits: the first terminal write wins.
-TRANSITIONS: dict[TurnStatus, frozenset[TurnStatus]] = {
-    TurnStatus.QUEUED: frozenset({TurnStatus.RUNNING, TurnStatus.CANCELLED}),
-    TurnStatus.RUNNING: frozenset(
-        {
-            TurnStatus.COMPLETED,
-            TurnStatus.FAILED,
-            TurnStatus.CANCELLING,
-            TurnStatus.CANCELLED,
-            TurnStatus.WAITING,
-            TurnStatus.QUEUED,  # lease expired: back to the queue, resume from checkpoint
-        }
-    ),
-    TurnStatus.CANCELLING: frozenset({TurnStatus.CANCELLED}),
-    TurnStatus.WAITING: frozenset({TurnStatus.QUEUED, TurnStatus.CANCELLED, TurnStatus.FAILED}),
-    TurnStatus.COMPLETED: frozenset(),
-    TurnStatus.FAILED: frozenset(),
-    TurnStatus.CANCELLED: frozenset(),
-}
-
-
-def sources_of(target: TurnStatus) -> tuple[TurnStatus, ...]:
-    """The states from which `target` may be written: the guard of a guarded update."""
-    return tuple(src for src, targets in TRANSITIONS.items() if target in targets)
+# A worker holds these under a lease (and a claim token).
+HELD = frozenset({TurnStatus.RUNNING, TurnStatus.CANCELLING})
 
 
 class SessionStatus(enum.StrEnum):
@@ -261,13 +255,6 @@ class AgentSpec(BaseModel):
         return cls.model_validate(data, context=STORED)
 
 
-class InterruptStatus(enum.StrEnum):
-    PENDING = "pending"
-    RESOLVED = "resolved"
-    EXPIRED = "expired"
-    CANCELLED = "cancelled"
-
-
 @dataclass(slots=True)
 class Interrupt:
     """A pause for outside input (DESIGN §4): the lleverage SDK's Interrupt fields, snake_case,
@@ -300,9 +287,32 @@ class InterruptRequest:
     tool_name: str
     request: dict[str, Any]
     ttl_s: float | None = None
+    on_expire: str = "deny"  # the agent's: what an expiry does to the turn
 
 
 # --- stored records ------------------------------------------------------------------------
+
+
+class Role(enum.IntEnum):
+    """What an API key may do; each role may do all that the ones below it may."""
+
+    READ = 1
+    WRITE = 2
+    ADMIN = 3
+
+
+@dataclass(slots=True)
+class ApiKey:
+    """An API key as kept: never the key itself (DESIGN §8)."""
+
+    id: str
+    tenant_id: str
+    role: Role
+    name: str | None
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -402,9 +412,24 @@ class ToolCall:
         return {"id": self.id, "name": self.name, "arguments": self.arguments}
 
 
+class ToolOutcome(enum.StrEnum):
+    """What became of a tool call: the `outcome` of its `tool.completed` event."""
+
+    COMPLETED = "completed"  # it ran; its result is kept
+    ERROR = "error"  # it failed, or could not be called: the model reads why
+    DENIED = "denied"  # the approver said no
+    EXPIRED = "expired"  # its interrupt expired unanswered
+    UNKNOWN = "unknown"  # it may have run before a crash; not run again
+    INTERRUPTED = "interrupted"  # it was running when the turn stopped
+    NOT_RUN = "not_run"  # the turn ended before it ran
+
+
 class MessageStatus(enum.StrEnum):
     COMPLETED = "completed"
     INTERRUPTED = "interrupted"
+
+
+MessageRole = Literal["user", "assistant", "tool", "system"]
 
 
 @dataclass(slots=True)
@@ -413,7 +438,7 @@ class Message:
     session_id: str
     turn_id: str
     seq: int
-    role: Literal["user", "assistant", "tool", "system"]
+    role: MessageRole
     content: str | None
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_id: str | None = None
@@ -424,6 +449,62 @@ class Message:
     # sent back verbatim on the next call (Anthropic's signed thinking blocks must be). Never
     # shown by the API: it carries opaque signatures and the model's reasoning.
     provider_data: dict[str, Any] | None = None
+
+    @classmethod
+    def tool_result(cls, session_id: str, turn_id: str, call: ToolCall, content: str) -> Message:
+        """A tool call's result, for the model; numbered when the store appends it."""
+        return cls(
+            id=ids.new("msg"),
+            session_id=session_id,
+            turn_id=turn_id,
+            seq=0,
+            role="tool",
+            content=content,
+            tool_call_id=call.id,
+            name=call.name,
+        )
+
+
+@dataclass(slots=True)
+class ToolResult:
+    """A tool call's result message (role `tool`) and what became of the call."""
+
+    message: Message
+    outcome: ToolOutcome
+
+
+@dataclass(slots=True)
+class TurnEnd:
+    """How a turn ends. A stop's end with no `reason` takes the requested stop's own."""
+
+    status: TurnStatus
+    reason: str | None = None
+    error: TurnError | None = None
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """What one step of a turn makes durable, all in one transaction (DESIGN §5): the step's
+    messages, the calls about to run, the results of those that ran, and whether the turn
+    goes on, waits on interrupts, or ends. The executor's one way to write."""
+
+    usage: Usage
+    step_done: bool = False  # a model call or a tool batch completed: the step counter moves
+    messages: list[Message] = field(default_factory=list)  # assistant messages
+    started: list[ToolCall] = field(default_factory=list)  # calls about to run
+    results: list[ToolResult] = field(default_factory=list)
+    waits: bool = False  # the turn pauses: it waits on interrupts, holding no worker
+    asks: list[InterruptRequest] = field(default_factory=list)  # the interrupts to create
+    end: TurnEnd | None = None
+    interrupted: list[str] = field(default_factory=list)  # calls in flight when it stopped
+
+
+@dataclass(slots=True)
+class ResumeState:
+    """What the store knows of an earlier attempt of a turn's tool calls."""
+
+    interrupts: dict[str, list[Interrupt]] = field(default_factory=dict)  # by call id, in order
+    started: set[str] = field(default_factory=set)  # left `started` by a crash
 
 
 @dataclass(slots=True)

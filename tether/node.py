@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import signal
 from collections import Counter
 from pathlib import Path
-from typing import IO, Any
 
 import yaml
 
@@ -20,8 +17,7 @@ from tether.bus import Bus, LocalBus
 from tether.config import Settings
 from tether.runtime.tools import ToolRegistry, builtin_registry, load_tools
 from tether.service import DEFAULT_TENANT, Service
-from tether.store import Leases, Store, open_store
-from tether.store.audit import AuditLog
+from tether.store import Store, open_store
 from tether.worker import Reaper, Worker
 
 log = logging.getLogger("tether")
@@ -46,18 +42,6 @@ DEMO_AGENT = domain.AgentSpec(
     ),
     tools=[domain.ToolSpec(name="get_time"), domain.ToolSpec(name="sleep")],
 )
-
-
-class DataDirLocked(errors.TetherError):
-    """Another Tether process is using this data directory."""
-
-    code = "data_dir_locked"
-
-
-class DataDirUnusable(errors.TetherError):
-    """The data directory cannot be created or written."""
-
-    code = "data_dir_unusable"
 
 
 class RefuseToStart(errors.TetherError):
@@ -107,10 +91,6 @@ class Node:
         """Whether a request without a key is refused: the gate's decision."""
         return await self.gate.required()
 
-    @property
-    def embedded(self) -> bool:
-        return self.settings.embedded
-
     async def start(self) -> None:
         """Open everything, in order; a failure closes what was opened and raises."""
         try:
@@ -121,33 +101,30 @@ class Node:
 
     async def _start(self) -> None:
         settings, opened = self.settings, self._opened
-        if self.embedded:
-            lock = _lock_data_dir(settings.data_dir)
-            opened.callback(lock.close)
         self.bus = await open_bus(settings)
         opened.push_async_callback(self.bus.close)
         self.store = await open_store(
             settings.resolved_store_url,
             on_commit=self.bus.publish_events,
             pool_size=settings.store_pool_size,
+            serve=True,
         )
         opened.push_async_callback(self.store.close)
-        self.service = Service(self.store, self.bus, self.tools, settings.zone, settings)
+        self.service = Service(self.store, self.bus, self.tools, settings)
         self.keys = Keys(self.store)
         self.gate = gate.Gate(settings, self.keys)
         self.stream_watch = gate.StreamWatch(self.gate)
         self.keys.on_revoke = self.stream_watch.kick
-        self.audit = AuditLog(self.store)
-        if self.embedded:
-            # we hold the data dir: every lease in the store belongs to a dead process
-            await Leases(self.store).expire_all_leases()
+        if self.store.exclusive:
+            # the store's only server: every lease in it belongs to a dead process
+            await self.store.leases.expire_all()
         if self.api:
             await check_exposure(settings, self.keys)
             if settings.demo_agent:
-                await self.service.upsert_agent(DEFAULT_TENANT, DEMO_AGENT)
+                await self.service.agents.upsert(DEFAULT_TENANT, DEMO_AGENT)
             if settings.agents_file:
                 for spec in load_agents_file(settings.agents_file):
-                    await self.service.upsert_agent(DEFAULT_TENANT, spec)
+                    await self.service.agents.upsert(DEFAULT_TENANT, spec)
             self.stream_watch.start()
             opened.push_async_callback(self.stream_watch.stop)
         if settings.workers > 0:
@@ -166,28 +143,6 @@ class Node:
     async def _stop_worker(self) -> None:
         if self.worker is not None:
             await self.worker.stop(grace_s=self.settings.shutdown_grace_s)
-
-
-def _lock_data_dir(data_dir: Path) -> IO[Any]:
-    """Hold the data dir for this process (released when the answer is closed)."""
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(data_dir / "tether.lock", "a+")  # noqa: SIM115 - held for the process life
-    except FileExistsError as exc:
-        raise DataDirUnusable(f"data dir {data_dir} is a file, not a directory") from exc
-    except NotADirectoryError as exc:
-        raise DataDirUnusable(f"data dir {data_dir} is under a file, not a directory") from exc
-    except OSError as exc:
-        raise DataDirUnusable(f"data dir {data_dir} is not writable: {exc.strerror}") from exc
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        lock.close()
-        raise DataDirLocked(f"another tether process is using the data dir {data_dir}") from exc
-    lock.truncate(0)
-    lock.write(str(os.getpid()))
-    lock.flush()
-    return lock
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -180,3 +180,15 @@ def loads_stored(text: str) -> Any:
     except RecursionError:
         return None
     return sanitize(value) if _suspicious(text) else value
+
+
+def check_metadata(metadata: dict[str, Any] | None, what: str, limit: int) -> None:
+    """Metadata rides along with every read of its object: bounded (DESIGN §8)."""
+    if not metadata:
+        return
+    size = len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > limit:
+        raise errors.MetadataTooLarge(
+            f"{what} metadata is {size} bytes as JSON; the limit is {limit}",
+            details={"size": size, "limit": limit},
+        )

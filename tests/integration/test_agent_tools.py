@@ -43,7 +43,7 @@ async def test_a_stored_agent_with_duplicates_asks_for_approval(
             "tools": DUPLICATES,
         }
     )
-    agent = await server.node.store.create_agent("default", spec)
+    agent = await server.node.store.agents.create("default", spec)
     sid = await api.session(agent.id)
     await api.turn(sid, "go")
 

@@ -18,7 +18,8 @@ from tests.helpers import Server, running_server, wait_for
 from tether import ids
 from tether.api import admin, v1
 from tether.api.compat import factory, gumloop, truefoundry
-from tether.auth import KeyInfo, Keys, Role
+from tether.auth import Keys, Role
+from tether.domain import ApiKey
 from tether.store import open_store
 
 SESSION = f"{ids.new_ulid()}.local"
@@ -48,7 +49,7 @@ def every_route() -> list[tuple[str, str]]:
     return routes
 
 
-async def make_key(tmp: Path, role: Role = Role.ADMIN) -> tuple[KeyInfo, str]:
+async def make_key(tmp: Path, role: Role = Role.ADMIN) -> tuple[ApiKey, str]:
     """A key made the way `tether keys create` makes one: straight in the store."""
     store = await open_store(helpers.settings_for(tmp).resolved_store_url)
     try:

@@ -321,9 +321,11 @@ async def _stored_directly(
     """A session written straight to the store, past the edge, as a bug or an older version
     could have written it."""
     store = server.node.store
-    agent_id = (await store.get_agent("default", agent)).id
-    session, _ = await store.create_session("default", agent_id, "local", metadata, first)
-    return session.id
+    agent_id = (await store.agents.get("default", agent)).id
+    session_id, _ = await store.lifecycle.create_session(
+        "default", agent_id, "local", metadata, first
+    )
+    return session_id
 
 
 async def test_stored_data_cannot_make_reads_fail(
@@ -336,7 +338,7 @@ async def test_stored_data_cannot_make_reads_fail(
     made = [deep]
     if not CLUSTER:
         made.append(await _stored_directly(server, {"k\ud800": "v\udfff"}))
-    demo = (await server.node.store.get_agent("default", "demo")).id
+    demo = (await server.node.store.agents.get("default", "demo")).id
     for path in ["/v1/sessions", f"{FACTORY}/sessions", f"{GUMLOOP}/agents/{demo}/sessions"]:
         r = await client.get(path)
         assert r.status_code == 200, (path, r.text)

@@ -218,7 +218,7 @@ async def test_bad_params_that_reach_a_turn_fail_it_as_a_provider_error(
             },
         }
     )
-    agent = await server.node.store.create_agent("default", spec)
+    agent = await server.node.store.agents.create("default", spec)
     sid = await api.session(agent.id)
     done = await api.wait_turn(sid, (await api.turn(sid, "hi"))["id"])
     assert done["status"] == "failed", done

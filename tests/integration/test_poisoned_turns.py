@@ -34,14 +34,14 @@ async def _poison(server: Server, tenant: str, count: int) -> list[tuple[str, st
     """`count` sessions of `tenant`, each with one queued turn that cannot start."""
     store = server.node.store
     spec = domain.AgentSpec(name=f"poisoned-{tenant}", model=domain.ModelSpec(reply="hi"))
-    agent = await store.create_agent(tenant, spec)
+    agent = await store.agents.create(tenant, spec)
     made = []
     for i in range(count):
-        session, turn = await store.create_session(
+        session_id, turn = await store.lifecycle.create_session(
             tenant, agent.id, "local", {}, POISONS[i % len(POISONS)]
         )
         assert turn is not None
-        made.append((session.id, turn.id))
+        made.append((session_id, turn.id))
     return made
 
 
@@ -68,7 +68,7 @@ async def test_poisoned_turns_do_not_delay_another_tenant(server: Server, api: A
     max_attempts = server.node.settings.max_attempts
 
     async def all_failed() -> list[domain.Turn] | None:
-        turns = [await store.get_turn(POISONER, sid, tid) for sid, tid in poisoned]
+        turns = [await store.sessions.turn(POISONER, sid, tid) for sid, tid in poisoned]
         return turns if all(t.status.terminal for t in turns) else None
 
     for turn in await wait_for(all_failed, 30, "the poisoned turns to end"):
@@ -80,14 +80,14 @@ async def test_poisoned_turns_do_not_delay_another_tenant(server: Server, api: A
         assert turn.started_at is None  # it never ran
     # each ended the normal way: its session is at rest and takes new work
     sid, _ = poisoned[0]
-    session = await store.get_session(POISONER, sid)
+    session = await store.sessions.get(POISONER, sid)
     assert session.status is domain.SessionStatus.IDLE
-    events = await store.events_after(sid, 0, 100)
+    events = await store.sessions.events_after(sid, 0, 100)
     assert [e.type for e in events if e.type is domain.EventType.TURN_FAILED]
     turn = await server.node.service.start_turn(POISONER, sid, "now something valid")
 
     async def ended() -> domain.Turn | None:
-        current = await store.get_turn(POISONER, sid, turn.id)
+        current = await store.sessions.turn(POISONER, sid, turn.id)
         return current if current.status.terminal else None
 
     assert (await wait_for(ended, 20, "a valid turn")).status is domain.TurnStatus.COMPLETED
@@ -96,7 +96,7 @@ async def test_poisoned_turns_do_not_delay_another_tenant(server: Server, api: A
 async def test_failing_turns_do_not_delay_another_tenant(server: Server, api: Api) -> None:
     svc = server.node.service
     spec = domain.AgentSpec(name="failing", model=domain.ModelSpec(fail="scripted failure"))
-    await svc.create_agent("failer", spec)
+    await svc.agents.create("failer", spec)
     failing = [await svc.create_session("failer", "failing", None, "go") for _ in range(FIFTY)]
     _assert_prompt(await _prompt_turn(api))
 
@@ -127,7 +127,7 @@ async def test_stopping_a_poisoned_session_is_a_normal_answer(
     for (sid, tid), (path, body) in zip(sessions, stops, strict=True):
         r = await client.post(path.format(sid=sid, tid=tid), json=body)
         assert r.status_code == 200, (path, r.text)
-        current = await server.node.store.get_turn("default", sid, tid)
+        current = await server.node.store.sessions.turn("default", sid, tid)
         assert current.status in (domain.TurnStatus.CANCELLED, domain.TurnStatus.FAILED)
 
 
@@ -138,7 +138,7 @@ async def test_one_attempt_is_enough_when_configured(tmp_path: Path) -> None:
         server.node.bus.notify_work()
 
         async def failed() -> domain.Turn | None:
-            turn = await server.node.store.get_turn("default", sid, tid)
+            turn = await server.node.store.sessions.turn("default", sid, tid)
             return turn if turn.status.terminal else None
 
         turn = await wait_for(failed, 20, "the poisoned turn to fail")

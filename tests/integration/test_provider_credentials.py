@@ -135,7 +135,7 @@ async def test_agents_files_are_held_to_the_same_rules(server: Server, tmp_path:
     )
     [spec] = load_agents_file(path)
     with pytest.raises(errors.ProviderKeyEnvNotAllowed):
-        await server.node.service.upsert_agent("default", spec)
+        await server.node.service.agents.upsert("default", spec)
     path.write_text("- name: x\n  model: {provider: openai, model: m, api_key: sk-f1le, x: 1}\n")
     with pytest.raises(errors.InvalidAgent) as refused:
         load_agents_file(path)
@@ -226,9 +226,8 @@ async def test_own_key_is_sent_and_never_shown(
         ]
         for text in shown:
             assert own not in text
-        stored = await srv.node.store.runner.run(
-            lambda conn: conn.execute(select(agents.c.spec).where(agents.c.id == agent_id)).one(),
-            write=False,
+        stored = await srv.node.store.db.read(
+            lambda conn: conn.execute(select(agents.c.spec).where(agents.c.id == agent_id)).one()
         )
         assert own not in json.dumps(stored.spec)
         assert stored.spec["model"]["api_key_sealed"]
@@ -316,12 +315,12 @@ async def test_agent_file_key_is_sealed_once(tmp_path: Path) -> None:
         spec = domain.AgentSpec.model_validate(
             _agent(base_url="https://llm.example.org/v1", api_key="sk-file") | {"name": "filed"}
         )
-        first = await service.upsert_agent("default", spec)
-        assert (await service.upsert_agent("default", spec)).updated_at == first.updated_at
+        first = await service.agents.upsert("default", spec)
+        assert (await service.agents.upsert("default", spec)).updated_at == first.updated_at
         changed = spec.model_copy(
             update={"model": spec.model.model_copy(update={"api_key": SecretStr("sk-other")})}
         )
-        assert (await service.upsert_agent("default", changed)).updated_at > first.updated_at
+        assert (await service.agents.upsert("default", changed)).updated_at > first.updated_at
 
 
 # --- refused when connecting -------------------------------------------------------------------

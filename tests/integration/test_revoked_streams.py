@@ -17,14 +17,15 @@ import websockets
 
 from tests.helpers import Api, Server, running_server, wait_for
 from tests.integration.test_auth_stays_closed import revoke_elsewhere
-from tether.auth import KeyInfo, Role
+from tether.auth import Role
+from tether.domain import ApiKey
 
 LONG = {"reply": "echo", "tokens": 3000, "token_delay_ms": 10}  # ~30 s of live tokens
 ENDS_WITHIN_S = 10  # the watch re-checks every second; generous for a loaded box
 
 
 class World:
-    def __init__(self, server: Server, admin: str, victim: KeyInfo, victim_key: str):
+    def __init__(self, server: Server, admin: str, victim: ApiKey, victim_key: str):
         self.server, self.admin, self.victim, self.victim_key = server, admin, victim, victim_key
 
 

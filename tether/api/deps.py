@@ -16,16 +16,13 @@ from tether.service import Service
 
 
 # async on purpose: FastAPI runs a sync dependency on its thread pool, once per request
-async def node(request: Request) -> Node:
-    return request.app.state.node  # type: ignore[no-any-return]
-
-
-async def service(request: Request) -> Service:
-    return (await node(request)).service
-
-
-def node_of(connection: HTTPConnection) -> Node:
+async def node(connection: HTTPConnection) -> Node:
+    """The process's Node (a dependency, and the one way the edge reaches it)."""
     return connection.app.state.node  # type: ignore[no-any-return]
+
+
+async def service(connection: HTTPConnection) -> Service:
+    return (await node(connection)).service
 
 
 # Declares the scheme in OpenAPI; the checking is ours (auto_error=False).
@@ -50,7 +47,7 @@ async def admit(connection: HTTPConnection, *, query_token: bool = False) -> Pri
     if cached is not None:
         return cached  # type: ignore[no-any-return]
     key = presented_key(connection, query_token=query_token)
-    who = await node_of(connection).gate.admit(key)
+    who = await (await node(connection)).gate.admit(key)
     connection.state.principal = who
     return who
 
@@ -67,10 +64,14 @@ def presented_key(connection: HTTPConnection, *, query_token: bool = False) -> s
     return token.strip() if token is not None else None
 
 
-def tenant_for(role: Role) -> Callable[..., Awaitable[str]]:
-    """A dependency answering the caller's tenant, once its role is checked."""
+def tenant_for(
+    role: Role, caller: Callable[..., Awaitable[Principal]] = principal
+) -> Callable[..., Awaitable[str]]:
+    """A dependency answering the caller's tenant, once its role is checked. `caller`: the
+    dependency that says who asks (a surface may decide the tenant its own way)."""
 
-    async def dependency(who: Annotated[Principal, Depends(principal)]) -> str:
+    # a default, not Annotated: `caller` is a closure's, and annotations are read as text
+    async def dependency(who: Principal = Depends(caller)) -> str:
         who.require(role)
         return who.tenant_id
 
@@ -80,7 +81,7 @@ def tenant_for(role: Role) -> Callable[..., Awaitable[str]]:
 async def audit(request: Request, action: str, target: str | None, **details: Any) -> None:
     """Append a record of a mutation to the audit log."""
     who: Principal = request.state.principal
-    await node_of(request).audit.record(
+    await (await service(request)).record(
         who.tenant_id,
         action,
         target,
@@ -91,10 +92,10 @@ async def audit(request: Request, action: str, target: str | None, **details: An
     )
 
 
-def stream_slot(request: Request, tenant: str) -> Callable[[], None]:
+async def stream_slot(request: Request, tenant: str) -> Callable[[], None]:
     """Take one of the tenant's SSE connections (429 past the limit); answers its release."""
-    the_node = node_of(request)
-    if not the_node.bus.up:
+    the_node = await node(request)
+    if not the_node.service.live:
         raise errors.Unavailable("live streams are unavailable (the bus is down), retry")
     cap = the_node.settings.max_streams_per_tenant
     if cap is not None and the_node.streams[tenant] >= cap:

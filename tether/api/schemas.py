@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -192,6 +193,11 @@ class EventOut(BaseModel):
 class Page(BaseModel, Generic[T]):
     data: list[T]
     next_cursor: str | None
+
+
+def page(found: Any, view: Callable[[Any], Any]) -> dict[str, Any]:
+    """A page of records (the service's answer) on the wire: each item through `view`."""
+    return {"data": [view(item) for item in found.items], "next_cursor": found.next_cursor}
 
 
 class ErrorBody(BaseModel):

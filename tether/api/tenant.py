@@ -51,4 +51,4 @@ async def list_tenant_interrupts(
     """Interrupts of all of your sessions (`status=pending`: the approvals inbox), the one
     expiring soonest first, then the oldest; those that never expire come last."""
     page = await svc.list_tenant_interrupts(tenant, status, limit, cursor)
-    return {"data": [views.interrupt(i) for i in page.items], "next_cursor": page.next_cursor}
+    return schemas.page(page, views.interrupt)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from tether import domain, errors, ids, streaming, views
+from tether import domain, errors, ids, views
 from tether.api import idempotency, schemas, sse
 from tether.api.deps import (
     audit,
@@ -22,7 +21,6 @@ from tether.api.deps import (
 from tether.auth import Principal, Role
 from tether.node import Node
 from tether.service import Service, StopResult
-from tether.store.idempotency import IdempotencyKeys
 
 Svc = Annotated[Service, Depends(service)]
 Reader = Annotated[str, Depends(tenant_for(Role.READ))]  # the caller's tenant, role checked
@@ -40,21 +38,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix="/v1", responses=_ERRORS)
 
 
-async def _idempotent(
-    request: Request,
-    svc: Service,
-    tenant: str,
-    handler: Callable[[], Awaitable[Response]],
-    replay_stream: Callable[[dict[str, Any]], Response] | None = None,
-) -> Response:
-    def no_stream(_: dict[str, Any]) -> Response:
-        raise AssertionError("this route never streams")
-
-    return await idempotency.idempotent(
-        request, tenant, IdempotencyKeys(svc.store), handler, replay_stream or no_stream
-    )
-
-
 def _input(value: schemas.Input) -> str | list[dict[str, Any]]:
     return value if isinstance(value, str) else [m.model_dump() for m in value]
 
@@ -69,26 +52,26 @@ async def create_agent(
     request: Request, body: domain.AgentSpec, svc: Svc, tenant: Admin
 ) -> Response:
     async def handler() -> Response:
-        agent = await svc.create_agent(tenant, body)
+        agent = await svc.agents.create(tenant, body)
         await audit(request, "agent.create", agent.id)
         return JSONResponse(views.agent(agent), status_code=201)
 
-    return await _idempotent(request, svc, tenant, handler)
+    return await idempotency.idempotent(request, tenant, svc, handler)
 
 
 @router.get("/agents", response_model=schemas.Page[schemas.AgentOut], tags=["agents"])
 async def list_agents(
     svc: Svc, tenant: Reader, limit: Limit = 50, cursor: str | None = None
 ) -> dict[str, Any]:
-    page = await svc.list_agents(tenant, limit, cursor)
-    return {"data": [views.agent(a) for a in page.items], "next_cursor": page.next_cursor}
+    page = await svc.agents.page(tenant, limit, cursor)
+    return schemas.page(page, views.agent)
 
 
 @router.get(
     "/agents/{agent_id}", response_model=schemas.AgentOut, responses=_ERRORS, tags=["agents"]
 )
 async def get_agent(agent_id: AgentId, svc: Svc, tenant: Reader) -> dict[str, Any]:
-    return views.agent(await svc.get_agent(tenant, agent_id))
+    return views.agent(await svc.agents.get(tenant, agent_id))
 
 
 @router.patch(
@@ -98,14 +81,14 @@ async def update_agent(
     request: Request, agent_id: AgentId, body: schemas.AgentPatch, svc: Svc, tenant: Admin
 ) -> dict[str, Any]:
     changes = body.changes()
-    agent = await svc.update_agent(tenant, agent_id, changes)
+    agent = await svc.agents.update(tenant, agent_id, changes)
     await audit(request, "agent.update", agent_id, fields=sorted(changes))
     return views.agent(agent)
 
 
 @router.delete("/agents/{agent_id}", status_code=204, responses=_ERRORS, tags=["agents"])
 async def delete_agent(request: Request, agent_id: AgentId, svc: Svc, tenant: Admin) -> Response:
-    await svc.delete_agent(tenant, agent_id)
+    await svc.agents.delete(tenant, agent_id)
     await audit(request, "agent.delete", agent_id)
     return Response(status_code=204)
 
@@ -132,7 +115,7 @@ async def create_session(
         answer = {**views.session(session), "turn": views.turn(turn) if turn else None}
         return JSONResponse(answer, status_code=201)
 
-    return await _idempotent(request, svc, tenant, handler)
+    return await idempotency.idempotent(request, tenant, svc, handler)
 
 
 @router.get(
@@ -150,7 +133,7 @@ async def list_sessions(
     agent_id: str | None = None,
 ) -> dict[str, Any]:
     page = await svc.list_sessions(tenant, limit, cursor, status, agent_id)
-    return {"data": [views.session(s) for s in page.items], "next_cursor": page.next_cursor}
+    return schemas.page(page, views.session)
 
 
 @router.get(
@@ -226,30 +209,22 @@ async def create_turn(
         if not stream:
             return JSONResponse(views.turn(turn), status_code=202)
         replay = {"session_id": session_id, "after": before, "turn_id": turn.id}
-        return _turn_stream(request, tenant, svc, replay, ping_s)
+        return await _turn_stream(request, tenant, svc, replay, ping_s)
 
-    return await _idempotent(
-        request,
-        svc,
-        tenant,
-        handler,
-        lambda replay: _turn_stream(request, tenant, svc, replay, ping_s),
-    )
+    async def replay_stream(replay: dict[str, Any]) -> Response:
+        return await _turn_stream(request, tenant, svc, replay, ping_s)
+
+    return await idempotency.idempotent(request, tenant, svc, handler, replay_stream)
 
 
-def _turn_stream(
+async def _turn_stream(
     request: Request, tenant: str, svc: Service, replay: dict[str, Any], ping_s: float
 ) -> Response:
     """A turn's events from just before it was queued until it ends (or waits)."""
-    release = stream_slot(request, tenant)
-    batches = streaming.follow(
-        svc.store,
-        svc.bus,
-        replay["session_id"],
-        replay["after"],
-        turn_id=replay["turn_id"],
-        idle_s=ping_s,
+    batches = await svc.follow(
+        tenant, replay["session_id"], replay["after"], turn_id=replay["turn_id"], idle_s=ping_s
     )
+    release = await stream_slot(request, tenant)
     return sse.response(batches, until_terminal=True, replay=replay, on_close=release)
 
 
@@ -263,7 +238,7 @@ async def list_turns(
     session_id: SessionId, svc: Svc, tenant: Reader, limit: Limit = 50, cursor: str | None = None
 ) -> dict[str, Any]:
     page = await svc.list_turns(tenant, session_id, limit, int_cursor(cursor))
-    return {"data": [views.turn(t) for t in page.items], "next_cursor": page.next_cursor}
+    return schemas.page(page, views.turn)
 
 
 @router.get(
@@ -365,7 +340,7 @@ async def list_interrupts(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     page = await svc.list_interrupts(tenant, session_id, status, limit, cursor)
-    return {"data": [views.interrupt(i) for i in page.items], "next_cursor": page.next_cursor}
+    return schemas.page(page, views.interrupt)
 
 
 @router.get(
@@ -414,7 +389,7 @@ async def list_messages(
     session_id: SessionId, svc: Svc, tenant: Reader, limit: Limit = 100, cursor: str | None = None
 ) -> dict[str, Any]:
     page = await svc.list_messages(tenant, session_id, limit, int_cursor(cursor))
-    return {"data": [views.message(m) for m in page.items], "next_cursor": page.next_cursor}
+    return schemas.page(page, views.message)
 
 
 @router.get(
@@ -454,9 +429,6 @@ async def session_events(
             "data": [e.as_dict() for e in items],
             "next_cursor": str(items[-1].seq) if more else None,
         }
-    await svc.get_session(tenant, session_id)  # tenant scope before streaming
-    release = stream_slot(request, tenant)
-    batches = streaming.follow(
-        svc.store, svc.bus, session_id, after, idle_s=the_node.settings.sse_ping_s
-    )
+    batches = await svc.follow(tenant, session_id, after, idle_s=the_node.settings.sse_ping_s)
+    release = await stream_slot(request, tenant)
     return sse.response(batches, on_close=release)

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -314,7 +314,7 @@ class AnthropicModel:
     async def aclose(self) -> None:
         await self.client.close()
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
         assert self.spec.model
         body = request_body(self.spec.model, request)
         try:

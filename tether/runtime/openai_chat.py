@@ -7,7 +7,7 @@ dropped and no more tokens are produced or billed.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import openai
@@ -145,7 +145,7 @@ class OpenAIChatModel:
     async def aclose(self) -> None:
         await self.client.close()
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
         body: dict[str, Any] = {
             **request.params,
             "model": self.spec.model,

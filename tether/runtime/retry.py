@@ -20,7 +20,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 from tether import errors
 from tether.runtime import model as m
@@ -81,7 +81,7 @@ class RetryingModel:
     async def aclose(self) -> None:
         await self.inner.aclose()
 
-    async def stream(self, request: m.ModelRequest) -> AsyncIterator[m.ModelEvent]:
+    async def stream(self, request: m.ModelRequest) -> AsyncGenerator[m.ModelEvent, None]:
         attempt = 0
         while True:
             failure: errors.ModelError | None = None
@@ -107,7 +107,7 @@ class RetryingModel:
                     raise
                 failure = exc
             finally:
-                await events.aclose()  # type: ignore[attr-defined]
+                await events.aclose()
             delay = self.backoff(attempt, failure.retry_after_s)
             if delay > MAX_RETRY_AFTER_S:
                 raise failure

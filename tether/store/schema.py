@@ -165,6 +165,7 @@ events = Table(
     Column("turn_id", String(40)),
     Column("data", Json, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("v", Integer, nullable=False, server_default="1", doc="schema version: versions.py"),
     PrimaryKeyConstraint("session_id", "seq"),
 )
 
@@ -187,6 +188,7 @@ interrupts = Table(
     Column("resolved_by", String(128)),
     Column("expires_at", UTCDateTime),
     Column("on_expire", String(8), nullable=False, server_default="deny"),
+    Column("v", Integer, nullable=False, server_default="1", doc="schema version: versions.py"),
     Index("ix_interrupts_session_status", "session_id", "status"),
     Index("ix_interrupts_status_expires", "status", "expires_at"),
 )
@@ -231,6 +233,7 @@ tool_runs = Table(
     Column("status", String(16), nullable=False),  # started|finished|paused|interrupted
     Column("runs", Integer, nullable=False, server_default="0"),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("v", Integer, nullable=False, server_default="1", doc="schema version: versions.py"),
     PrimaryKeyConstraint("turn_id", "tool_call_id"),
 )
 

@@ -4,7 +4,7 @@
 A client says `hello`, then `subscribe`s to `session:<session id>` streams with an `afterSeq`;
 it gets every event after it (replay), `replay-end`, then live events, no gap and no repeat;
 the server `ping`s and the client answers `pong`. Events come from the session's Tether events
-through streaming.follow, translated by agent_threads_wire. Nothing is stored here.
+through streaming.Feed, translated by agent_threads_wire. Nothing is stored here.
 
 Auth: the same keys, roles and tenants as /v1. `WsClient` opens the socket with a URL only,
 so the key may come as `?access_token=<key>` (RFC 6750 §2.3) as well as in an
@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from tether import errors, ids, storable, streaming
+from tether import errors, ids, storable
 from tether.api import deps
 from tether.api import errors as api_errors
 from tether.api.compat import agent_threads_wire as wire
@@ -199,10 +199,8 @@ class _Connection:
             end = {"type": "replay-end", "streamId": stream, "lastReplaySeq": mapper.last_seq}
             await self.send(end)
             # idle_s: a quiet stream re-reads the store now and then (a lost publish)
-            follow = streaming.follow(
-                self.svc.store, self.svc.bus, session_id, cursor, idle_s=_CATCH_UP_S
-            )
-            async with contextlib.aclosing(follow) as batches:  # type: ignore[type-var]
+            follow = await self.svc.follow(self.tenant, session_id, cursor, idle_s=_CATCH_UP_S)
+            async with contextlib.aclosing(follow) as batches:
                 async for batch in batches:
                     for frame in batch:
                         for stored in mapper.frame(frame):

@@ -18,7 +18,6 @@ from tether import errors
 from tether.api import errors as api_errors
 from tether.api import idempotency
 from tether.service import Service
-from tether.store.idempotency import IdempotencyKeys
 
 log = logging.getLogger("tether.api.compat")
 
@@ -35,6 +34,25 @@ class Failure:
 
 
 Render = Callable[[Failure], Response]
+
+# The error `type` of an HTTP status, in the vendors' (OpenAI-style) words.
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    412: "precondition_failed_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    424: "failed_dependency_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type(status: int) -> str:
+    return _ERROR_TYPES.get(status, "api_error")
+
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
@@ -126,10 +144,4 @@ async def idempotent(
     request: Request, svc: Service, tenant: str, handler: Callable[[], Awaitable[Response]]
 ) -> Response:
     """/v1's Idempotency-Key handling for a compat route whose answers are never streams."""
-
-    def no_replay(_: dict[str, Any]) -> Response:
-        raise AssertionError("compat surfaces record no streams under an Idempotency-Key")
-
-    return await idempotency.idempotent(
-        request, tenant, IdempotencyKeys(svc.store), handler, no_replay
-    )
+    return await idempotency.idempotent(request, tenant, svc, handler)

@@ -8,10 +8,10 @@ off (tether/gate.py) a request acts in the path's tenant.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Request, Response
+from fastapi import Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -20,20 +20,8 @@ from starlette.exceptions import HTTPException
 from tether import errors
 from tether.api import deps
 from tether.api import errors as api_errors
+from tether.api.compat import common
 from tether.auth import Principal, Role
-
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    412: "precondition_failed_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    424: "failed_dependency_error",
-    429: "rate_limit_error",
-}
 
 
 def error(
@@ -41,7 +29,7 @@ def error(
 ) -> JSONResponse:
     body = {
         "message": message,
-        "type": _TYPES.get(status, "api_error"),
+        "type": common.error_type(status),
         "code": code,
         "param": param,
     }
@@ -105,7 +93,7 @@ async def caller(
     try:
         who = await deps.principal(request)
     except errors.Unauthorized:
-        if await deps.node_of(request).gate.required():
+        if await (await deps.node(request)).gate.required():
             raise
         who = None
     if who is None or who.key_id is None:  # auth is off: the path names the tenant
@@ -115,13 +103,3 @@ async def caller(
     if who.tenant_id != tenant:
         raise errors.NotFound(f"tenant {tenant!r} not found")
     return who
-
-
-def tenant_for(role: Role) -> Callable[..., Awaitable[str]]:
-    """A dependency answering the tenant the request acts in, once key and role are checked."""
-
-    async def dependency(who: Annotated[Principal, Depends(caller)]) -> str:
-        who.require(role)
-        return who.tenant_id
-
-    return dependency
