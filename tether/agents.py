@@ -79,7 +79,14 @@ class Agents:
         if server.headers is None:
             return server
         plain = {k: v.get_secret_value() for k, v in server.headers.items()}
-        sealed = self.sealer.seal(tenant, mcp_servers.seal_headers(plain)) if plain else None
+        try:
+            sealed = self.sealer.seal(tenant, mcp_servers.seal_headers(plain)) if plain else None
+        except errors.SecretKeyMissing as exc:
+            raise errors.SecretKeyMissing(
+                f"this server cannot store the headers of MCP server {server.name!r}: "
+                "TETHER_SECRET_KEY is not configured; ask the operator to set a secret key",
+                details={"field": "mcp_servers"},
+            ) from exc
         return server.model_copy(update={"headers": None, "headers_sealed": sealed})
 
     def _same_headers(self, tenant: str, stored: domain.AgentSpec, given: domain.AgentSpec) -> bool:

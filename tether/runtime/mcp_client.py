@@ -521,6 +521,9 @@ class McpHub:
         request = asyncio.create_task(
             conn.client.call_tool(tool, arguments, progress_callback=report)
         )
+        # a request the call stopped waiting for (a pause, a stop, a dead server) may still
+        # end in an error: it is no one's to raise
+        request.add_done_callback(_retrieve)
         try:
             return await _outcome(server, conn, call, request)
         finally:
@@ -538,6 +541,11 @@ class McpHub:
                 await self._sweeper
         pools, self._pools = list(self._pools.values()), {}
         await asyncio.gather(*(p.close() for p in pools))
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class _Gone(Exception):
