@@ -24,6 +24,7 @@ from cryptography.fernet import Fernet
 
 from tests import mcp_helpers
 from tests.helpers import Api, Server, running_server, store_snapshot, wait_for
+from tether.client import models as client_models
 
 SECRET = "s3cret-header-value"
 SECRET_KEY = Fernet.generate_key().decode()
@@ -243,6 +244,7 @@ async def test_headers_are_sealed_and_never_shown(
     assert ("own__echo", "hi") in _tool_results(await api.messages(sid))
     r = await client.get(f"/v1/agents/{aid}")
     assert r.json()["mcp_servers"] == [{"name": "own", "transport": "http", "url": tiny_http.url}]
+    assert client_models.Agent.model_validate(r.json()).mcp_servers[0].url == tiny_http.url
     everything = json.dumps([r.json(), await api.events(sid), await store_snapshot(server)])
     assert SECRET not in everything, "a header value was shown or stored in the clear"
 
@@ -432,6 +434,8 @@ async def test_progress_becomes_events(client: httpx.AsyncClient, api: Api) -> N
         "total": 3.0,
         "message": "step 1",
     }
+    typed = client_models.Event.model_validate(progress[0]).progress  # the SDK's model
+    assert typed is not None and (typed.progress, typed.total) == (1.0, 3.0)
     types = [e["type"] for e in events]
     assert types.index("tool.started") < types.index("tool.progress")
     assert max(i for i, t in enumerate(types) if t == "tool.progress") < types.index(
