@@ -3,6 +3,7 @@ against a real server process, `--json` output, exit codes, one-line errors."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -23,6 +24,8 @@ from typer.testing import CliRunner
 from tests.acceptance.procs import ServerProcess, wait_until
 from tests.helpers import free_port, scripted_agent
 from tether import cli
+from tether.client import Tether
+from tether.commands import chat
 
 # A reply streamed slowly enough to press Ctrl-C in the middle of it, short enough to finish.
 SLOW_REPLY = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu "
@@ -147,6 +150,49 @@ def test_ctrl_c_in_chat_stops_the_turn_on_the_server(server: ServerProcess) -> N
     *_, last = _ended(server, sid, 4)
     assert last["status"] == "completed"
     _quit(child)
+
+
+class _Terminal(io.StringIO):
+    """A chat's stdout where Ctrl-C is pressed the moment a given text reaches the screen, as
+    a person reacting to it does: SIGINT right after the write that showed it."""
+
+    def __init__(self, press_at: str):
+        super().__init__()
+        self.press_at = press_at
+        self.pressed = False
+
+    def flush(self) -> None:
+        super().flush()
+        if not self.pressed and self.press_at in self.getvalue():
+            self.pressed = True
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_as_text_reaches_the_screen_shows_that_text_once(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C right as a piece of the reply is printed (the label, the first word, a later
+    one), so between printing it and counting it as printed: the line ends with exactly the
+    kept partial text, nothing twice."""
+    _agent(server, scripted_agent("slow", reply=SLOW_REPLY, tokens=48, token_delay_ms=20))
+    with Tether(server.url) as tether:
+        for press_at in ("agent> ", "alpha", "gamma"):
+            sid = tether.sessions.create("slow").id
+            screen = _Terminal(press_at)
+            with monkeypatch.context() as patch:
+                patch.setattr(sys, "stdout", screen)
+                try:
+                    chat.Chat(tether, sid).turn("hello")
+                except KeyboardInterrupt:
+                    pytest.fail("Ctrl-C escaped the chat")
+            [*_, partial] = tether.sessions.messages(sid).to_list()
+            assert screen.pressed, press_at
+            assert (partial.role, partial.status) == ("assistant", "interrupted")
+            line = screen.getvalue().splitlines()[0]
+            assert line.startswith("agent> "), line
+            assert line.endswith("⏹"), line
+            shown = line.removeprefix("agent> ").removesuffix("⏹").strip()
+            assert shown == (partial.content or "").strip(), press_at
 
 
 def test_chat_asks_approvals_and_questions_inline(server: ServerProcess) -> None:

@@ -39,8 +39,11 @@ class EventStream:
     def _request(self) -> _streams.Request:
         return _streams.events_request(self.session_id, self._cursor)
 
-    def _feed(self, event: models.Event) -> list[models.Event]:
-        return self._cursor.feed(event)
+    def _take(self, event: models.Event) -> list[models.Event]:
+        return self._cursor.take(event)
+
+    def _passed(self, event: models.Event) -> None:
+        self._cursor.passed(event)
 
     def _settle(self) -> None:
         """Called after each frame's events are yielded."""
@@ -89,8 +92,10 @@ class EventStream:
                     for sse in httpx_sse.EventSource(response).iter_sse():
                         if not sse.data:
                             continue
-                        for event in self._feed(_streams.parse(sse.data)):
+                        for event in self._take(_streams.parse(sse.data)):
                             failures = 0
+                            # counted as given before it is: a reader that stops here has it
+                            self._passed(event)
                             yield event
                         self._settle()
                         if self._over:
@@ -148,8 +153,11 @@ class TurnStream(EventStream):
     def _request(self) -> _streams.Request:
         return self._record.request()
 
-    def _feed(self, event: models.Event) -> list[models.Event]:
-        return self._record.feed(event)
+    def _take(self, event: models.Event) -> list[models.Event]:
+        return self._record.take(event)
+
+    def _passed(self, event: models.Event) -> None:
+        self._record.passed(event)
 
     def _settle(self) -> None:
         if self._record.waiting_seen and self._record.turn_id:
