@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import httpx
 import httpx_sse
 
-from tether.client import _calls, _streams, errors, models
+from tether.client import _base, _calls, _streams, errors, models
 
 if TYPE_CHECKING:
     from tether.client.client import Tether
@@ -57,11 +57,15 @@ class EventStream:
     def _open(self) -> httpx.Response:
         request = self._request()
         http = self._client._http
+        headers, content = dict(request.headers), None
+        if request.json is not None:
+            content, content_type = _base.json_body(request.json)
+            headers.update(content_type)
         sent = http.build_request(
             request.method,
             request.path,
-            headers=request.headers,
-            json=request.json,
+            headers=headers,
+            content=content,
             timeout=self._client._config.stream_http_timeout(),
         )
         response = http.send(sent, stream=True)
