@@ -329,6 +329,117 @@ def test_reads_print_json_and_errors_are_one_line_with_an_exit_code(
     assert _invoke("sessions", "ls", env={**env, "TETHER_API_KEY": key}).exit_code == 0
 
 
+def _waiting(server: ServerProcess, agent: str) -> tuple[str, str]:
+    """A session whose turn waits for an approval: (session id, interrupt id)."""
+    sid = httpx.post(
+        f"{server.url}/v1/sessions", json={"agent_id": agent, "input": "go"}, timeout=10
+    ).json()["id"]
+    [pending] = wait_until(
+        lambda: _get(server, f"/v1/sessions/{sid}/interrupts", status="pending")["data"],
+        20,
+        "the approval",
+    )
+    return sid, pending["id"]
+
+
+def test_whoami_the_interrupts_inbox_and_rm(server: ServerProcess) -> None:
+    """`whoami` in open mode and with keys; `interrupts ls` without a session lists all the
+    tenant's pending ones, the one expiring soonest first; `sessions rm` closes, and with
+    --purge erases after asking (a script must say --yes; admins only)."""
+    env = _env(server.url)
+
+    def run(*args: str, **extra: str) -> Any:
+        out = _invoke(*args, env={**env, **extra})
+        assert out.exit_code == 0, (args, out.output)
+        return out
+
+    me = json.loads(run("whoami", "--json").stdout)
+    assert (me["tenant_id"], me["role"], me["auth"], me["key_id"]) == (
+        "default",
+        "admin",
+        False,
+        None,
+    )
+    assert "role    admin" in run("whoami").stdout
+
+    for name, ttl in (("never", None), ("soon", 60)):
+        tools = [{"name": "sleep", "policy": "approve"}]
+        agent = scripted_agent(name, steps=APPROVE_STEPS, tools=tools)
+        _agent(server, {**agent, "interrupt_ttl_s": ttl})
+    never_sid, never = _waiting(server, "never")
+    soon_sid, soon = _waiting(server, "soon")
+    inbox = json.loads(run("interrupts", "ls", "--json").stdout)
+    assert [i["id"] for i in inbox] == [soon, never]
+    lines = run("interrupts", "ls").stdout.splitlines()
+    assert lines[0].startswith(f"{soon}  approval  pending  expires in ")
+    assert lines[1].strip() == f'{soon_sid}: sleep({{"seconds": 0}})'
+    assert lines[2] == f"{never}  approval  pending  never expires"
+    for args in ((never_sid,), ("--session", never_sid)):
+        assert [i["id"] for i in json.loads(run("interrupts", "ls", *args, "--json").stdout)] == [
+            never
+        ]
+    twice = _invoke("interrupts", "ls", never_sid, "--session", soon_sid, env=env)
+    assert (twice.exit_code, twice.stdout) == (2, "")
+
+    closed = json.loads(run("sessions", "rm", soon_sid, "--json").stdout)
+    assert closed["closed_at"] is not None  # its waiting turn still waits: status `waiting`
+    assert "closed (still readable" in run("sessions", "rm", soon_sid).stdout
+    unasked = _invoke("sessions", "rm", soon_sid, "--purge", env=env)  # no terminal: no prompt
+    assert unasked.exit_code == 2
+    assert "--yes" in unasked.stderr
+    asked = pexpect.spawn(
+        sys.executable,
+        ["-m", "tether", "sessions", "rm", soon_sid, "--purge"],
+        env=env,
+        encoding="utf-8",
+        timeout=30,
+    )
+    asked.expect_exact("for good? [y/N]: ")
+    asked.sendline("n")
+    asked.expect_exact("not purged")
+    asked.expect(pexpect.EOF)
+    asked.close()
+    assert asked.exitstatus == 1
+    assert _get(server, f"/v1/sessions/{soon_sid}")["closed_at"], "still there"
+    asked = pexpect.spawn(
+        sys.executable,
+        ["-m", "tether", "sessions", "rm", soon_sid, "--purge"],
+        env=env,
+        encoding="utf-8",
+        timeout=30,
+    )
+    asked.expect_exact("for good? [y/N]: ")
+    asked.sendline("y")
+    asked.expect_exact(f"{soon_sid} purged")
+    asked.expect(pexpect.EOF)
+    asked.close()
+    assert asked.exitstatus == 0
+    assert _invoke("sessions", "show", soon_sid, env=env).exit_code == 5
+    assert [i["id"] for i in json.loads(run("interrupts", "ls", "--json").stdout)] == [never]
+
+    # with keys: who each one is; only an admin's may purge
+    made = httpx.post(f"{server.url}/v1/keys", json={"role": "admin"}, timeout=10).json()
+    admin = {"TETHER_API_KEY": made["key"]}
+    write_key = httpx.post(
+        f"{server.url}/v1/keys",
+        json={"role": "write"},
+        headers={"Authorization": f"Bearer {made['key']}"},
+        timeout=10,
+    ).json()
+    writer = {"TETHER_API_KEY": write_key["key"]}
+    wait_until(lambda: _invoke("whoami", env=env).exit_code == 4, 20, "auth to be on")
+    me = json.loads(run("whoami", "--json", **writer).stdout)
+    assert (me["role"], me["auth"], me["key_id"]) == ("write", True, write_key["id"])
+    assert write_key["id"] in run("whoami", **writer).stdout
+    refused = _invoke("sessions", "rm", never_sid, "--purge", "--yes", env={**env, **writer})
+    assert refused.exit_code == 4, refused.output
+    purged = json.loads(
+        run("sessions", "rm", never_sid, "--purge", "--yes", "--json", **admin).stdout
+    )
+    assert purged == {"id": never_sid, "purged": True}
+    assert json.loads(run("interrupts", "ls", "--json", **admin).stdout) == []
+
+
 @pytest.mark.embedded
 def test_keys_refuse_a_missing_store_and_list_whole_ids(tmp_path: Path) -> None:
     env = _env("http://127.0.0.1:1")
