@@ -174,7 +174,8 @@ def test_ctrl_c_as_text_reaches_the_screen_shows_that_text_once(
     """Ctrl-C right as a piece of the reply is printed (the label, the first word, a later
     one), so between printing it and counting it as printed: the line ends with exactly the
     kept partial text, nothing twice."""
-    _agent(server, scripted_agent("slow", reply=SLOW_REPLY, tokens=48, token_delay_ms=20))
+    # long enough (4 s) that it cannot end before the stop, even on a loaded machine
+    _agent(server, scripted_agent("slow", reply=SLOW_REPLY, tokens=200, token_delay_ms=20))
     with Tether(server.url) as tether:
         for press_at in ("agent> ", "alpha", "gamma"):
             sid = tether.sessions.create("slow").id

@@ -221,8 +221,9 @@ async def test_sync_stream_resumes_after_cuts(
 
 
 def _slow_agent(name: str) -> dict[str, Any]:
-    """One long streamed reply: many small deltas in flight when a stop comes."""
-    return scripted_agent(name, reply="one two three four five six ", tokens=200, token_delay_ms=3)
+    """A streamed reply of many small deltas, in flight when a stop comes; long enough (10 s)
+    that it cannot end before the stop on a loaded machine."""
+    return scripted_agent(name, reply="one two three four five six ", tokens=5000, token_delay_ms=2)
 
 
 def _assert_kept_text_whole(
