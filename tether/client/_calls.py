@@ -145,6 +145,12 @@ def close_session(session_id: str) -> Call[models.Session]:
     return Call("DELETE", f"/v1/sessions/{seg(session_id)}", _reader(models.Session))
 
 
+def purge_session(session_id: str) -> Call[None]:
+    # a repeat of a purge that went through would answer 404: only retried if never sent
+    path = f"/v1/sessions/{seg(session_id)}"
+    return Call("DELETE", path, _nothing, params={"purge": "true"}, retry=Retry.UNSENT)
+
+
 def stop_session(
     session_id: str, mode: str, scope: str, wait: float, reason: str | None
 ) -> Call[models.StopResult]:
@@ -207,9 +213,11 @@ def cancel_turn(
 
 
 def list_interrupts(
-    session_id: str, status: str | None, limit: int | None
+    session_id: str | None, status: str | None, limit: int | None
 ) -> PagedCall[models.Interrupt]:
-    path = f"/v1/sessions/{seg(session_id)}/interrupts"
+    """A session's interrupts; without a session, the tenant's (the approvals inbox, the one
+    expiring soonest first)."""
+    path = "/v1/interrupts" if session_id is None else f"/v1/sessions/{seg(session_id)}/interrupts"
     return PagedCall(path, models.Interrupt, _clean(status=status, limit=limit))
 
 
@@ -233,7 +241,11 @@ def approval(decision: str, reason: str | None, arguments: Mapping[str, Any] | N
     return answer
 
 
-# --- keys and audit --------------------------------------------------------------------------
+# --- who is asking, keys and audit -----------------------------------------------------------
+
+
+def me() -> Call[models.Me]:
+    return Call("GET", "/v1/me", _reader(models.Me))
 
 
 def create_key(role: str, name: str | None) -> Call[models.ApiKeyCreated]:

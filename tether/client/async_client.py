@@ -81,6 +81,11 @@ class AsyncTether:
     ) -> None:
         await self.close()
 
+    async def me(self) -> models.Me:
+        """Who this client is to the server: tenant, role, key, and whether keys are required
+        at all."""
+        return await self._call(_calls.me())
+
     async def _call(self, call: _calls.Call[T], idempotency_key: str | None = None) -> T:
         """Send `call`, retrying it when that is safe; its answer, or a typed exception."""
         key = idempotency_key or (_base.new_idempotency_key() if call.creates else None)
@@ -195,6 +200,12 @@ class Sessions(_Resource):
         """Close a session: no new turns, queued ones cancelled; it stays readable."""
         return await self._client._call(_calls.close_session(session_id))
 
+    async def purge(self, session_id: str) -> None:
+        """Erase a session for good (admins): its turns are stopped first, then it and all
+        that belongs to it (turns, messages, events, interrupts) are deleted; every read of it
+        is `NotFound` after that, and its open streams end."""
+        await self._client._call(_calls.purge_session(session_id))
+
     async def stop(
         self,
         session_id: str,
@@ -302,12 +313,14 @@ class Interrupts(_Resource):
 
     def list(
         self,
-        session_id: str,
+        session_id: str | None = None,
         *,
         status: models.InterruptStatus | None = None,
         limit: int | None = None,
     ) -> AsyncPaginator[models.Interrupt]:
-        """A session's interrupts (`status="pending"`: those awaiting an answer)."""
+        """A session's interrupts, or without `session_id` those of all of your sessions,
+        the one expiring soonest first (those that never expire last). `status="pending"`:
+        those awaiting an answer (the approvals inbox)."""
         return self._client._pages(_calls.list_interrupts(session_id, status, limit))
 
     async def get(self, interrupt_id: str) -> models.Interrupt:

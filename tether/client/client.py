@@ -81,6 +81,11 @@ class Tether:
     ) -> None:
         self.close()
 
+    def me(self) -> models.Me:
+        """Who this client is to the server: tenant, role, key, and whether keys are required
+        at all."""
+        return self._call(_calls.me())
+
     def _call(self, call: _calls.Call[T], idempotency_key: str | None = None) -> T:
         """Send `call`, retrying it when that is safe; its answer, or a typed exception."""
         key = idempotency_key or (_base.new_idempotency_key() if call.creates else None)
@@ -189,6 +194,12 @@ class Sessions(_Resource):
         """Close a session: no new turns, queued ones cancelled; it stays readable."""
         return self._client._call(_calls.close_session(session_id))
 
+    def purge(self, session_id: str) -> None:
+        """Erase a session for good (admins): its turns are stopped first, then it and all
+        that belongs to it (turns, messages, events, interrupts) are deleted; every read of it
+        is `NotFound` after that, and its open streams end."""
+        self._client._call(_calls.purge_session(session_id))
+
     def stop(
         self,
         session_id: str,
@@ -294,12 +305,14 @@ class Interrupts(_Resource):
 
     def list(
         self,
-        session_id: str,
+        session_id: str | None = None,
         *,
         status: models.InterruptStatus | None = None,
         limit: int | None = None,
     ) -> Paginator[models.Interrupt]:
-        """A session's interrupts (`status="pending"`: those awaiting an answer)."""
+        """A session's interrupts, or without `session_id` those of all of your sessions,
+        the one expiring soonest first (those that never expire last). `status="pending"`:
+        those awaiting an answer (the approvals inbox)."""
         return self._client._pages(_calls.list_interrupts(session_id, status, limit))
 
     def get(self, interrupt_id: str) -> models.Interrupt:

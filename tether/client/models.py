@@ -36,7 +36,8 @@ class TetherModel(BaseModel):
 
 
 class ModelConfig(TetherModel):
-    """Which model runs an agent: `scripted` (no LLM) or `openai` (any Chat Completions API)."""
+    """Which model runs an agent: `scripted` (no LLM), `openai` (any Chat Completions API) or
+    `anthropic` (the Messages API)."""
 
     provider: str = "scripted"
     model: str | None = None
@@ -98,11 +99,15 @@ class TurnRef(TetherModel):
 
 
 class Usage(TetherModel):
-    """What a turn used: tokens and model calls."""
+    """What a turn used: tokens and model calls. With prompt caching (Anthropic),
+    `input_tokens` leaves out the cached input: what was written to the cache and what was
+    read from it are counted apart."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     model_calls: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
 
 
 class TurnError(TetherModel):
@@ -284,7 +289,18 @@ class Event(TetherModel):
         return self.type == "interrupt.created" and bool(self.data.get("turn_waiting"))
 
 
-# --- keys and audit (admins) ------------------------------------------------------------------
+# --- who is asking, keys and audit (admins) ----------------------------------------------------
+
+
+class Me(TetherModel):
+    """Who the client is to the server: its tenant and role, the key it sent, and whether
+    the server requires keys at all (`auth` False: open mode, no key needed)."""
+
+    tenant_id: str
+    role: Role
+    auth: bool
+    key_id: str | None = None
+    key_prefix: str | None = None
 
 
 class ApiKey(TetherModel):

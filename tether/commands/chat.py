@@ -7,14 +7,20 @@ inline, then followed to its end.
 
 The text printed for a message is kept in step with the message's final text by offset, so a
 dropped connection, a Ctrl-C between two writes, or a reconnect never shows text twice or
-leaves a hole.
+leaves a hole. Ctrl-C is held back while a piece of text is printed and counted: pressed as the
+text reaches the screen (which is when a person reacts to it), it would otherwise land between
+the two, and the stop would print that piece again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -143,12 +149,13 @@ class Chat:
         if offset > done or offset + len(text) <= done:
             return  # after a hole (its message's completion fills it), or already shown
         fresh = text[done - offset :]
-        if self.label_due:
-            self.end_line()
-            self.write("agent> ")
-            self.label_due = False
-        self.write(fresh)
-        self.printed[message_id] = offset + len(text)
+        with ctrl_c_held():  # on the screen and counted, or neither
+            if self.label_due:
+                self.end_line()
+                self.write("agent> ")
+                self.label_due = False
+            self.write(fresh)
+            self.printed[message_id] = offset + len(text)
 
     def note(self, line: str) -> None:
         self.say(f"[dim]{common.esc(line)}[/]")
@@ -287,3 +294,27 @@ class Chat:
     def end_line(self) -> None:
         if not self.at_line_start:
             self.write("\n")
+
+
+@contextlib.contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """Ctrl-C (SIGINT) pressed during the block takes effect as the block ends, so that the
+    block is done whole or not at all. Only the main thread gets signals; elsewhere the block
+    just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        pressed.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    if previous is None:  # set outside Python: the closest we can put back
+        previous = signal.default_int_handler
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pressed:
+            signal.raise_signal(signal.SIGINT)  # now, to whoever handled it before

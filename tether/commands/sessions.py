@@ -1,4 +1,4 @@
-"""`tether sessions ls|show|tail|stop`."""
+"""`tether sessions ls|show|tail|stop|rm`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tether.client import Event, models
 from tether.commands import common
 from tether.commands.common import DEFAULT, ApiKey, AsJson, Exit, Url
 
-app = typer.Typer(help="Sessions: list, show, follow, stop.", no_args_is_help=True)
+app = typer.Typer(help="Sessions: list, show, follow, stop, close or erase.", no_args_is_help=True)
 
 
 @app.command("ls")
@@ -177,3 +177,46 @@ def stop(
         common.out.print(f"{result.turn.id} still cancelling: the stop stays in force")
     if not result.confirmed:
         raise typer.Exit(Exit.NOT_CONFIRMED)
+
+
+@app.command("rm")
+def rm(
+    session_id: Annotated[str, typer.Argument(help="the session's id")],
+    purge: Annotated[
+        bool, typer.Option("--purge", help="erase it and all of it for good (admin keys)")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="--purge without asking")] = False,
+    as_json: AsJson = False,
+    url: Url = DEFAULT,
+    api_key: ApiKey = None,
+) -> None:
+    """Close a session: no new turns, queued ones cancelled; it stays readable. With --purge
+    (admin keys), erase it for good instead: its turns are stopped, then it and its turns,
+    transcript, events and interrupts are deleted. --purge asks first, unless --yes."""
+    if purge:
+        if not yes:
+            _confirm_purge(session_id)
+        with common.client(url, api_key) as tether:
+            tether.sessions.purge(session_id)
+        if as_json:
+            common.print_json({"id": session_id, "purged": True})
+        else:
+            common.out.print(f"{session_id} purged")
+        return
+    with common.client(url, api_key) as tether:
+        closed = tether.sessions.close(session_id)
+    if as_json:
+        common.print_json(closed)
+    else:
+        common.out.print(f"{closed.id} closed (still readable; --purge erases it for good)")
+
+
+def _confirm_purge(session_id: str) -> None:
+    if not sys.stdin.isatty():
+        common.fail(
+            f"--purge erases {session_id} for good: confirm with --yes (no terminal to ask on)",
+            Exit.USAGE,
+        )
+    question = f"Erase session {session_id} and all of it (transcript, events) for good?"
+    if not typer.confirm(question, default=False):
+        common.fail("not purged", Exit.ERROR)
