@@ -51,11 +51,27 @@ def cluster_servers() -> Iterator[tuple[infra.PostgresServer, infra.RedisServer]
         pg.close()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated once for this run, copied into each test's data dir."""
+    from tether.store import open_store
+
+    path = tmp_path_factory.mktemp("template") / "tether.db"
+
+    async def make_template() -> None:
+        store = await open_store(f"sqlite:///{path}")
+        await store.close()
+
+    asyncio.run(make_template())
+    return path
+
+
 @pytest.fixture(autouse=True)
 def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """This test's store and bus: nothing in embedded mode; a fresh database and Redis prefix
-    of its own in cluster mode."""
+    """This test's store and bus: a copy of a migrated SQLite database in embedded mode; a
+    fresh database and Redis prefix of its own in cluster mode."""
     if not CLUSTER:
+        helpers.SQLITE_TEMPLATE = request.getfixturevalue("sqlite_template")
         yield {}
         return
     pg, redis = request.getfixturevalue("cluster_servers")
