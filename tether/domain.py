@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -107,6 +108,7 @@ class EventType(enum.StrEnum):
     MESSAGE_COMPLETED = "message.completed"
     TOOL_STARTED = "tool.started"
     TOOL_COMPLETED = "tool.completed"
+    TOOL_PROGRESS = "tool.progress"  # a running tool's progress report (MCP progress)
     INTERRUPT_CREATED = "interrupt.created"
     INTERRUPT_RESOLVED = "interrupt.resolved"
     INTERRUPT_EXPIRED = "interrupt.expired"
@@ -225,6 +227,68 @@ class ToolSpec(BaseModel):
     )
 
 
+MCP_SERVER_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")  # an HTTP token (RFC 9110)
+
+
+class McpServerSpec(BaseModel):
+    """An MCP server an agent uses (DESIGN §10). A bare `name` refers to a server the operator
+    declared (`TETHER_MCP_SERVERS`); with a `url`, it is the tenant's own streamable HTTP
+    server. `headers` are write-only, like `model.api_key`: sealed before they are stored
+    (into `headers_sealed`), never dumped."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    name: str = Field(pattern=MCP_SERVER_NAME_PATTERN)
+    transport: Literal["http"] | None = Field(
+        default=None, description="'http' (streamable HTTP) for a server of your own"
+    )
+    url: str | None = Field(default=None, max_length=2048)
+    headers: dict[str, SecretStr] | None = Field(
+        default=None,
+        exclude=True,
+        max_length=32,
+        description="sent with every request (write-only: stored encrypted, never returned); "
+        "values may reference the server's environment variables the operator allows, ${NAME}",
+    )
+    headers_sealed: SkipJsonSchema[str | None] = Field(default=None, exclude=True)
+
+    @field_validator("headers_sealed")
+    @classmethod
+    def _stored_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not (info.context or {}).get("stored"):
+            raise ValueError("headers_sealed is not a field agents may set: give headers")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, SecretStr] | None) -> dict[str, SecretStr] | None:
+        for name, secret in (value or {}).items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name[:128]!r} is not a valid HTTP header name")
+            text = secret.get_secret_value()
+            if len(text) > 8192 or any(c in text for c in "\r\n\0"):
+                raise ValueError(f"the value of header {name!r} is too long or holds a line break")
+        return value
+
+    @model_validator(mode="after")
+    def _transport(self) -> McpServerSpec:
+        if self.url is not None and self.transport is None:
+            self.transport = "http"
+        if self.transport == "http" and self.url is None:
+            raise ValueError(f"MCP server {self.name!r}: transport 'http' needs a url")
+        if self.url is None and self.headers is not None:
+            raise ValueError(
+                f"MCP server {self.name!r}: headers are for a server of your own (with a url); "
+                "a server the operator declared comes with its own"
+            )
+        return self
+
+    @property
+    def declared(self) -> bool:
+        """A server the operator declared, named only."""
+        return self.url is None
+
+
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 
@@ -235,7 +299,12 @@ class AgentSpec(BaseModel):
     name: str = Field(min_length=1, max_length=128, pattern=AGENT_NAME_PATTERN)
     instructions: str = ""
     model: ModelSpec = Field(default_factory=ModelSpec)
-    tools: list[ToolSpec] = Field(default_factory=list)
+    tools: list[ToolSpec] = Field(
+        default_factory=list,
+        description="Python tools by name, MCP tools as `<server>.<tool>` or a pattern "
+        "(`gh.*`), each with its policy",
+    )
+    mcp_servers: list[McpServerSpec] = Field(default_factory=list, max_length=32)
     max_steps: int = Field(default=20, ge=1, le=10_000)
     turn_timeout_s: float = Field(default=600, gt=0, le=7 * 24 * 3600)
     interrupt_ttl_s: float | None = Field(default=None, gt=0)
@@ -248,6 +317,10 @@ class AgentSpec(BaseModel):
         data = self.model_dump(mode="json")
         if self.model.api_key_sealed is not None:
             data["model"]["api_key_sealed"] = self.model.api_key_sealed
+        for server, dumped in zip(self.mcp_servers, data["mcp_servers"], strict=True):
+            assert server.headers is None, "seal the MCP server's headers before storing them"
+            if server.headers_sealed is not None:
+                dumped["headers_sealed"] = server.headers_sealed
         return data
 
     @classmethod

@@ -15,6 +15,7 @@ from tether import domain, errors, gate
 from tether.auth import Keys
 from tether.bus import Bus, LocalBus
 from tether.config import Settings
+from tether.runtime import mcp_servers
 from tether.runtime.tools import ToolRegistry, builtin_registry, load_tools
 from tether.service import DEFAULT_TENANT, Service
 from tether.store import Store, open_store
@@ -76,6 +77,8 @@ class Node:
         self.tools = tools or builtin_registry()
         if settings.tools:
             load_tools(settings.tools, self.tools)
+        # the operator's MCP servers file: read once, refused here if unusable
+        self.mcp = mcp_servers.from_settings(settings)
         self.bus: Bus
         self.store: Store
         self.service: Service
@@ -110,7 +113,7 @@ class Node:
             serve=True,
         )
         opened.push_async_callback(self.store.close)
-        self.service = Service(self.store, self.bus, self.tools, settings)
+        self.service = Service(self.store, self.bus, self.tools, settings, self.mcp)
         self.keys = Keys(self.store)
         self.gate = gate.Gate(settings, self.keys)
         self.stream_watch = gate.StreamWatch(self.gate)
@@ -132,7 +135,7 @@ class Node:
             await self.reaper.reap_once()
             await self.reaper.start()
             opened.push_async_callback(self.reaper.stop)
-            self.worker = Worker(self.store, self.bus, self.tools, settings)
+            self.worker = Worker(self.store, self.bus, self.tools, settings, self.mcp)
             await self.worker.start()
             # whichever worker the node holds when it stops (a test may swap it)
             opened.push_async_callback(self._stop_worker)

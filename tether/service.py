@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tether import agents, domain, errors, ids, storable, streaming
 from tether.bus import Bus
 from tether.config import Settings
+from tether.runtime import mcp_servers
 from tether.runtime.tools import ToolRegistry
 from tether.store import Page, Store, idempotency
 
@@ -55,12 +56,13 @@ class Service:
         bus: Bus,
         tools: ToolRegistry,
         settings: Settings,
+        mcp: mcp_servers.Servers | None = None,
     ):
         self.settings = settings
         self.store = store
         self.bus = bus
         self.tools = tools
-        self.agents = agents.Agents(store, tools, settings)  # agent definitions
+        self.agents = agents.Agents(store, tools, settings, mcp)  # agent definitions
 
     # --- sessions ------------------------------------------------------------------------------
 

@@ -62,6 +62,7 @@ class AgentPatch(_In):
     instructions: str | None = None
     model: domain.ModelSpec | None = None
     tools: list[domain.ToolSpec] | None = None
+    mcp_servers: list[domain.McpServerSpec] | None = None
     max_steps: int | None = None
     turn_timeout_s: float | None = None
     interrupt_ttl_s: float | None = None
@@ -70,11 +71,17 @@ class AgentPatch(_In):
 
     def changes(self) -> dict[str, Any]:
         """The fields given, as JSON. A write-only api_key is never dumped, so it is carried
-        over by hand, null included (which removes the stored one)."""
+        over by hand, null included (which removes the stored one); so are MCP servers'
+        headers."""
         changes = self.model_dump(mode="json", exclude_unset=True)
         if self.model is not None and "api_key" in self.model.model_fields_set:
             key = self.model.api_key
             changes["model"]["api_key"] = key.get_secret_value() if key is not None else None
+        for server, dumped in zip(
+            self.mcp_servers or [], changes.get("mcp_servers") or [], strict=True
+        ):
+            if server.headers is not None:
+                dumped["headers"] = {k: v.get_secret_value() for k, v in server.headers.items()}
         return changes
 
 

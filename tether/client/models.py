@@ -51,12 +51,22 @@ class ModelConfig(TetherModel):
 
 
 class ToolConfig(TetherModel):
-    """A tool an agent may call, with its policy (`auto`, `approve`, `deny`)."""
+    """A tool an agent may call, with its policy (`auto`, `approve`, `deny`): a Python tool's
+    name, an MCP tool's `<server>.<tool>`, or a pattern of those (`gh.*`)."""
 
     name: str
     policy: str = "auto"
     editable: bool = False
     interrupt_ttl_s: float | None = None
+
+
+class McpServerConfig(TetherModel):
+    """An MCP server an agent uses: a bare `name` is one the operator declared; with a `url`,
+    a streamable HTTP server of your own (its `headers` are write-only: never returned)."""
+
+    name: str
+    transport: Literal["http"] | None = None
+    url: str | None = None
 
 
 class Agent(TetherModel):
@@ -67,6 +77,7 @@ class Agent(TetherModel):
     instructions: str = ""
     model: ModelConfig
     tools: list[ToolConfig] = Field(default_factory=list)
+    mcp_servers: list[McpServerConfig] = Field(default_factory=list)
     max_steps: int
     turn_timeout_s: float
     interrupt_ttl_s: float | None = None
@@ -205,6 +216,16 @@ class Interrupt(TetherModel):
 # --- events ----------------------------------------------------------------------------------
 
 
+class ToolProgress(TetherModel):
+    """A running tool's progress report (`tool.progress`): `total` None when unknown."""
+
+    tool_call_id: str
+    name: str
+    progress: float
+    total: float | None = None
+    message: str | None = None
+
+
 class Event(TetherModel):
     """One event of a session. Durable events have their own `seq` (gap-free, increasing);
     a live `message.delta` carries the seq of the last durable event before it and, in `data`,
@@ -244,6 +265,13 @@ class Event(TetherModel):
         """The interrupt carried by `interrupt.*` events."""
         value = self.data.get("interrupt")
         return Interrupt.model_validate(value) if isinstance(value, dict) else None
+
+    @property
+    def progress(self) -> ToolProgress | None:
+        """The report carried by `tool.progress`."""
+        if self.type != "tool.progress":
+            return None
+        return ToolProgress.model_validate(self.data)
 
     @property
     def terminal(self) -> bool:

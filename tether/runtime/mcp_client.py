@@ -39,7 +39,13 @@ import mcp
 import mcp_types
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared._httpx_utils import (
+    MCP_DEFAULT_SSE_READ_TIMEOUT,
+    MCP_DEFAULT_TIMEOUT,
+    create_mcp_http_client,
+)
+
+from tether import destinations
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +69,13 @@ class StdioServer:
 
 @dataclass(frozen=True)
 class HttpServer:
-    """A streamable HTTP server; headers carry its credentials (never shown)."""
+    """A streamable HTTP server; headers carry its credentials (never shown). `guarded`: a
+    tenant's own server, reached only through the destination guard (DESIGN §8)."""
 
     name: str
     url: str
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    guarded: bool = False
 
 
 Server = StdioServer | HttpServer
@@ -185,10 +193,12 @@ class _Connection:
         server: Server,
         http_client: Callable[[HttpServer], httpx2.AsyncClient],
         stderr: TextIO,
+        on_tools_changed: Callable[[], None] = lambda: None,
     ):
         self.server = server
         self._http_client = http_client
         self._stderr = stderr
+        self._on_tools_changed = on_tools_changed
         self.client: mcp.Client | None = None
         self.call: _Call | None = None
         self.failure: BaseException | None = None
@@ -233,6 +243,7 @@ class _Connection:
             async with mcp.Client(
                 self._transport(),
                 elicitation_callback=self._elicit,
+                message_handler=self._notified,
                 client_info=mcp_types.Implementation(name="tether", version="1"),
                 cache=None,
             ) as client:
@@ -248,6 +259,11 @@ class _Connection:
         finally:
             self.gone.set()
             self.ready.set()
+
+    async def _notified(self, message: Any) -> None:
+        """A server's notification: a changed tool list is discovered again at the next use."""
+        if isinstance(message, mcp_types.ToolListChangedNotification):
+            self._on_tools_changed()
 
     async def _elicit(
         self, context: Any, params: mcp_types.ElicitRequestParams
@@ -378,6 +394,11 @@ def _default_http_client(server: HttpServer) -> httpx2.AsyncClient:
     return create_mcp_http_client(headers=dict(server.headers))
 
 
+def _timeout() -> httpx2.Timeout:
+    """The SDK's own: a response stream may stay open for a long while."""
+    return httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT)
+
+
 class McpHub:
     """The MCP connections of one worker process."""
 
@@ -389,8 +410,12 @@ class McpHub:
         idle_timeout_s: float = 300.0,
         http_client: Callable[[HttpServer], httpx2.AsyncClient] = _default_http_client,
         stderr: TextIO | None = None,
+        guard: destinations.Guard | None = None,
     ):
+        """`http_client` makes the clients of the operator's HTTP servers; a tenant's own
+        (`guarded`) are reached only through `guard` (private addresses refused by default)."""
         self.connect_timeout_s = connect_timeout_s
+        self._guard = guard or destinations.Guard()
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self._sweeper: asyncio.Task[None] | None = None
@@ -404,16 +429,27 @@ class McpHub:
             raise McpUnavailable("the MCP client is shut down")
         key = (scope, server)
         if (pool := self._pools.get(key)) is None:
-
-            async def open_connection() -> _Connection:
-                conn = _Connection(server, self._http_client, self._stderr)
-                await conn.open(self.connect_timeout_s)
-                return conn
-
-            pool = self._pools[key] = _Pool(open_connection, self.max_connections)
+            pool = self._pools[key] = self._new_pool(server)
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.create_task(self._sweep(), name="mcp-idle-sweeper")
         return pool
+
+    def _new_pool(self, server: Server) -> _Pool:
+        def forget_tools() -> None:  # the server's tools changed: discovered again when asked
+            pool.tools = None
+
+        async def open_connection() -> _Connection:
+            conn = _Connection(server, self._client_for, self._stderr, forget_tools)
+            await conn.open(self.connect_timeout_s)
+            return conn
+
+        pool = _Pool(open_connection, self.max_connections)
+        return pool
+
+    def _client_for(self, server: HttpServer) -> httpx2.AsyncClient:
+        if server.guarded:
+            return self._guard.httpx2_client(headers=dict(server.headers), timeout=_timeout())
+        return self._http_client(server)
 
     async def _sweep(self) -> None:
         """Stop servers nobody called for `idle_timeout_s`: a stdio server is a process, and
@@ -485,6 +521,9 @@ class McpHub:
         request = asyncio.create_task(
             conn.client.call_tool(tool, arguments, progress_callback=report)
         )
+        # a request the call stopped waiting for (a pause, a stop, a dead server) may still
+        # end in an error: it is no one's to raise
+        request.add_done_callback(_retrieve)
         try:
             return await _outcome(server, conn, call, request)
         finally:
@@ -502,6 +541,11 @@ class McpHub:
                 await self._sweeper
         pools, self._pools = list(self._pools.values()), {}
         await asyncio.gather(*(p.close() for p in pools))
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class _Gone(Exception):
