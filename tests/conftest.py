@@ -17,6 +17,27 @@ from tests import helpers, infra
 from tests.helpers import Api, Server, running_server
 
 CLUSTER = os.environ.get("TETHER_TEST_BACKEND", "sqlite") == "cluster"
+
+
+def _one_ssl_context() -> None:
+    """httpx builds an SSL context for every client it makes, loading certifi's CA bundle
+    (~35 ms of CPU); tests make thousands of clients, all speaking plain HTTP to loopback.
+    Clients that verify by default share one context here (an SSLContext is meant to be
+    shared); one given its own `verify` keeps it."""
+    from httpx._transports import default
+
+    shared = httpx.create_ssl_context()
+    create = default.create_ssl_context
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is True and cert is None and trust_env:
+            return shared
+        return create(verify=verify, cert=cert, trust_env=trust_env)
+
+    default.create_ssl_context = create_ssl_context  # type: ignore[assignment]
+
+
+_one_ssl_context()
 _TEMPLATE = "tether_template"
 _numbers = itertools.count()
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import random
 import shutil
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,10 +45,34 @@ def node_binary() -> str:
     return found
 
 
+def _port_walk() -> Iterator[int]:
+    """Ports below the kernel's ephemeral range, from which every outgoing connection takes
+    its local port: one of those could take a port between our pick and the bind of a
+    server started in another process (seconds later, for a `tether serve`). Each process
+    walks them from a random start, so parallel workers and runs seldom meet, and a port in
+    use is skipped."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    ports = range(10000, max(low, 20000))
+    start = random.randrange(len(ports))
+    return itertools.cycle([*ports[start:], *ports[:start]])
+
+
+_ports = _port_walk()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, for a server a test starts."""
+    for port in _ports:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("unreachable: the walk is endless")
 
 
 class Server:
