@@ -32,20 +32,18 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx2
-import mcp
 import mcp_types
-from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import (
-    MCP_DEFAULT_SSE_READ_TIMEOUT,
-    MCP_DEFAULT_TIMEOUT,
-    create_mcp_http_client,
-)
 
 from tether import destinations
+
+# The `mcp` SDK (about a second of CPU to import) is imported where a connection is made or
+# its errors are read: a process whose agents use no MCP server, or a CLI command, never
+# pays for it.
+if TYPE_CHECKING:
+    import mcp
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +227,8 @@ class _Connection:
 
     def _transport(self) -> Any:
         if isinstance(self.server, StdioServer):
+            from mcp.client.stdio import StdioServerParameters, stdio_client
+
             params = StdioServerParameters(
                 command=self.server.command,
                 args=list(self.server.args),
@@ -239,6 +239,8 @@ class _Connection:
         return _http_transport(self.server.url, self._http_client(self.server))
 
     async def _run(self) -> None:
+        import mcp
+
         try:
             async with mcp.Client(
                 self._transport(),
@@ -299,12 +301,16 @@ class _Connection:
 async def _http_transport(url: str, client: httpx2.AsyncClient) -> AsyncIterator[Any]:
     """The SDK's streamable HTTP transport on our client, which we close (the SDK closes only
     clients it made)."""
+    from mcp.client.streamable_http import streamable_http_client
+
     async with client, streamable_http_client(url, http_client=client) as streams:
         yield streams
 
 
 def _why(exc: BaseException) -> str:
     """The innermost, most telling message of an exception (group)."""
+    import mcp
+
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     if isinstance(exc, mcp.MCPError):
@@ -391,11 +397,15 @@ class _Pool:
 
 
 def _default_http_client(server: HttpServer) -> httpx2.AsyncClient:
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
     return create_mcp_http_client(headers=dict(server.headers))
 
 
 def _timeout() -> httpx2.Timeout:
     """The SDK's own: a response stream may stay open for a long while."""
+    from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
+
     return httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT)
 
 
@@ -467,6 +477,8 @@ class McpHub:
     async def tools(self, server: Server, scope: str = "") -> list[ToolInfo]:
         """The server's tools (discovered once per connection life, then remembered).
         Raises McpUnavailable if the server cannot be reached."""
+        import mcp
+
         pool = self._pool(server, scope)
         if pool.tools is not None:
             return pool.tools
@@ -569,6 +581,8 @@ async def _until_gone(conn: _Connection, awaitable: Awaitable[Any]) -> Any:
 async def _outcome(
     server: Server, conn: _Connection, call: _Call, request: asyncio.Task[Any]
 ) -> CallResult:
+    import mcp
+
     gone = asyncio.create_task(conn.gone.wait())
     aborted = asyncio.create_task(call.aborted.wait())
     try:
