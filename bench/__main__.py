@@ -16,11 +16,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import profile, scenarios
+from bench import goals, profile, scenarios
 from bench.scenarios import in_client_process
 from bench.server import Server, raise_fd_limit, wait_for_quiet
 
@@ -64,7 +64,13 @@ class Spy:
 
 def with_server_stats(result: dict[str, Any], server: Server) -> dict[str, Any]:
     start, end = result.pop("window")
-    return {**result, **server.stats(start, end)}
+    out = {**result, **server.stats(start, end)}
+    if "tokens_delivered" in result:
+        cpu = server.cpu_seconds(start, end)
+        tokens = result["tokens_delivered"]
+        per_token = round(1e6 * cpu / tokens, 1) if cpu is not None and tokens else None
+        out["server_cpu_us_per_token"] = per_token
+    return out
 
 
 def run_throughput(s: Sizes, spy: Spy) -> dict[str, Any]:
@@ -126,16 +132,7 @@ def server_cpu(r: dict[str, Any]) -> str:
 
 def summary(name: str, r: dict[str, Any]) -> list[str]:
     if name == "throughput":
-        cpu = f"{server_cpu(r)}, peak RSS {r['server_peak_rss_mb']} MB"
-        return [
-            f"short-turn throughput ({r['clients']} clients, {r['tokens_per_turn']} tokens, "
-            f"{r['duration_s']:g} s): {r['turns_per_s']} turns/s",
-            f"  latency p50 {r['latency_p50_ms']} ms, p99 {r['latency_p99_ms']} ms, "
-            f"max {r['latency_max_ms']} ms",
-            f"  not completed {r['not_completed']}, errors {r['errors']}; {cpu}; "
-            f"client CPU {r['client_cpu_percent']}%",
-            *caveats(r),
-        ]
+        return [*throughput_lines(r), *caveats(r)]
     if name == "first_token":
         return [
             f"time to first token ({r['samples']} sequential turns, idle server, "
@@ -151,16 +148,39 @@ def summary(name: str, r: dict[str, Any]) -> list[str]:
             f"{count} concurrent streams ({x['tokens_per_stream']} tokens at "
             f"{x['token_delay_ms']:g} ms): completed {x['completed']}/{x['streams']}, "
             f"errors {x['errors']}",
+            f"  all started {x['all_started_ms']} ms after the first POST (never started "
+            f"{x['not_started']}); POST -> turn.started p50 {x['started_p50_ms']} ms, "
+            f"p99 {x['started_p99_ms']} ms",
             f"  inter-token p50 {x['inter_token_p50_ms']} ms, p99 {x['inter_token_p99_ms']} ms, "
             f"max {x['inter_token_max_ms']} ms; {x['tokens_per_frame']} tokens/frame",
             f"  first token p50 {x['first_token_p50_ms']} ms, p99 {x['first_token_p99_ms']} ms; "
             f"stream duration p50 {x['stream_duration_p50_ms']} ms "
             f"(ideal {x['ideal_stream_duration_ms']:g}), max {x['stream_duration_max_ms']} ms",
-            f"  server peak RSS {x['server_peak_rss_mb']} MB (idle {x['server_idle_rss_mb']} MB), "
-            f"{server_cpu(x)}, client CPU {x['client_cpu_percent']}%",
+            f"  server peak RSS {x['server_peak_rss_mb']} MB (idle {x['server_idle_rss_mb']} MB, "
+            f"VmHWM {x['server_vm_hwm_mb']} MB), {server_cpu(x)}, "
+            f"{x['server_cpu_us_per_token']} us CPU/token",
+            f"  client CPU {x['client_cpu_percent']}% ({x['client_cpu_us_per_frame']} us/frame)",
             *caveats(x),
         ]
     return lines
+
+
+def throughput_lines(r: dict[str, Any]) -> list[str]:
+    """Short-turn throughput, as both python -m bench and bench.cluster print it."""
+    cpu = f"{server_cpu(r)}, peak RSS {r['server_peak_rss_mb']} MB"
+    return [
+        f"short-turn throughput ({r['clients']} clients, {r['tokens_per_turn']} tokens, "
+        f"{r['duration_s']:g} s): {r['turns_per_s']} turns/s with all tokens streamed "
+        f"({r['turns_completed_per_s']} turns/s completed)",
+        f"  latency p50 {r['latency_p50_ms']} ms, p99 {r['latency_p99_ms']} ms, "
+        f"max {r['latency_max_ms']} ms",
+        f"  not completed {r['not_completed']}, errors {r['errors']}; of "
+        f"{r['turns_completed_run']} completed turns, {r['streams_without_delta']} streams "
+        "had no message.delta and "
+        f"{r['streams_with_partial_deltas']} only some of the tokens",
+        f"  {cpu}; client CPU {r['client_cpu_percent']}% ({r['client_cpu_us_per_turn']} us/turn: "
+        f"one core of client drives ~{r['client_turns_per_core_s']} turns/s)",
+    ]
 
 
 def code_version() -> dict[str, str]:
@@ -188,18 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--name", default=None, help="results file prefix (default: full/quick)")
     parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=120,
-        metavar="S",
-        help="before each benchmark, wait up to S seconds for other load to end (default 120)",
+        "--streams",
+        default=None,
+        metavar="N[,N]",
+        help="concurrent stream counts of `streams` (default 500,1000; quick 50,100)",
     )
-    parser.add_argument(
-        "--retries",
-        type=int,
-        default=2,
-        help="run a benchmark again when other load skewed it, up to this many times",
-    )
+    add_quiet_options(parser, wait_s=120)
     parser.add_argument(
         "--profile", action="store_true", help="record the server with py-spy (skews figures)"
     )
@@ -209,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {BENCHMARKS}")
     sizes = QUICK if args.quick else FULL
+    if args.streams:
+        sizes = replace(sizes, stream_counts=tuple(int(n) for n in args.streams.split(",")))
     name = args.name or ("quick" if args.quick else "full")
 
     # SIGTERM too should unwind through the `with Server` blocks, which kill the server
@@ -228,12 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": asdict(sizes),
         "machine_busy_before_percent": {},
         "attempts": {},
+        "skewed": {},  # bench -> other load (or steal) was over the limit in the kept attempt
         "results": {},
     }
     spy = Spy(RESULTS / f"{name}-{stamp}-profile" if args.profile else None)
 
     failed = [b for b in chosen if not run_benchmark(b, sizes, spy, args, report)]
 
+    figures = goals.embedded(report["results"], report["skewed"])
+    report["figures"] = goals.as_json(figures)
+    print("\n".join(goals.summary(figures, args.quick)))
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}-{stamp}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -247,12 +267,13 @@ def run_benchmark(
     bench: str, sizes: Sizes, spy: Spy, args: argparse.Namespace, report: dict[str, Any]
 ) -> bool:
     """Run one benchmark (again while other load skews it) into `report`; False if it failed."""
-    for attempt in range(1 + args.retries):
-        if args.wait_quiet > 0:
-            busy = wait_for_quiet(args.wait_quiet, OTHER_LOAD_WARN)
+    wait_s, retries = quiet_options(args, 120)
+    for attempt in range(1 + retries):
+        if wait_s > 0:
+            busy = wait_for_quiet(wait_s, OTHER_LOAD_WARN)
             report["machine_busy_before_percent"][bench] = busy
             if busy >= OTHER_LOAD_WARN:
-                print(f"machine still busy ({busy}% CPU) after {args.wait_quiet:g} s")
+                print(f"machine still busy ({busy}% CPU) after {wait_s:g} s")
         print(f"running {bench}…", flush=True)
         report["code"][bench] = code_version()  # tether/ may be edited between benchmarks
         report["attempts"][bench] = attempt + 1
@@ -265,12 +286,43 @@ def run_benchmark(
             return False
         lines = summary(bench, result)
         print("\n".join([*lines, f"  ({time.monotonic() - began:.0f} s)"]))
-        if not any("figures skewed" in line for line in lines):
+        report["skewed"][bench] = any("figures skewed" in line for line in lines)
+        if not report["skewed"][bench]:
             break
     for stacks in sorted(spy.dir.glob(f"{bench}*.txt")) if spy.dir else []:
         print("\n".join(profile.report(stacks)))
     print()
     return True
+
+
+def add_quiet_options(parser: argparse.ArgumentParser, wait_s: float, retries: bool = True) -> None:
+    """--wait-quiet and (with `retries`) --retries; with --quick both default to 0 (a smoke
+    run, not figures)."""
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"before each benchmark, wait up to S seconds for other load to end "
+        f"(default {wait_s:g}; 0 with --quick)",
+    )
+    if not retries:
+        return
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        help="run a benchmark again when other load skewed it, up to this many times "
+        "(default 2; 0 with --quick)",
+    )
+
+
+def quiet_options(args: argparse.Namespace, wait_s: float) -> tuple[float, int]:
+    """The --wait-quiet and --retries to use."""
+    wait = args.wait_quiet if args.wait_quiet is not None else (0.0 if args.quick else wait_s)
+    given = getattr(args, "retries", None)
+    retries = given if given is not None else (0 if args.quick else 2)
+    return wait, retries
 
 
 if __name__ == "__main__":

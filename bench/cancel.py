@@ -29,8 +29,8 @@ from typing import Any
 
 import uvloop
 
-from bench import profile
-from bench.__main__ import RESULTS, code_version
+from bench import bustap, goals, procs, profile
+from bench.__main__ import RESULTS, add_quiet_options, code_version, quiet_options
 from bench.client import Connection, Stream, create_session, stream_turn
 from bench.scenarios import in_client_process, percentile
 from bench.server import Server, free_port, raise_fd_limit, wait_for_quiet
@@ -48,7 +48,7 @@ LOAD_MAX_S = 900.0  # they are stopped after this at the latest
 QUIET_WAIT_S = 300.0  # before each scenario, wait this long at most for other load to end
 OTHER_LOAD_WARN = 15.0  # % of a core used by other processes during a scenario
 STEAL_WARN = 10.0  # % of a core the hypervisor gave to other guests during a scenario
-RETRIES = 2  # run a scenario again when other load skewed it
+TAP_LINGER_S = 1.0  # the bus tap keeps listening this long after the last stop
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class FakeProvider:
 
     def __init__(self) -> None:
         self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> FakeProvider:
@@ -87,13 +88,7 @@ class FakeProvider:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        procs.stop(self.proc)
 
 
 # --- the stops (in a client process) ----------------------------------------------------------
@@ -103,6 +98,7 @@ class FakeProvider:
 class Stop:
     """One timed stop. Durations are seconds after the interrupt was sent (t0)."""
 
+    session_id: str = ""
     status: int = 0  # of the interrupt's answer
     turn_status: str = ""  # in that answer
     answer_s: float | None = None  # (a) the answer arrived
@@ -113,6 +109,11 @@ class Stop:
     tokens_seen: int = 0  # tokens that reached the client in all
     tokens_after_stop: int = 0  # arrived after t0 (may have been in flight)
     tokens_after_answer: int = 0  # arrived after the answer: should be 0
+    # cluster mode, from the bus tap (None without one): the turn's live tokens published on
+    # the bus after its terminal event, until the end of the scenario
+    bus_saw_terminal: bool | None = None
+    tokens_published_after_end: int | None = None
+    last_published_after_end_s: float | None = None  # the last of them, after the end
     error: str | None = None
 
 
@@ -143,7 +144,7 @@ async def stop_one(port: int, fake: Connection, call_index: int, session_id: str
         elif event == "turn.cancelled":
             cancelled_at = at
 
-    stop = Stop()
+    stop = Stop(session_id=session_id)
     stream, control = await Connection.open(port), await Connection.open(port)
     turn: asyncio.Task[tuple[int, bytes]] | None = None
     try:
@@ -183,13 +184,40 @@ async def stop_one(port: int, fake: Connection, call_index: int, session_id: str
     return stop
 
 
-def stops(port: int, fake_port: int, count: int, warmup: int) -> dict[str, Any]:
-    return uvloop.run(_stops(port, fake_port, count, warmup))
+def stops(
+    port: int, fake_port: int, count: int, warmup: int, bus: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """The timed stops; with `bus` (a Redis URL and the deployment's bus prefix), a tap on
+    each victim session's channel as well."""
+    return uvloop.run(_stops(port, fake_port, count, warmup, bus))
 
 
-async def _stops(port: int, fake_port: int, count: int, warmup: int) -> dict[str, Any]:
+async def _stops(
+    port: int, fake_port: int, count: int, warmup: int, bus: tuple[str, str] | None
+) -> dict[str, Any]:
+    tap = bustap.BusTap(*bus) if bus else None
+    try:
+        result = await _timed_stops(port, fake_port, count, warmup, tap)
+        if tap is not None:
+            await asyncio.sleep(TAP_LINGER_S)  # a worker still publishing shows meanwhile
+    finally:
+        if tap is not None:
+            await tap.close()
+    if tap is not None:
+        for stop in result["stops"]:
+            late = bustap.after_end(tap.log.get(stop["session_id"], []))
+            stop["bus_saw_terminal"] = late.terminal_seen
+            stop["tokens_published_after_end"] = late.tokens
+            stop["last_published_after_end_s"] = late.last_after_s
+        result["bus_tap_undecodable"] = tap.undecodable
+    return result
+
+
+async def _timed_stops(
+    port: int, fake_port: int, count: int, warmup: int, tap: bustap.BusTap | None
+) -> dict[str, Any]:
     setup = await Connection.open(port)
-    base_url = f"http://127.0.0.1:{fake_port}/v1"
+    base_url = f"http://127.0.0.1:{fake_port}/v1"  # FakeProvider.url
     model = {"provider": "openai", "model": "fake-1", "base_url": base_url}
     agent = await setup.json("POST", "/v1/agents", {"name": "victim", "model": model, "tools": []})
     setup.close()
@@ -201,6 +229,8 @@ async def _stops(port: int, fake_port: int, count: int, warmup: int) -> dict[str
         setup, fake = await Connection.open(port), await Connection.open(fake_port)
         try:
             session_id = await create_session(setup, agent["id"])
+            if tap is not None:
+                await tap.watch(session_id)
             calls = len(await fake.json("GET", "/_calls"))
             stop = await stop_one(port, fake, calls, session_id)
         finally:
@@ -365,7 +395,33 @@ def figures(raw: list[dict[str, Any]]) -> dict[str, Any]:
         "tokens_after_answer_total": sum(s["tokens_after_answer"] for s in ok),
         "stops_with_tokens_after_answer": sum(s["tokens_after_answer"] > 0 for s in ok),
         "provider_tokens_never_delivered": sum(s["provider_chunks"] - s["tokens_seen"] for s in ok),
+        **published_after_end(ok),
     }
+
+
+def published_after_end(ok: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bus tap's figures (cluster mode); None without a tap."""
+    keys = (
+        "tokens_published_after_cancelled_total",
+        "tokens_published_after_cancelled_max",
+        "stops_with_tokens_published_after_cancelled",
+        "last_published_after_cancelled_max_ms",
+        "bus_tap_missed_terminal",
+    )
+    tapped = [s for s in ok if s["bus_saw_terminal"] is not None]
+    if not tapped:
+        return dict.fromkeys(keys, None)
+    seen = [s for s in tapped if s["bus_saw_terminal"]]
+    late = [s["tokens_published_after_end"] for s in seen]
+    last = [s["last_published_after_end_s"] for s in seen if s["last_published_after_end_s"]]
+    values = (
+        sum(late),
+        max(late, default=0),
+        sum(n > 0 for n in late),
+        round(1000 * max(last), 2) if last else None,
+        len(tapped) - len(seen),
+    )
+    return dict(zip(keys, values, strict=True))
 
 
 def summary(name: str, r: dict[str, Any]) -> list[str]:
@@ -387,6 +443,15 @@ def summary(name: str, r: dict[str, Any]) -> list[str]:
         f"(max {r['tokens_after_stop_max']}/stop); after the 200 answer: "
         f"{r['tokens_after_answer_total']} ({r['stops_with_tokens_after_answer']} stops)"
     )
+    if r.get("tokens_published_after_cancelled_total") is not None:
+        lines.append(
+            "  bus: tokens published after turn.cancelled "
+            f"{r['tokens_published_after_cancelled_total']} "
+            f"(max {r['tokens_published_after_cancelled_max']}/stop, "
+            f"{r['stops_with_tokens_published_after_cancelled']} stops, the last "
+            f"{r['last_published_after_cancelled_max_ms']} ms after); turn.cancelled not seen "
+            f"{r['bus_tap_missed_terminal']}, undecodable messages {r.get('bus_tap_undecodable')}"
+        )
     lines.append(
         f"  provider: finished {r['provider_finished']}, never closed "
         f"{r['provider_not_closed']}, tokens sent but never delivered "
@@ -428,10 +493,14 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_scenario(sizes: Sizes, loaded: bool, spy: Path | None) -> dict[str, Any]:
-    quiet = wait_for_quiet(QUIET_WAIT_S, OTHER_LOAD_WARN)
+def run_scenario(sizes: Sizes, loaded: bool, spy: Path | None, wait_s: float) -> dict[str, Any]:
+    quiet = wait_for_quiet(wait_s, OTHER_LOAD_WARN) if wait_s > 0 else None
     timeout = 120 + sizes.stops * (TRIAL_TIMEOUT_S / 10)
-    with FakeProvider() as fake, Server(workers=WORKERS, profile=spy) as server:
+    with (
+        FakeProvider() as fake,
+        # the fake is on loopback: allowed as a provider destination, as an operator would
+        Server(workers=WORKERS, profile=spy, env={"TETHER_PROVIDER_BASE_URLS": fake.url}) as server,
+    ):
         assert fake.proc is not None
         args = (server.port, fake.port, sizes.stops, sizes.warmup)
         load: Background | None = None
@@ -462,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cancel", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="20 stops, 20 background streams")
     parser.add_argument("--profile", action="store_true", help="record the server with py-spy")
+    add_quiet_options(parser, wait_s=QUIET_WAIT_S)
     args = parser.parse_args(argv)
+    wait_s, retries = quiet_options(args, QUIET_WAIT_S)
     sizes = QUICK if args.quick else FULL
     name = "cancel-quick" if args.quick else "cancel"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: kill what we started
@@ -471,17 +542,25 @@ def main(argv: list[str] | None = None) -> int:
     spy_dir = RESULTS / f"{name}-{stamp}-profile"
     report: dict[str, Any] = {"name": name, "timestamp": stamp, "code": code_version()}
     report["sizes"] = asdict(sizes) | {"workers": WORKERS, "tokens_before_stop": TOKENS_BEFORE_STOP}
-    for scenario, loaded in (("idle", False), (f"{sizes.background}_streams", True)):
+    loaded_key = f"{sizes.background}_streams"
+    was_skewed: dict[str, bool] = {}
+    for scenario, loaded in (("idle", False), (loaded_key, True)):
         print(f"running {scenario}…", flush=True)
         spy = spy_dir / f"{scenario}.txt" if args.profile else None
-        for attempt in range(1 + RETRIES):
-            report[scenario] = result = run_scenario(sizes, loaded, spy)
+        for attempt in range(1 + retries):
+            report[scenario] = result = run_scenario(sizes, loaded, spy, wait_s)
             result["attempt"] = attempt + 1
             print("\n".join(summary(scenario, result)))
+            was_skewed["loaded" if loaded else "idle"] = bool(skewed(result))
             if not skewed(result):
                 break
         if spy:
             print("\n".join(profile.report(spy)))
+    figures = goals.stops(
+        "embedded", report["idle"], report[loaded_key], was_skewed, ("idle", loaded_key)
+    )
+    report["figures"] = goals.as_json(figures)
+    print("\n".join(goals.summary(figures, args.quick)))
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}-{stamp}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")

@@ -154,7 +154,8 @@ async def create_session(conn: Connection, agent_id: str) -> str:
 class Stream:
     """What a client saw of one streamed turn. Times are time.monotonic()."""
 
-    sent: float = 0.0
+    sent: float = 0.0  # just before the POST was written
+    started: float | None = None  # the `turn.started` frame arrived
     frames: list[tuple[float, int]] = field(default_factory=list)  # (arrival, tokens) per delta
     terminal: str | None = None
     ended: float = 0.0
@@ -194,6 +195,8 @@ async def stream_turn(conn: Connection, session_id: str, text: str = "bench") ->
         if event == "message.delta":
             delta = json.loads(data)["data"]["delta"]
             result.frames.append((at, delta.count(" ")))
+        elif event == "turn.started":
+            result.started = at
         elif event in TERMINAL:
             result.terminal, result.ended = event, at
 

@@ -109,6 +109,7 @@ async def _throughput(
     start = time.monotonic() + warmup_s
     end = start + duration_s
     counted: list[Stream] = []  # turns that ended inside [start, end]
+    ran: list[Stream] = []  # every turn that ended, warm-up included
     errors: list[str] = []
 
     async def client(conn: Connection) -> None:
@@ -120,6 +121,7 @@ async def _throughput(
                 async with asyncio.timeout(TURN_TIMEOUT_S):
                     stream = await stream_turn(conn, session_id)
                 turns += 1
+                ran.append(stream)
                 if start <= stream.ended <= end:
                     counted.append(stream)
         except Exception as exc:
@@ -135,17 +137,31 @@ async def _throughput(
     await asyncio.gather(*(client(c) for c in conns))
     client_cpu = await window
     ok = [s for s in counted if _ok(s, tokens)]
+    completed = [s for s in ran if s.terminal == "turn.completed"]
     return {
         "clients": clients,
         "tokens_per_turn": tokens,
         "duration_s": duration_s,
         "turns": len(counted),
         "turns_per_s": round(len(ok) / duration_s, 1),
-        "not_completed": len(counted) - len(ok),
+        "turns_completed_per_s": round(
+            sum(s.terminal == "turn.completed" for s in counted) / duration_s, 1
+        ),
+        "not_completed": len(counted) - len(ok),  # failed, cancelled or short of tokens
+        "not_turn_completed": sum(s.terminal != "turn.completed" for s in counted),
         "errors": len(errors),
         "error_samples": errors[:3],
         **ms_stats([s.latency for s in ok], "latency"),
+        # every turn of the run (warm-up included) that ended `turn.completed`: did its stream
+        # carry the text live, as message.delta frames?
+        "turns_run": len(ran),
+        "turns_completed_run": len(completed),
+        "streams_without_delta": sum(not s.frames for s in completed),
+        "streams_with_partial_deltas": sum(bool(s.frames) and s.tokens < tokens for s in completed),
         "client_cpu_percent": round(100 * client_cpu / duration_s, 1),
+        # what the client spends per turn, so how many turns/s one core of client could drive
+        "client_cpu_us_per_turn": round(1e6 * client_cpu / len(counted), 1) if counted else None,
+        "client_turns_per_core_s": round(len(counted) / client_cpu) if client_cpu > 0 else None,
         "window": [start, end],
     }
 
@@ -183,6 +199,8 @@ async def _streams(
     ok = [s for s in done if _ok(s, tokens)]
     gaps = [gap for s in done for gap in s.gaps()]
     frames = sum(len(s.frames) for s in done)
+    delivered = sum(s.tokens for s in done)
+    started = [s.started for s in done if s.started is not None]
     return {
         "streams": count,
         "tokens_per_stream": tokens,
@@ -191,14 +209,24 @@ async def _streams(
         "not_completed": count - len(ok),
         "errors": len(errors),
         "error_samples": errors[:3],
+        # from the first POST written to the arrival of the last stream's `turn.started` frame
+        "all_started_ms": (
+            round(1000 * (max(started) - min(s.sent for s in done)), 1)
+            if len(started) == count
+            else None
+        ),
+        "not_started": count - len(started),
+        **ms_stats([s.started - s.sent for s in done if s.started is not None], "started"),
         **ms_stats(gaps, "inter_token"),
         **ms_stats([s.first_token for s in done if s.first_token is not None], "first_token"),
         **ms_stats([s.latency for s in ok], "stream_duration"),
         "ideal_stream_duration_ms": tokens * delay_ms,
-        "tokens_per_frame": round(sum(s.tokens for s in done) / max(1, frames), 2),
+        "tokens_delivered": delivered,
+        "tokens_per_frame": round(delivered / max(1, frames), 2),
         "start_spread_ms": round(1000 * (max(s.sent for s in done) - start), 1) if done else None,
         "wall_s": round(end - start, 2),
         "client_cpu_percent": round(100 * client_cpu / (end - start), 1),
+        "client_cpu_us_per_frame": round(1e6 * client_cpu / frames, 1) if frames else None,
         "window": [start, end],
     }
 

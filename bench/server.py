@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from bench import procs
+
 SAMPLE_S = 0.1
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -74,9 +76,11 @@ class Server:
         profile: Path | None = None,
         ready_timeout_s: float = 30.0,
         args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workers = workers
         self.args = args  # more `tether serve` options (cluster mode: --store, --bus)
+        self.env = env or {}  # more settings, TETHER_<NAME>
         self.profile = profile  # py-spy collapsed stacks of the whole run go here
         self.ready_timeout_s = ready_timeout_s
         self.port = free_port()
@@ -98,7 +102,7 @@ class Server:
         tether = Path(sys.executable).parent / "tether"
         cmd = [str(tether), "serve", "--data-dir", str(self.data_dir)]
         cmd += ["--port", str(self.port), "--workers", str(self.workers), *self.args]
-        env = {**os.environ, "TETHER_LOG_LEVEL": "warning"}
+        env = {**os.environ, "TETHER_LOG_LEVEL": "warning", **self.env}
         log = (self.data_dir / "server.log").open("wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -136,13 +140,7 @@ class Server:
                 self.spy.wait(30)
             except subprocess.TimeoutExpired:
                 self.spy.kill()
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        procs.stop(self.proc)
         if kind is not None:
             sys.stderr.write(f"--- server log (tail) ---\n{self.log_tail()}\n")
         shutil.rmtree(self.data_dir, ignore_errors=True)
@@ -215,6 +213,22 @@ class Server:
             "machine_cpu_percent": pct(b.machine - a.machine),
             "machine_steal_percent": pct(b.steal - a.steal),
         }
+
+    def cpu_seconds(self, start: float, end: float) -> float | None:
+        """The server's CPU seconds (user + system, all threads) over a span that covers all of
+        [start, end]: from the last sample at or before `start` to the first at or after `end`
+        (waited for; samples are SAMPLE_S apart, so the span overshoots by less than that at
+        each end). None when there is no such pair."""
+        deadline = time.monotonic() + 10 * SAMPLE_S
+        while time.monotonic() < deadline and not (self.samples and self.samples[-1].at >= end):
+            time.sleep(SAMPLE_S / 2)
+        samples = list(self.samples)  # the sampler thread appends meanwhile
+        before = [s for s in samples if s.at <= start]
+        after = [s for s in samples if s.at >= end]
+        if not before or not after:
+            return None
+        a, b = before[-1], after[0]
+        return b.user + b.system - a.user - a.system
 
     def stats(self, start: float, end: float) -> dict[str, float]:
         return {

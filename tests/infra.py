@@ -1,8 +1,9 @@
 """Private, throwaway PostgreSQL and Redis servers for the tests and benchmarks of cluster mode.
 
-Each is a real server from the Debian packages (`.ci/run` installs them), started on a free
-loopback port in a directory of its own and removed afterwards: tests never share a server
-with anything else. PostgreSQL refuses to run as root, so as root it runs as `postgres`.
+Each is a real server from the Debian packages (`make test` installs them, through
+scripts/setup-system), started on a free loopback port in a directory of its own and removed
+afterwards: tests never share a server with anything else. PostgreSQL refuses to run as
+root, so as root it runs as `postgres`.
 """
 
 from __future__ import annotations

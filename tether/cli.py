@@ -1,23 +1,39 @@
-"""The `tether` command: a thin shell over the server and the client."""
+"""The `tether` command: a thin shell over the server (`serve`, `worker`, `keys`) and, through
+the SDK, a client of it (`chat`, `whoami`, `sessions`, `interrupts`, `agents`:
+tether/commands/)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from tether import commands
+from tether.client import errors as client_errors
+from tether.commands import common
 from tether.config import Settings
 from tether.errors import TetherError
-from tether.store import open_store
+
+if TYPE_CHECKING:
+    from tether.store import Store
 
 app = typer.Typer(
     help="Tether: stateful agent execution.", no_args_is_help=True, add_completion=False
 )
 console = Console()
+T = TypeVar("T")
+
+
+async def open_store(url: str) -> Store:
+    """The store, imported only when a command needs it: the client commands start faster
+    without the database libraries."""
+    from tether import store
+
+    return await store.open_store(url)
 
 
 @app.command()
@@ -37,42 +53,20 @@ def serve(
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning…")] = None,
 ) -> None:
     """Run the server: API, workers and the demo agent, on a local SQLite file by default."""
-    import uvicorn
+    from tether import startup
 
-    from tether.api import create_app
-
-    settings = _settings_given(
-        host=host,
-        port=port,
-        data_dir=data_dir,
-        workers=workers,
-        store_url=store,
-        bus_url=bus,
-        agents_file=agents_file,
-        log_level=log_level,
-        tools=tools,
-    )
-    try:
-        asyncio.run(_check_exposure(settings))
-    except TetherError as exc:
-        console.print(f"[red]refusing to start:[/] {exc.message}", markup=True)
-        raise typer.Exit(2) from exc
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    console.print(
-        f"[bold]tether[/] serving on http://{settings.host}:{settings.port} "
-        f"(store: {_safe(settings.resolved_store_url)}, bus: {_safe(settings.bus_url)}, "
-        f"workers: {settings.workers})"
-    )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    options = {
+        "host": host,
+        "port": port,
+        "data_dir": data_dir,
+        "workers": workers,
+        "store_url": store,
+        "bus_url": bus,
+        "agents_file": agents_file,
+        "log_level": log_level,
+        "tools": tools,
+    }
+    raise typer.Exit(startup.serve(options))
 
 
 @app.command()
@@ -89,56 +83,17 @@ def worker(
     """Run turns for a cluster (no API): claim, run, heartbeat, stop on cancel. SIGTERM stops
     claiming and gives running turns `TETHER_SHUTDOWN_GRACE_S` to finish before handing them
     back."""
-    settings = _settings_given(
-        store_url=store,
-        bus_url=bus,
-        workers=concurrency,
-        zone=zone,
-        tools=tools,
-        log_level=log_level,
-    )
-    if not store.startswith("postgresql"):
-        console.print("[red]tether worker needs a PostgreSQL store[/] (SQLite: tether serve)")
-        raise typer.Exit(2)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    from tether.node import run_worker
+    from tether import startup
 
-    console.print(
-        f"[bold]tether worker[/] (store: {_safe(store)}, bus: {_safe(bus)}, "
-        f"concurrency: {settings.workers}, zone: {settings.zone})"
-    )
-    try:
-        asyncio.run(run_worker(settings))
-    except TetherError as exc:
-        console.print(f"[red]worker failed:[/] {exc.message}", markup=True)
-        raise typer.Exit(1) from exc
-
-
-def _safe(url: str | None) -> str:
-    """A URL fit for logs: no password."""
-    if url is None:
-        return "in-process"
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
-
-
-async def _check_exposure(settings: Settings) -> None:
-    from tether.auth import Keys
-    from tether.node import check_exposure
-
-    if settings.loopback:
-        return
-    store = await open_store(settings.resolved_store_url)
-    try:
-        await check_exposure(settings, Keys(store))
-    finally:
-        await store.close()
+    options = {
+        "store_url": store,
+        "bus_url": bus,
+        "workers": concurrency,
+        "zone": zone,
+        "tools": tools,
+        "log_level": log_level,
+    }
+    raise typer.Exit(startup.work(options))
 
 
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
@@ -156,6 +111,51 @@ def _settings_given(**options: Any) -> Settings:
     return Settings(**{k: v for k, v in options.items() if v is not None})
 
 
+CreateOption = Annotated[
+    bool, typer.Option("--create", help="make a new store if there is none there")
+]
+
+
+def _store_url(store: str | None, data_dir: Path | None, create: bool = False) -> str:
+    """The store's URL. A SQLite store that is not there is refused unless `create`: a
+    mistyped --data-dir must not quietly make a new, empty store."""
+    url = _settings(store, data_dir).resolved_store_url
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database
+    is_file = parsed.get_backend_name() == "sqlite" and database not in (None, "", ":memory:")
+    if is_file and not create and not Path(str(database)).is_file():
+        common.fail(
+            f"no Tether store at {database} (a mistyped --data-dir or --store?); "
+            "`tether keys create --create` makes a new one",
+            common.Exit.USAGE,
+        )
+    return url
+
+
+def _with_keys(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(Keys)` on the store at `url`; failures in one line."""
+    from tether.auth import Keys
+
+    async def run() -> T:
+        db = await open_store(url)
+        try:
+            return await work(Keys(db))
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(run())
+    except TetherError as exc:
+        code = common.Exit.NOT_FOUND if exc.code == "not_found" else common.Exit.ERROR
+        common.fail(exc.message, code)
+    except Exception as exc:  # a store that cannot be opened: say so, no traceback
+        from tether.startup import safe_url
+
+        common.fail(f"cannot use the store at {safe_url(url)}: {exc}".splitlines()[0])
+
+
 @keys_app.command("create")
 def keys_create(
     tenant: Annotated[str, typer.Option(help="the tenant the key belongs to")],
@@ -163,129 +163,78 @@ def keys_create(
     name: Annotated[str | None, typer.Option(help="a label")] = None,
     store: StoreOption = None,
     data_dir: DataDirOption = None,
+    create: CreateOption = False,
+    as_json: common.AsJson = False,
 ) -> None:
     """Create a key and print it, once: only its hash is stored."""
-    from tether.auth import Keys, Role
+    from tether import views
+    from tether.auth import Role
 
     if role.upper() not in Role.__members__:
-        console.print("[red]--role must be admin, write or read[/]")
-        raise typer.Exit(2)
-
-    async def run() -> tuple[Any, str]:
-        db = await open_store(_settings(store, data_dir).resolved_store_url)
-        try:
-            return await Keys(db).create(tenant, Role[role.upper()], name)
-        finally:
-            await db.close()
-
-    info, key = asyncio.run(run())
+        common.fail("--role must be admin, write or read", common.Exit.USAGE)
+    url = _store_url(store, data_dir, create)
+    info, key = _with_keys(url, lambda keys: keys.create(tenant, Role[role.upper()], name))
+    if as_json:
+        common.print_json({**views.api_key(info), "key": key})
+        return
     console.print(f"created {info.id} (tenant {tenant}, role {role}); the key, shown this once:")
     print(key)
 
 
 @keys_app.command("list")
-def keys_list(store: StoreOption = None, data_dir: DataDirOption = None) -> None:
+def keys_list(
+    store: StoreOption = None, data_dir: DataDirOption = None, as_json: common.AsJson = False
+) -> None:
     """List keys (never their secrets)."""
-    from rich.table import Table
+    from tether import views
 
-    from tether.auth import Keys
-
-    async def run() -> list[Any]:
-        db = await open_store(_settings(store, data_dir).resolved_store_url)
-        try:
-            return list((await Keys(db).list()).items)
-        finally:
-            await db.close()
-
-    table = Table("id", "tenant", "role", "name", "prefix", "last used", "revoked")
-    for k in asyncio.run(run()):
-        view = k.view()
-        table.add_row(
+    url = _store_url(store, data_dir)
+    page = _with_keys(url, lambda keys: keys.list())
+    shown = [views.api_key(k) for k in page.items]
+    if as_json:
+        common.print_json(shown)
+        return
+    grid = common.Grid("id", "tenant", "role", "name", "prefix", "last used", "state", ids=["id"])
+    for view in shown:
+        grid.add_row(
             view["id"],
             view["tenant_id"],
             view["role"],
             view["name"] or "",
             view["prefix"],
-            view["last_used_at"] or "",
-            view["revoked_at"] or "",
+            (view["last_used_at"] or "")[:19].replace("T", " "),
+            "revoked" if view["revoked_at"] else "active",
         )
-    console.print(table)
+    grid.print()
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str, store: StoreOption = None, data_dir: DataDirOption = None) -> None:
+def keys_revoke(
+    key_id: str,
+    store: StoreOption = None,
+    data_dir: DataDirOption = None,
+    as_json: common.AsJson = False,
+) -> None:
     """Revoke a key: it stops working within seconds."""
-    from tether.auth import Keys
+    from tether import views
 
-    async def run() -> None:
-        db = await open_store(_settings(store, data_dir).resolved_store_url)
-        try:
-            await Keys(db).revoke(key_id)
-        finally:
-            await db.close()
-
-    try:
-        asyncio.run(run())
-    except TetherError as exc:
-        console.print(f"[red]{exc.message}[/]")
-        raise typer.Exit(1) from exc
+    url = _store_url(store, data_dir)
+    info = _with_keys(url, lambda keys: keys.revoke(key_id))
+    if as_json:
+        common.print_json(views.api_key(info))
+        return
     console.print(f"revoked {key_id}")
 
 
-@app.command()
-def chat(
-    url: Annotated[
-        str, typer.Option(help="server URL", envvar="TETHER_URL")
-    ] = "http://127.0.0.1:8700",
-    agent: Annotated[str, typer.Option(help="agent id or name for a new session")] = "demo",
-    session: Annotated[str | None, typer.Option(help="continue this session")] = None,
-    api_key: Annotated[str | None, typer.Option(envvar="TETHER_API_KEY")] = None,
-) -> None:
-    """Converse with an agent in the terminal, with the live stream."""
-    from tether.client import Client, TetherAPIError
-
-    with Client(url, api_key) as client:
-        try:
-            sid = session or client.create_session(agent)["id"]
-        except TetherAPIError as exc:
-            console.print(f"[red]{exc}[/]")
-            raise typer.Exit(1) from exc
-        console.print(f"[dim]session {sid} (Ctrl-D to quit)[/]")
-        while True:
-            try:
-                text = console.input("[bold cyan]you>[/] ")
-            except (EOFError, KeyboardInterrupt):
-                console.print()
-                return
-            if not text.strip():
-                continue
-            try:
-                _stream_reply(client, sid, text)
-            except TetherAPIError as exc:
-                console.print(f"[red]{exc}[/]")
-
-
-def _stream_reply(client: object, sid: str, text: str) -> None:
-    from tether.client import Client
-
-    assert isinstance(client, Client)
-    console.print("[bold green]agent>[/] ", end="")
-    for event in client.stream_turn(sid, text):
-        kind, data = event["type"], event.get("data", {})
-        if kind == "message.delta":
-            console.print(data["delta"], end="", markup=False, highlight=False)
-        elif kind == "tool.started":
-            console.print(f"\n[dim]  ↳ {data['name']}({data['arguments']})[/]")
-        elif kind == "tool.completed":
-            console.print(f"[dim]  ↳ {data['name']}: {data['outcome']}[/]", end="\n       ")
-        elif kind in ("turn.failed", "turn.cancelled"):
-            turn = data["turn"]
-            console.print(f"\n[red]turn {turn['status']}: {turn['reason']}[/]")
-    console.print()
+commands.register(app)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except client_errors.TetherClientError as exc:  # one line, never a traceback
+        common.err.print(f"error: {common.explain(exc)}", markup=False, highlight=False)
+        raise SystemExit(common.exit_code(exc)) from None
 
 
 if __name__ == "__main__":

@@ -43,6 +43,72 @@ class InvalidAgent(Unprocessable):
     code = "invalid_agent"
 
 
+class InvalidModelParams(InvalidAgent):
+    """The model's params are not ones its provider accepts."""
+
+    code = "invalid_model_params"
+
+
+class ProviderNotAllowed(InvalidAgent):
+    """The operator's configuration does not allow this model provider setting."""
+
+    code = "provider_not_allowed"
+
+
+class ProviderKeyEnvNotAllowed(ProviderNotAllowed):
+    """This environment variable is not one agents may name as `api_key_env`."""
+
+    code = "provider_key_env_not_allowed"
+
+
+class ProviderBaseUrlNotAllowed(ProviderNotAllowed):
+    """A server-held key may not be sent to this base URL."""
+
+    code = "provider_base_url_not_allowed"
+
+
+class SecretKeyMissing(ProviderNotAllowed):
+    """This server cannot store secrets: no secret key is configured."""
+
+    code = "secret_key_missing"
+
+
+class DestinationNotAllowed(Unprocessable):
+    """Tether may not send requests to this destination."""
+
+    code = "destination_not_allowed"
+
+
+class UnstorableInput(Unprocessable):
+    """The input holds something that cannot be stored and read back as valid UTF-8 JSON."""
+
+    code = "unstorable_input"
+
+
+class InvalidText(UnstorableInput):
+    """Text must be valid Unicode without U+0000: no lone surrogate, no NUL."""
+
+    code = "invalid_text"
+
+
+class NestingTooDeep(UnstorableInput):
+    """The JSON is nested deeper than Tether stores."""
+
+    code = "nesting_too_deep"
+
+
+class InvalidNumber(UnstorableInput):
+    """NaN and Infinity are not JSON numbers."""
+
+    code = "invalid_number"
+
+
+class MetadataTooLarge(UnstorableInput):
+    """The metadata is larger than Tether stores."""
+
+    code = "metadata_too_large"
+
+
 class IdempotencyKeyReused(Unprocessable):
     """This Idempotency-Key was used with another request."""
 
@@ -195,6 +261,18 @@ class ModelError(TurnFailure):
     code = "model_error"
     reason = "model_error"
 
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+        details: dict[str, Any] | None = None,
+    ):
+        super().__init__(message, details=details)
+        self.retryable = retryable  # transient: worth another try if nothing was streamed yet
+        self.retry_after_s = retry_after_s  # what the provider asked us to wait, if it did
+
 
 class ProviderRejected(ModelError):
     """The model provider refused the request (4xx)."""
@@ -218,6 +296,23 @@ class ProviderBadResponse(ModelError):
     """The model provider's answer could not be understood."""
 
     code = "provider_bad_response"
+
+
+class ProviderRefused(ModelError):
+    """The operator's configuration does not allow this model call; nothing was sent."""
+
+    code = "provider_not_allowed"
+
+    def __init__(self, cause: TetherError):
+        super().__init__(cause.message, details=cause.details)
+        self.code = cause.code  # the refusal's own code, as agent creation would answer it
+
+
+class ProviderKeyUnavailable(ModelError):
+    """The agent's own provider key cannot be read (the server's secret key is missing or
+    changed)."""
+
+    code = "provider_key_unavailable"
 
 
 class MaxStepsExceeded(TurnFailure):

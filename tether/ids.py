@@ -36,6 +36,10 @@ def new_session_id(zone: str) -> str:
     return f"{new_ulid()}.{zone}"
 
 
+def valid(prefix: str, value: str) -> bool:
+    return _PREFIXED[prefix].match(value) is not None
+
+
 def check(prefix: str, value: str) -> str:
     """Return `value` if it is a well-formed id of this kind, else raise InvalidId."""
     if not _PREFIXED[prefix].match(value):

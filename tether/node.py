@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
+import contextlib
 import logging
-import os
 import signal
-import time
 from collections import Counter
 from pathlib import Path
-from typing import IO, Any
 
 import yaml
-from sqlalchemy.engine import make_url
 
-from tether import domain, errors
+from tether import domain, errors, gate
 from tether.auth import Keys
 from tether.bus import Bus, LocalBus
 from tether.config import Settings
+from tether.runtime import mcp_servers
 from tether.runtime.tools import ToolRegistry, builtin_registry, load_tools
 from tether.service import DEFAULT_TENANT, Service
-from tether.store import Leases, Store, open_store
-from tether.store.audit import AuditLog
+from tether.store import Store, open_store
 from tether.worker import Reaper, Worker
 
 log = logging.getLogger("tether")
@@ -49,12 +45,6 @@ DEMO_AGENT = domain.AgentSpec(
 )
 
 
-class DataDirLocked(errors.TetherError):
-    """Another Tether process is using this data directory."""
-
-    code = "data_dir_locked"
-
-
 class RefuseToStart(errors.TetherError):
     """This configuration is not safe to serve."""
 
@@ -62,7 +52,8 @@ class RefuseToStart(errors.TetherError):
 
 
 async def check_exposure(settings: Settings, keys: Keys) -> None:
-    """Off loopback, Tether serves only with API keys (DESIGN §8)."""
+    """Off loopback, Tether serves only with API keys (DESIGN §8). Checked at start so an
+    unusable server refuses at once; afterwards the gate (tether/gate.py) holds the line."""
     if settings.loopback:
         return
     if settings.auth == "disabled":
@@ -71,9 +62,9 @@ async def check_exposure(settings: Settings, keys: Keys) -> None:
         )
     if not await keys.any_active():
         raise RefuseToStart(
-            f"tether serve on {settings.host} needs API keys and none exists. Create one with\n"
-            f"  tether keys create --tenant <tenant> --role admin --data-dir {settings.data_dir}\n"
-            "or bind to 127.0.0.1 for local use without keys."
+            f"tether serve on {settings.host} needs API keys and none is active: create one "
+            f"with `tether keys create --tenant <tenant> --role admin --data-dir "
+            f"{settings.data_dir}` (or --store), or bind to 127.0.0.1 for local use without keys"
         )
 
 
@@ -86,91 +77,88 @@ class Node:
         self.tools = tools or builtin_registry()
         if settings.tools:
             load_tools(settings.tools, self.tools)
+        # the operator's MCP servers file: read once, refused here if unusable
+        self.mcp = mcp_servers.from_settings(settings)
         self.bus: Bus
         self.store: Store
         self.service: Service
+        self.keys: Keys
+        self.gate: gate.Gate
+        self.stream_watch: gate.StreamWatch
         self.worker: Worker | None = None
         self.reaper: Reaper | None = None
-        self._lock_file: IO[Any] | None = None
         self.streams: Counter[str] = Counter()  # open SSE connections per tenant
-        self._auth_checked = (0.0, False)
+        self._opened = contextlib.AsyncExitStack()  # what start opened, closed in reverse
 
     async def auth_required(self) -> bool:
-        """`auto`: keys are required once one exists (re-checked every 2 s)."""
-        if self.settings.auth != "auto":
-            return self.settings.auth == "required"
-        until, required = self._auth_checked
-        if time.monotonic() >= until:
-            required = await self.keys.any_active()
-            self._auth_checked = (time.monotonic() + 2.0, required)
-        return required
-
-    @property
-    def embedded(self) -> bool:
-        return make_url(self.settings.resolved_store_url).get_backend_name() == "sqlite"
+        """Whether a request without a key is refused: the gate's decision."""
+        return await self.gate.required()
 
     async def start(self) -> None:
-        settings = self.settings
-        if self.embedded:
-            self._lock_data_dir(settings.data_dir)
+        """Open everything, in order; a failure closes what was opened and raises."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._opened.aclose()
+            raise
+
+    async def _start(self) -> None:
+        settings, opened = self.settings, self._opened
         self.bus = await open_bus(settings)
+        opened.push_async_callback(self.bus.close)
         self.store = await open_store(
             settings.resolved_store_url,
             on_commit=self.bus.publish_events,
             pool_size=settings.store_pool_size,
+            serve=True,
         )
-        self.service = Service(self.store, self.bus, self.tools, settings.zone, settings)
+        opened.push_async_callback(self.store.close)
+        self.service = Service(self.store, self.bus, self.tools, settings, self.mcp)
         self.keys = Keys(self.store)
-        self.audit = AuditLog(self.store)
-        if self.embedded:
-            # we hold the data dir: every lease in the store belongs to a dead process
-            await Leases(self.store).expire_all_leases()
+        self.gate = gate.Gate(settings, self.keys)
+        self.stream_watch = gate.StreamWatch(self.gate)
+        self.keys.on_revoke = self.stream_watch.kick
+        if self.store.exclusive:
+            # the store's only server: every lease in it belongs to a dead process
+            await self.store.leases.expire_all()
         if self.api:
             await check_exposure(settings, self.keys)
             if settings.demo_agent:
-                await self.service.upsert_agent(DEFAULT_TENANT, DEMO_AGENT)
+                await self.service.agents.upsert(DEFAULT_TENANT, DEMO_AGENT)
             if settings.agents_file:
                 for spec in load_agents_file(settings.agents_file):
-                    await self.service.upsert_agent(DEFAULT_TENANT, spec)
+                    await self.service.agents.upsert(DEFAULT_TENANT, spec)
+            self.stream_watch.start()
+            opened.push_async_callback(self.stream_watch.stop)
         if settings.workers > 0:
             self.reaper = Reaper(self.store, self.bus, settings)
             await self.reaper.reap_once()
             await self.reaper.start()
-            self.worker = Worker(self.store, self.bus, self.tools, settings)
+            opened.push_async_callback(self.reaper.stop)
+            self.worker = Worker(self.store, self.bus, self.tools, settings, self.mcp)
             await self.worker.start()
+            # whichever worker the node holds when it stops (a test may swap it)
+            opened.push_async_callback(self._stop_worker)
 
     async def stop(self) -> None:
-        if self.worker:
+        await self._opened.aclose()
+
+    async def _stop_worker(self) -> None:
+        if self.worker is not None:
             await self.worker.stop(grace_s=self.settings.shutdown_grace_s)
-        if self.reaper:
-            await self.reaper.stop()
-        await self.bus.close()
-        await self.store.close()
-        if self._lock_file:
-            self._lock_file.close()
-
-    def _lock_data_dir(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(data_dir / "tether.lock", "a+")  # noqa: SIM115 - held for the process life
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            lock.close()
-            raise DataDirLocked(f"another tether process is using {data_dir}") from exc
-        lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
-        self._lock_file = lock
 
 
-async def run_worker(settings: Settings) -> None:
-    """A worker process until SIGTERM or SIGINT: then a graceful stop (Worker.stop)."""
+def stop_on_signals() -> asyncio.Event:
+    """An event set on SIGTERM or SIGINT (installed at once: a signal during start counts)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    node = Node(settings, api=False)
-    await node.start()
+    return stop
+
+
+async def run_worker(node: Node, stop: asyncio.Event) -> None:
+    """A started worker node until `stop` is set: then a graceful stop (Worker.stop)."""
     log.info("worker %s running", node.worker.id if node.worker else "-")
     try:
         await stop.wait()

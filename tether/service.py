@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether import domain, errors, ids
-from tether.bus import Bus, Subscription
+from tether import agents, domain, errors, ids, storable, streaming
+from tether.bus import Bus
 from tether.config import Settings
+from tether.runtime import mcp_servers
 from tether.runtime.tools import ToolRegistry
-from tether.store import Page, Store
-from tether.store.interrupts import InterruptStore
+from tether.store import Page, Store, idempotency
 
 DEFAULT_TENANT = "default"
 _STORE_POLL_S = 0.25  # how often a stop waiting for its confirmation also asks the store
@@ -54,61 +55,14 @@ class Service:
         store: Store,
         bus: Bus,
         tools: ToolRegistry,
-        zone: str,
-        settings: Settings | None = None,
+        settings: Settings,
+        mcp: mcp_servers.Servers | None = None,
     ):
-        self.settings = settings or Settings()
+        self.settings = settings
         self.store = store
-        self.interrupts = InterruptStore(store)
         self.bus = bus
         self.tools = tools
-        self.zone = zone
-
-    # --- agents --------------------------------------------------------------------------------
-
-    def _check_agent(self, spec: domain.AgentSpec) -> None:
-        unknown = [t.name for t in spec.tools if self.tools.get(t.name) is None]
-        if unknown:
-            raise errors.InvalidAgent(
-                f"unknown tools: {', '.join(unknown)}",
-                details={"unknown_tools": unknown, "available": self.tools.names()},
-            )
-
-    async def create_agent(self, tenant: str, spec: domain.AgentSpec) -> domain.Agent:
-        self._check_agent(spec)
-        return await self.store.create_agent(tenant, spec)
-
-    async def upsert_agent(self, tenant: str, spec: domain.AgentSpec) -> domain.Agent:
-        """Create or replace the agent of that name (agents files, the demo agent)."""
-        self._check_agent(spec)
-        try:
-            current = await self.store.get_agent(tenant, spec.name)
-        except errors.NotFound:
-            return await self.store.create_agent(tenant, spec)
-        if current.spec == spec:
-            return current
-        return await self.store.update_agent(tenant, current.id, spec)
-
-    async def get_agent(self, tenant: str, agent_id: str) -> domain.Agent:
-        return await self.store.get_agent(tenant, ids.check("agt", agent_id))
-
-    async def list_agents(self, tenant: str, limit: int, cursor: str | None) -> Page:
-        return await self.store.list_agents(tenant, limit, cursor)
-
-    async def update_agent(
-        self, tenant: str, agent_id: str, changes: dict[str, Any]
-    ) -> domain.Agent:
-        current = await self.get_agent(tenant, agent_id)
-        merged = {**current.spec.model_dump(mode="json"), **changes}
-        try:
-            spec = domain.AgentSpec.model_validate(merged)
-        except ValueError as exc:
-            raise errors.InvalidAgent(str(exc)) from exc
-        self._check_agent(spec)
-        return await self.store.update_agent(tenant, agent_id, spec)
-
-    async def delete_agent(self, tenant: str, agent_id: str) -> None:
-        await self.store.delete_agent(tenant, ids.check("agt", agent_id))
+        self.agents = agents.Agents(store, tools, settings, mcp)  # agent definitions
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -120,19 +74,20 @@ class Service:
         input: str | list[dict[str, Any]] | None = None,
     ) -> tuple[domain.Session, domain.Turn | None]:
         """`agent_ref` is an agent id or, for convenience, an agent's name."""
-        agent = await self.store.get_agent(tenant, agent_ref)
+        storable.check_metadata(metadata, "session", self.settings.max_metadata_bytes)
+        agent = await self.agents.find(tenant, agent_ref)
         first = normalize_input(input) if input is not None else None
         if first is not None:
             await self._check_turn_limits(tenant)
-        session, turn = await self.store.create_session(
-            tenant, agent.id, self.zone, metadata or {}, first
+        session_id, turn = await self.store.lifecycle.create_session(
+            tenant, agent.id, self.settings.zone, metadata or {}, first
         )
         if turn:
             self.bus.notify_work()
-        return session, turn
+        return await self.store.sessions.get(tenant, session_id), turn
 
     async def get_session(self, tenant: str, session_id: str) -> domain.Session:
-        return await self.store.get_session(tenant, ids.check_session(session_id))
+        return await self.store.sessions.get(tenant, ids.check_session(session_id))
 
     async def list_sessions(
         self,
@@ -142,10 +97,25 @@ class Service:
         status: domain.SessionStatus | None,
         agent_id: str | None,
     ) -> Page:
-        return await self.store.list_sessions(tenant, limit, cursor, status, agent_id)
+        return await self.store.sessions.page(tenant, limit, cursor, status, agent_id)
 
     async def close_session(self, tenant: str, session_id: str) -> domain.Session:
-        return await self.store.close_session(tenant, ids.check_session(session_id))
+        session_id = ids.check_session(session_id)
+        await self.store.lifecycle.close_session(tenant, session_id)
+        return await self.store.sessions.get(tenant, session_id)
+
+    async def purge_session(self, tenant: str, session_id: str, wait_s: float = 5.0) -> None:
+        """Delete the session for good. First it is closed (no new turns) and its turns are
+        stopped the normal way, waiting up to `wait_s` for a running one's executor to
+        confirm; then everything of it goes in one transaction. An executor that has not let
+        go by then is woken again, and its later writes find nothing."""
+        session_id = ids.check_session(session_id)
+        await self.store.lifecycle.close_session(tenant, session_id)
+        await self.stop(
+            tenant, session_id, scope=domain.StopScope.ALL, reason="session_purged", wait_s=wait_s
+        )
+        for turn_id in await self.store.lifecycle.purge_session(tenant, session_id):
+            self.bus.signal_stop(turn_id)
 
     # --- turns ---------------------------------------------------------------------------------
 
@@ -158,7 +128,7 @@ class Service:
     ) -> domain.Turn:
         session_id = ids.check_session(session_id)
         await self._check_turn_limits(tenant)
-        turn, to_wake = await self.store.create_turn(
+        turn, to_wake = await self.store.lifecycle.create_turn(
             tenant, session_id, normalize_input(input), on_busy
         )
         for turn_id in to_wake:
@@ -171,7 +141,7 @@ class Service:
         queued_cap = self.settings.max_queued_turns_per_tenant
         if running_cap is None and queued_cap is None:
             return
-        counts = await self.store.count_turns(tenant)
+        counts = await self.store.sessions.count_unfinished(tenant)
         running = sum(n for status, n in counts.items() if status in domain.ACTIVE)
         queued = counts.get(domain.TurnStatus.QUEUED, 0)
         if running_cap is not None and running >= running_cap:
@@ -195,84 +165,101 @@ class Service:
         wait_s: float = 5.0,
     ) -> StopResult:
         """Stop the session's active turn (or `turn_id`). The stop is written first; the bus
-        only wakes the executor. Waits up to `wait_s` for the executor to confirm."""
+        only wakes the executor. Waits up to `wait_s` for the turn to end."""
         session_id = ids.check_session(session_id)
         if turn_id is not None:
             ids.check("turn", turn_id)
-        try:  # before the write, so the confirmation cannot slip by
-            sub: Subscription | None = await self.bus.subscribe(session_id)
-        except errors.Unavailable:
-            sub = None  # the bus is down: the stop still lands in the store; poll for the end
+        # opened before the write, so the end cannot slip by; with the bus down it polls
+        feed = await streaming.Feed.open(self.store, self.bus, session_id, live=False)
         try:
-            turn, to_wake = await self.store.request_stop(
+            turn, to_wake, written = await self.store.lifecycle.stop(
                 tenant, session_id, turn_id, mode, scope, reason
             )
             for wake in to_wake:
                 self.bus.signal_stop(wake)
             self.bus.notify_work()  # a cancelled head of queue lets the next turn run
             if turn is not None and not turn.status.terminal and wait_s > 0:
-                turn = await self._await_end(sub, tenant, turn, wait_s)
+                turn = await self._await_end(feed, turn, written, wait_s)
         finally:
-            if sub is not None:
-                self.bus.unsubscribe(sub)
-        return StopResult(turn, await self.store.get_session(tenant, session_id))
+            feed.close()
+        return StopResult(turn, await self.store.sessions.get(tenant, session_id))
 
     async def _await_end(
-        self, sub: Subscription | None, tenant: str, turn: domain.Turn, wait_s: float
+        self, feed: streaming.Feed, turn: domain.Turn, after: int, wait_s: float
     ) -> domain.Turn:
-        """The turn once it ended, or as it is after `wait_s`. The bus says when; the store
-        is asked too every so often, since a cluster bus may lose a message (or be down)."""
-        ended = {e.value for e in domain.TERMINAL_EVENT.values()}
-
-        def ends(items: list[Any]) -> bool:
-            return any(
-                isinstance(item, list)
-                and any(e.turn_id == turn.id and e.type in ended for e in item)
-                for item in items
-            )
-
+        """The turn once it ended, or as it is after `wait_s`."""
+        frames = feed.frames(after, turn_id=turn.id, idle_s=_STORE_POLL_S, text=False)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait_s):
-                while True:
-                    if sub is None:
-                        await asyncio.sleep(_STORE_POLL_S)
-                    else:
-                        items = await sub.get_all(_STORE_POLL_S)
-                        if ends(items):
-                            break
-                        if items and not sub.lagged:
-                            continue
-                        sub.lagged = False  # lagged or quiet: the store says how it stands
-                    current = await self.store.get_turn(tenant, turn.session_id, turn.id)
-                    if current.status.terminal:
-                        return current
-        return await self.store.get_turn(tenant, turn.session_id, turn.id)
+            async with asyncio.timeout(wait_s), contextlib.aclosing(frames):
+                async for batch in frames:
+                    if any(frame.ends_turn for frame in batch):
+                        break
+        return await self.store.sessions.turn(turn.tenant_id, turn.session_id, turn.id)
+
+    # --- following a session -------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        """Live streams work now (the bus is up)."""
+        return self.bus.up
+
+    async def follow(
+        self,
+        tenant: str,
+        session_id: str,
+        after: int,
+        *,
+        turn_id: str | None = None,
+        idle_s: float | None = None,
+    ) -> AsyncGenerator[list[streaming.Frame], None]:
+        """The session's events after `after`, then live ones (streaming.Feed.frames), for as
+        long as the caller reads. NotFound, or Unavailable with the bus down, now: before
+        anything is streamed (nothing is held until the first read)."""
+        session_id = ids.check_session(session_id)
+        await self.store.sessions.get(tenant, session_id)
+        if not self.live:
+            raise errors.Unavailable("live streams are unavailable (the bus is down), retry")
+        return self._follow(session_id, after, turn_id, idle_s)
+
+    async def _follow(
+        self, session_id: str, after: int, turn_id: str | None, idle_s: float | None
+    ) -> AsyncGenerator[list[streaming.Frame], None]:
+        feed = await streaming.Feed.open(self.store, self.bus, session_id)
+        frames = feed.frames(after, turn_id=turn_id, idle_s=idle_s)
+        try:
+            async with contextlib.aclosing(frames):
+                async for batch in frames:
+                    yield batch
+        finally:
+            feed.close()
 
     async def get_turn(self, tenant: str, session_id: str, turn_id: str) -> domain.Turn:
-        return await self.store.get_turn(
+        return await self.store.sessions.turn(
             tenant, ids.check_session(session_id), ids.check("turn", turn_id)
         )
 
     async def list_turns(
         self, tenant: str, session_id: str, limit: int, cursor: int | None
     ) -> Page:
-        return await self.store.list_turns(tenant, ids.check_session(session_id), limit, cursor)
+        return await self.store.sessions.turns(tenant, ids.check_session(session_id), limit, cursor)
 
     async def list_messages(
         self, tenant: str, session_id: str, limit: int, cursor: int | None
     ) -> Page:
-        return await self.store.list_messages(tenant, ids.check_session(session_id), limit, cursor)
+        return await self.store.sessions.messages(
+            tenant, ids.check_session(session_id), limit, cursor
+        )
 
     async def events_after(
         self, tenant: str, session_id: str, after: int, limit: int
     ) -> list[domain.Event]:
         await self.get_session(tenant, session_id)
-        return await self.store.events_after(session_id, after, limit)
+        return await self.store.sessions.events_after(session_id, after, limit)
 
     # --- interrupts ----------------------------------------------------------------------------
 
     async def get_interrupt(self, tenant: str, interrupt_id: str) -> domain.Interrupt:
-        return await self.interrupts.get(tenant, ids.check("int", interrupt_id))
+        return await self.store.interrupts.get(tenant, ids.check("int", interrupt_id))
 
     async def list_interrupts(
         self,
@@ -282,9 +269,18 @@ class Service:
         limit: int,
         cursor: str | None,
     ) -> Page:
-        return await self.interrupts.list(
-            tenant, ids.check_session(session_id), status, limit, cursor
-        )
+        session = await self.get_session(tenant, session_id)
+        return await self.store.interrupts.page(tenant, session.id, status, limit, cursor)
+
+    async def list_tenant_interrupts(
+        self,
+        tenant: str,
+        status: domain.InterruptStatus | None,
+        limit: int,
+        cursor: str | None,
+    ) -> Page:
+        """The tenant's interrupts across its sessions, soonest expiry first (the inbox)."""
+        return await self.store.interrupts.inbox(tenant, status, limit, cursor)
 
     async def respond(
         self, tenant: str, interrupt_id: str, response: Any, resolved_by: str | None = None
@@ -298,9 +294,7 @@ class Service:
             )
         if interrupt.type == "approval":
             response = self._check_approval(interrupt, response)
-        answered, resumed = await self.interrupts.respond(
-            tenant, interrupt_id, response, resolved_by
-        )
+        answered, resumed = await self.store.lifecycle.respond(interrupt, response, resolved_by)
         if resumed:
             self.bus.notify_work()
         return answered
@@ -326,3 +320,31 @@ class Service:
                 except ValueError as exc:
                     raise errors.Unprocessable(f"edited arguments are invalid: {exc}") from exc
         return approval.model_dump(exclude_none=True)
+
+    # --- what the edge keeps: idempotency keys, the audit log ----------------------------------
+
+    async def begin_idempotent(
+        self, tenant: str, key: str, fingerprint: str
+    ) -> idempotency.Recorded | None:
+        """Claim `key` for a request (None), or answer what was recorded for it."""
+        return await self.store.idempotency.begin(tenant, key, fingerprint)
+
+    async def finish_idempotent(
+        self, tenant: str, key: str, status_code: int, response: Any
+    ) -> None:
+        await self.store.idempotency.finish(tenant, key, status_code, response)
+
+    async def release_idempotent(self, tenant: str, key: str) -> None:
+        """The request failed in a way worth retrying: forget the key."""
+        await self.store.idempotency.release(tenant, key)
+
+    async def record(self, tenant: str, action: str, target: str | None, **who: Any) -> None:
+        """Append to the audit log (`who`: key_id, key_prefix, request_id, details)."""
+        await self.store.audit.record(tenant, action, target, **who)
+
+    async def audit_log(self, tenant: str, limit: int, cursor: str | None) -> Page:
+        return await self.store.audit.page(tenant, limit, cursor)
+
+    async def ping(self) -> None:
+        """The store answers (readiness)."""
+        await self.store.ping()

@@ -1,22 +1,30 @@
-"""Following a session's events: durable backlog from the store, then the live feed.
+"""Following a session's events: the durable backlog from the store, then the live feed from
+the bus, with no gap and no duplicate, until the session is purged. The one subscribe / lag /
+catch-up loop: SSE (native and compat surfaces), WebSockets and a stop waiting for its turn's
+end all read through `Feed`.
 
-Transport-agnostic: SSE (native and compat surfaces) and WebSockets build on `follow`.
 Durable events arrive exactly once and in seq order; deltas carry the seq of the last durable
 event before them (their resume point) and the char offset of their text, so a reader that
-reconnects gets the in-flight message's text so far as one coalesced delta.
+reconnects gets the in-flight message's text so far as one coalesced delta. The bus only
+wakes: whenever the feed may have missed something (it lagged, it was quiet for `idle_s`, a
+commit arrived out of order, the bus is down) it catches up from the store.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from tether import domain
-from tether.bus import Bus, Delta
+from tether import domain, errors
+from tether.bus import Bus, Committed, Delta, Subscription
 from tether.store import Store
 
 _PAGE = 500
+_POLL_S = 1.0  # without a bus, how often a reader with no idle_s asks the store
+_TURN_ENDS = frozenset(domain.TERMINAL_EVENT.values())
+_GONE = domain.EventType.SESSION_DELETED  # live only: the session was purged
 
 
 @dataclass(slots=True)
@@ -27,25 +35,28 @@ class Frame:
     type: str
     payload: dict[str, Any]
     turn_id: str | None
-    terminal: bool = False  # a turn's terminal event
+    ends_turn: bool = False  # the turn's terminal event
+    pauses_turn: bool = False  # the turn now waits on interrupts: its stream ends, for now
+
+    @property
+    def terminal(self) -> bool:
+        """A stream of the turn's events ends here."""
+        return self.ends_turn or self.pauses_turn
 
 
-def _event_frame(event: domain.Event) -> Frame:
-    # a turn's stream ends when it ends, or when it starts waiting for a human
+def event_frame(event: domain.Event) -> Frame:
     waiting = event.type is domain.EventType.INTERRUPT_CREATED and event.data.get("turn_waiting")
     return Frame(
         event.seq,
         event.type.value,
         event.as_dict(),
         event.turn_id,
-        terminal=event.type in _TERMINAL_TYPES or bool(waiting),
+        ends_turn=event.type in _TURN_ENDS,
+        pauses_turn=bool(waiting),
     )
 
 
-_TERMINAL_TYPES = frozenset(domain.TERMINAL_EVENT.values())
-
-
-def _delta_frame(seq: int, delta: Delta) -> Frame:
+def delta_frame(seq: int, delta: Delta) -> Frame:
     return Frame(
         seq,
         domain.EventType.MESSAGE_DELTA.value,
@@ -60,38 +71,163 @@ def _delta_frame(seq: int, delta: Delta) -> Frame:
     )
 
 
-async def follow(
-    store: Store,
-    bus: Bus,
-    session_id: str,
-    after: int,
-    *,
-    turn_id: str | None = None,
-    idle_s: float | None = None,
-) -> AsyncIterator[list[Frame]]:
-    """Every event of the session after `after`, then live ones, forever (the caller stops),
-    in batches: whatever is ready at once goes out together. With `turn_id`, only that turn's
-    events and deltas. After `idle_s` without anything, an empty batch (a keep-alive)."""
-    sub = await bus.subscribe(session_id)  # before reading the backlog, so nothing falls between
-    cursor = after
-    sent: dict[str, int] = {}  # message_id -> chars already sent
-    ended: set[str] = set()  # turns whose end we passed: a late delta (a stale worker) is not
+class Feed:
+    """One reader of one session. Open it before the write whose consequences it waits for,
+    so nothing published after that write can fall between."""
 
-    async def backlog() -> AsyncIterator[Frame]:
-        nonlocal cursor
+    def __init__(self, store: Store, bus: Bus, session_id: str, sub: Subscription | None):
+        self.store = store
+        self.bus = bus
+        self.session_id = session_id
+        self._sub = sub  # None: the bus is down, the store is polled
+
+    @classmethod
+    async def open(cls, store: Store, bus: Bus, session_id: str, *, live: bool = True) -> Feed:
+        """`live`: the bus must be up (Unavailable otherwise); else a feed without it polls."""
+        try:
+            sub: Subscription | None = await bus.subscribe(session_id)
+        except errors.Unavailable:
+            if live:
+                raise
+            sub = None
+        return cls(store, bus, session_id, sub)
+
+    def close(self) -> None:
+        if self._sub is not None:
+            self.bus.unsubscribe(self._sub)
+            self._sub = None
+
+    async def frames(
+        self,
+        after: int,
+        *,
+        turn_id: str | None = None,
+        idle_s: float | None = None,
+        text: bool = True,
+    ) -> AsyncGenerator[list[Frame], None]:
+        """Every event of the session after `after`, then live ones, forever (the caller
+        stops), in batches: whatever is ready at once goes out together. With `turn_id`, only
+        that turn's events and deltas; without `text`, no deltas. After `idle_s` without
+        anything, an empty batch (a keep-alive). Ends when the session is purged."""
+        reader = _Reader(self, after, turn_id, text)
+        batch = [f async for f in reader.backlog()]
+        if text and (partial := await self.bus.partial(self.session_id)):
+            batch += reader.deltas([partial])
+        if batch:
+            yield batch
         while True:
-            page = await store.events_after(session_id, cursor, _PAGE)
+            if self._sub is None:  # no bus: the store is all there is, read now and then
+                await asyncio.sleep(idle_s or _POLL_S)
+                batch = [f async for f in reader.backlog()]
+                if not batch and not await self.store.sessions.exists(self.session_id):
+                    return
+                yield batch
+                continue
+            received = await self._sub.get_all(idle_s)
+            idle = not received.items and not received.lagged
+            batch = []
+            if received.lagged or idle:
+                # lagged: items were dropped; idle: a publish may have been lost (a cluster
+                # bus is at most once). Either way the store has every durable event.
+                # Also whether the session is still there (a lost `session.deleted`).
+                batch += [f async for f in reader.backlog()]
+                if not batch and not await self.store.sessions.exists(self.session_id):
+                    return
+            else:
+                async for frame in reader.live(received.items):
+                    batch.append(frame)
+            if batch or idle:
+                yield batch  # an empty batch after idle_s: time for a keep-alive
+            if reader.gone:
+                return  # purged: nothing more will come, and it cannot be resumed
+
+
+class _Reader:
+    """Where one reading of a feed stands: the last durable seq passed, the text sent of each
+    message, the turns whose end it passed (a late delta of a stale worker is dropped)."""
+
+    def __init__(self, feed: Feed, after: int, turn_id: str | None, text: bool):
+        self.feed = feed
+        self.cursor = after
+        self.turn_id = turn_id
+        self.text = text
+        self.sent: dict[str, int] = {}  # message_id -> chars already sent
+        self.ended: set[str] = set()
+        self.gone = False  # the session was purged
+
+    def wanted(self, frame: Frame) -> bool:
+        return self.turn_id is None or frame.turn_id == self.turn_id
+
+    def durable(self, event: domain.Event) -> Frame | None:
+        if event.seq <= self.cursor:
+            return None
+        self.cursor = event.seq
+        frame = event_frame(event)
+        if frame.ends_turn and frame.turn_id:
+            self.ended.add(frame.turn_id)
+        return frame if self.wanted(frame) else None
+
+    async def backlog(self) -> AsyncIterator[Frame]:
+        """The stored events after the cursor."""
+        while True:
+            page = await self.feed.store.sessions.events_after(
+                self.feed.session_id, self.cursor, _PAGE
+            )
             for event in page:
-                cursor = event.seq
-                yield note_end(_event_frame(event))
+                if frame := self.durable(event):
+                    yield frame
             if len(page) < _PAGE:
                 return
 
-    def fresh(delta: Delta) -> Delta | None:
-        """The part of `delta` not yet sent."""
-        if delta.turn_id in ended:
+    async def live(self, items: list[Committed | Delta]) -> AsyncIterator[Frame]:
+        """The bus's items as frames: consecutive deltas of a message coalesce into one."""
+        pending: list[Delta] = []
+        for item in items:
+            match item:
+                case Delta():
+                    pending.append(item)
+                case Committed(events=events):
+                    for frame in self.deltas(pending):
+                        yield frame
+                    pending = []
+                    if any(e.type is _GONE for e in events):
+                        self.gone = True
+                        return
+                    if events and events[0].seq > self.cursor + 1:
+                        # a commit we have not been told of yet (out-of-order publish)
+                        async for frame in self.backlog():
+                            yield frame
+                    for event in events:
+                        if durable := self.durable(event):
+                            yield durable
+        for frame in self.deltas(pending):
+            yield frame
+
+    def deltas(self, deltas: list[Delta]) -> list[Frame]:
+        """The part of `deltas` not yet sent, as frames, one per run of a message."""
+        frames: list[Frame] = []
+        run: Delta | None = None
+        for delta in deltas:
+            fresh = self._fresh(delta) if self.text else None
+            if fresh is None:
+                continue
+            if run is not None and run.message_id == fresh.message_id:
+                run = Delta(
+                    run.session_id, run.turn_id, run.message_id, run.offset, run.text + fresh.text
+                )
+                continue
+            if run is not None:
+                frames.append(delta_frame(self.cursor, run))
+            run = fresh
+        if run is not None:
+            frames.append(delta_frame(self.cursor, run))
+        return frames
+
+    def _fresh(self, delta: Delta) -> Delta | None:
+        """The part of `delta` not yet sent (None: nothing)."""
+        if delta.turn_id in self.ended or (self.turn_id and delta.turn_id != self.turn_id):
             return None
-        done = sent.get(delta.message_id, 0)
+        done = self.sent.get(delta.message_id, 0)
         end = delta.offset + len(delta.text)
         if end <= done:
             return None
@@ -103,68 +239,5 @@ async def follow(
                 done,
                 delta.text[done - delta.offset :],
             )
-        sent[delta.message_id] = end
+        self.sent[delta.message_id] = end
         return delta
-
-    def note_end(frame: Frame) -> Frame:
-        if frame.terminal and frame.turn_id and frame.type != "interrupt.created":
-            ended.add(frame.turn_id)
-        return frame
-
-    def wanted(frame_turn: str | None) -> bool:
-        return turn_id is None or frame_turn == turn_id
-
-    try:
-        batch = [frame async for frame in backlog() if wanted(frame.turn_id)]
-        partial = await bus.partial(session_id)
-        if partial and (part := fresh(partial)) and wanted(part.turn_id):
-            batch.append(_delta_frame(cursor, part))
-        if batch:
-            yield batch
-        while True:
-            items = await sub.get_all(idle_s)
-            idle = not items and not sub.lagged
-            batch = []
-            if sub.lagged or idle:
-                # lagged: items were dropped; idle: a publish may have been lost (a cluster
-                # bus is at most once). Either way the store has every durable event.
-                sub.lagged = False
-                items = []
-                batch += [frame async for frame in backlog() if wanted(frame.turn_id)]
-            pending: Delta | None = None  # consecutive deltas coalesce into one frame
-            for item in items:
-                if isinstance(item, Delta):
-                    if not wanted(item.turn_id) or not (part := fresh(item)):
-                        continue
-                    if pending and pending.message_id == part.message_id:
-                        pending = Delta(
-                            pending.session_id,
-                            pending.turn_id,
-                            pending.message_id,
-                            pending.offset,
-                            pending.text + part.text,
-                        )
-                    else:
-                        if pending:
-                            batch.append(_delta_frame(cursor, pending))
-                        pending = part
-                    continue
-                if pending:
-                    batch.append(_delta_frame(cursor, pending))
-                    pending = None
-                if item and item[0].seq > cursor + 1:
-                    # a commit we have not been told of yet (out-of-order publish): fill the gap
-                    batch += [frame async for frame in backlog() if wanted(frame.turn_id)]
-                for event in item:
-                    if event.seq <= cursor:
-                        continue
-                    cursor = event.seq
-                    frame = note_end(_event_frame(event))
-                    if wanted(frame.turn_id):
-                        batch.append(frame)
-            if pending:
-                batch.append(_delta_frame(cursor, pending))
-            if batch or idle:
-                yield batch  # an empty batch after idle_s: time for a keep-alive
-    finally:
-        bus.unsubscribe(sub)

@@ -10,10 +10,12 @@ The last user message says what to do:
   call:NAME[:JSON]  first call: a tool call to NAME (arguments split over chunks); after the
                     tool result: "done"
   parallel          two tool calls in one answer (get_time, sleep 0)
-  http:CODE         answer CODE with an OpenAI-style error body
+  http:CODE[:N]     answer CODE with an OpenAI-style error body (the first N calls with this
+                    text, else all; `retry-after-ms: 20` on 429)
   hang              wait 60 s before answering
   garbage           a malformed chunk mid-stream
   badargs           a tool call with arguments that are not JSON
+  html              200 with an HTML page, not an event stream (a proxy's login page, say)
 Like real providers, a transcript with a tool call lacking its result is refused with 400.
 """
 
@@ -24,6 +26,7 @@ import asyncio
 import json
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -44,6 +47,7 @@ def free_port() -> int:
 @dataclass
 class Call:
     body: dict[str, Any]
+    authorization: str | None = None  # the Authorization header it came with
     started: float = field(default_factory=time.monotonic)
     chunks: int = 0
     closed_at: float | None = None
@@ -77,6 +81,7 @@ def _chunk(cid: str, delta: dict[str, Any], finish: str | None = None) -> str:
 class FakeOpenAI:
     def __init__(self, port: int | None = None) -> None:
         self.calls: list[Call] = []
+        self._seen: Counter[str] = Counter()  # calls per command
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         app = Starlette(
@@ -111,7 +116,10 @@ class FakeOpenAI:
 
     async def list_calls(self, request: Request) -> Response:
         calls = self.calls[int(request.query_params.get("after", 0)) :]
-        return JSONResponse([{k: v for k, v in asdict(c).items() if k != "body"} for c in calls])
+        hidden = ("body", "authorization")
+        return JSONResponse(
+            [{k: v for k, v in asdict(c).items() if k not in hidden} for c in calls]
+        )
 
     async def completions(self, request: Request) -> Response:
         body = await request.json()
@@ -130,12 +138,14 @@ class FakeOpenAI:
                 },
                 status_code=400,
             )
-        call = Call(body)
+        call = Call(body, request.headers.get("authorization"))
         self.calls.append(call)
         last_user = next(m for m in reversed(messages) if m["role"] == "user")["content"]
         after_tool = messages[-1]["role"] == "tool"
-        if last_user.startswith("http:"):
-            code = int(last_user[5:])
+        self._seen[last_user] += 1
+        _, code_text, *times = last_user.split(":") if last_user.startswith("http:") else ["", ""]
+        if code_text and (not times or self._seen[last_user] <= int(times[0])):
+            code = int(code_text)
             call.finished = True
             return JSONResponse(
                 {
@@ -147,9 +157,13 @@ class FakeOpenAI:
                     }
                 },
                 status_code=code,
+                headers={"retry-after-ms": "20"} if code == 429 else None,
             )
         if last_user == "hang":
             await asyncio.sleep(60)
+        if last_user == "html":
+            call.finished = True
+            return Response("<html><body>Sign in</body></html>", media_type="text/html")
         return StreamingResponse(
             self._stream(call, last_user, after_tool), media_type="text/event-stream"
         )

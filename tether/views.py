@@ -1,7 +1,14 @@
-"""The public JSON shape of records: one definition for API answers and event payloads."""
+"""The public JSON shape of records: one definition for API answers and event payloads.
+
+Each record lists the fields it shows (never the lease, the tenant or other internals); values
+render the same way everywhere: datetimes as ISO 8601 UTC with `Z`, enums as their value,
+nested records as objects."""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +17,97 @@ from tether import domain
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def plain(value: Any) -> Any:
+    """`value` as JSON-ready data."""
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
+
+
+def _public(record: Any, names: Sequence[str]) -> dict[str, Any]:
+    return {name: plain(getattr(record, name)) for name in names}
+
+
+_SESSION = (
+    "id",
+    "agent_id",
+    "status",
+    "metadata",
+    "last_turn",
+    "last_event_seq",
+    "created_at",
+    "updated_at",
+    "closed_at",
+)
+_TURN = (
+    "id",
+    "session_id",
+    "seq",
+    "status",
+    "input",
+    "on_busy",
+    "attempt",
+    "step",
+    "usage",
+    "reason",
+    "error",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+_MESSAGE = (
+    "id",
+    "session_id",
+    "turn_id",
+    "seq",
+    "role",
+    "content",
+    "tool_calls",
+    "tool_call_id",
+    "name",
+    "status",
+    "created_at",
+)
+_INTERRUPT = (
+    "id",
+    "session_id",
+    "turn_id",
+    "type",
+    "tool_call_id",
+    "tool_name",
+    "request",
+    "response",
+    "status",
+    "step",
+    "created_at",
+    "resolved_at",
+    "resolved_by",
+    "expires_at",
+)
+
+
+_API_KEY = (
+    "id",
+    "tenant_id",
+    "role",
+    "name",
+    "prefix",
+    "created_at",
+    "last_used_at",
+    "revoked_at",
+)
+
+
+def api_key(k: domain.ApiKey) -> dict[str, Any]:
+    return {**_public(k, _API_KEY), "role": k.role.name.lower()}
 
 
 def agent(a: domain.Agent) -> dict[str, Any]:
@@ -22,70 +120,16 @@ def agent(a: domain.Agent) -> dict[str, Any]:
 
 
 def session(s: domain.Session) -> dict[str, Any]:
-    return {
-        "id": s.id,
-        "agent_id": s.agent_id,
-        "status": s.status.value,
-        "metadata": s.metadata,
-        "last_turn": {"id": s.last_turn.id, "status": s.last_turn.status.value}
-        if s.last_turn
-        else None,
-        "last_event_seq": s.last_event_seq,
-        "created_at": iso(s.created_at),
-        "updated_at": iso(s.updated_at),
-        "closed_at": iso(s.closed_at),
-    }
+    return _public(s, _SESSION)
 
 
 def turn(t: domain.Turn) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "session_id": t.session_id,
-        "seq": t.seq,
-        "status": t.status.value,
-        "input": t.input,
-        "on_busy": t.on_busy,
-        "attempt": t.attempt,
-        "step": t.step,
-        "usage": t.usage.as_dict(),
-        "reason": t.reason,
-        "error": {"code": t.error.code, "message": t.error.message} if t.error else None,
-        "created_at": iso(t.created_at),
-        "started_at": iso(t.started_at),
-        "finished_at": iso(t.finished_at),
-    }
+    return _public(t, _TURN)
 
 
 def message(m: domain.Message) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "session_id": m.session_id,
-        "turn_id": m.turn_id,
-        "seq": m.seq,
-        "role": m.role,
-        "content": m.content,
-        "tool_calls": [c.as_dict() for c in m.tool_calls],
-        "tool_call_id": m.tool_call_id,
-        "name": m.name,
-        "status": m.status.value,
-        "created_at": iso(m.created_at),
-    }
+    return _public(m, _MESSAGE)
 
 
 def interrupt(i: domain.Interrupt) -> dict[str, Any]:
-    return {
-        "id": i.id,
-        "session_id": i.session_id,
-        "turn_id": i.turn_id,
-        "type": i.type,
-        "tool_call_id": i.tool_call_id,
-        "tool_name": i.tool_name,
-        "request": i.request,
-        "response": i.response,
-        "status": i.status.value,
-        "step": i.step,
-        "created_at": iso(i.created_at),
-        "resolved_at": iso(i.resolved_at),
-        "resolved_by": i.resolved_by,
-        "expires_at": iso(i.expires_at),
-    }
+    return _public(i, _INTERRUPT)

@@ -13,41 +13,47 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
 
-from tether import domain, errors, ids, metrics
+from tether import domain, errors, ids, metrics, sealing
 from tether.bus import Bus, Delta
 from tether.config import Settings
-from tether.domain import EventType, TurnStatus
-from tether.runtime import loop, providers
+from tether.domain import TurnStatus
+from tether.runtime import loop, mcp_client, mcp_servers, providers, toolbox
 from tether.runtime.tools import ToolRegistry
-from tether.store import Claim, Finish, Leases, Store
-from tether.store.idempotency import IdempotencyKeys
-from tether.store.interrupts import InterruptStore
+from tether.store import Claim, Store, Unstartable
 
-log = logging.getLogger("tether.worker")
+log = logging.getLogger(__name__)
 IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
 CLAIM_BATCH = 16  # turns claimed per store round trip; small, so claiming interleaves
+# A tool's progress reports are written at most this often per call (the latest one wins):
+# a server reporting every millisecond must not fill the session's event log.
+PROGRESS_INTERVAL_S = 0.25
+PROGRESS_MESSAGE_CHARS = 1000
 
 
-@dataclass(eq=False)
-class _Execution:
-    """One claimed turn being run: the loop's TurnIO, fenced by the claim token."""
+STOPPED = domain.TurnEnd(TurnStatus.CANCELLED)  # on the requested stop's terms
 
-    worker: Worker
-    claim: Claim
-    started: float = field(default_factory=time.monotonic)
-    task: asyncio.Task[None] | None = None
-    progress: loop.Progress = field(default_factory=loop.Progress)
-    stop_requested: bool = False
-    lease_lost: bool = False
-    entered: bool = False  # the task is inside _execute, where cancellation is handled
-    on_expire: str = "deny"
 
-    def request_stop(self) -> None:
-        """Stop at once: cancel the loop wherever it is (model stream, tools)."""
+class Execution:
+    """One claimed turn, run here to its end, its pause or its stop. It is the loop's TurnIO:
+    every write carries the claim token."""
+
+    def __init__(self, worker: Worker, claim: Claim):
+        self.worker = worker
+        self.claim = claim
+        self.turn = claim.turn
+        self.started = time.monotonic()
+        self.progress = loop.Progress()
+        self.task: asyncio.Task[None] | None = None
+        self.stop_requested = False
+        self.lease_lost = False
+        self.entered = False  # the task is inside run(), where cancellation is handled
+        self._progress: dict[str, tuple[domain.ToolCall, dict[str, object]]] = {}  # by call
+        self._progress_writers: dict[str, asyncio.Task[None]] = {}
+
+    def stop_now(self) -> None:
+        """A stop was written: cancel the loop wherever it is (model stream, tools)."""
         if self.stop_requested:
             return
         self.stop_requested = True
@@ -56,141 +62,126 @@ class _Execution:
         if self.entered and self.task and not self.task.done():
             self.task.cancel("stop requested")
 
-    @property
-    def turn(self) -> domain.Turn:
-        return self.claim.turn
-
-    def _run_time(self) -> float:
-        return self.turn.run_time_s + (time.monotonic() - self.started)
+    # --- TurnIO ------------------------------------------------------------------------------
 
     def delta(self, message_id: str, offset: int, text: str) -> None:
         self.worker.bus.publish_delta(
             Delta(self.turn.session_id, self.turn.id, message_id, offset, text)
         )
 
-    async def model_step(self, message: domain.Message, usage: domain.Usage) -> None:
-        await self.worker.leases.checkpoint(
-            self.turn,
-            self.claim.token,
-            new_messages=[message],
-            step_done=True,
-            usage=usage,
-            run_time_s=self._run_time(),
-        )
-        self.progress.reset()
-
-    async def tools_started(self, calls: Sequence[domain.ToolCall]) -> None:
-        await self.worker.leases.checkpoint(
-            self.turn,
-            self.claim.token,
-            usage=self.progress.usage,
-            run_time_s=self._run_time(),
-            started=calls,
-            tool_events=[
-                (
-                    EventType.TOOL_STARTED,
-                    {"tool_call_id": c.id, "name": c.name, "arguments": c.arguments},
-                )
-                for c in calls
-            ],
-        )
-
-    async def tool_results(
-        self, results: Sequence[domain.Message], outcomes: Sequence[str]
+    def tool_progress(
+        self, call: domain.ToolCall, progress: float, total: float | None, message: str | None
     ) -> None:
-        await self.worker.leases.checkpoint(
-            self.turn,
-            self.claim.token,
-            new_messages=results,
-            tool_events=[
-                (
-                    EventType.TOOL_COMPLETED,
-                    {"tool_call_id": r.tool_call_id, "name": r.name, "outcome": outcome},
-                )
-                for r, outcome in zip(results, outcomes, strict=True)
-            ],
-            step_done=True,
-            usage=self.progress.usage,
-            run_time_s=self._run_time(),
-        )
-        self.progress.reset()
-
-    async def pause(
-        self,
-        results: Sequence[domain.Message],
-        outcomes: Sequence[str],
-        requests: Sequence[domain.InterruptRequest],
-    ) -> None:
-        await self.worker.interrupts.pause(
-            self.turn,
-            self.claim.token,
-            usage=self.progress.usage,
-            run_time_s=self._run_time(),
-            results=results,
-            outcomes=outcomes,
-            requests=requests,
-            on_expire=self.on_expire,
-        )
-        self.progress.reset()
-
-    async def complete(self, message: domain.Message, usage: domain.Usage) -> None:
-        await self.finish(Finish(TurnStatus.COMPLETED), [message], usage, step_done=True)
-
-    async def end_stopped(self, reason: str | None) -> None:
-        """End the turn `cancelled`, recording what the step in flight got done: partial text
-        kept and marked interrupted, finished tool calls kept, running ones `interrupted`;
-        calls never started get `not_run` results from the store. `reason` None means the
-        requested stop's own reason (and its mode: a rollback removes the turn's messages)."""
-        progress = self.progress
-        kept: list[domain.Message] = []
-        outcomes: list[tuple[EventType, dict[str, object]]] = []
-        if progress.message_id and (progress.text or progress.tool_calls):
-            kept.append(loop.partial_message(self.turn, progress, domain.MessageStatus.INTERRUPTED))
-        for run in progress.tools:
-            if run.result is not None:
-                kept.append(run.result)
-            elif run.outcome == "running":
-                run.outcome = "interrupted"
-                kept.append(
-                    loop.tool_result(
-                        self.turn, run.call, "Tool call interrupted: the turn was stopped."
-                    )
-                )
-            else:
-                continue  # not started: the store closes it as not_run
-            outcomes.append(
-                (
-                    EventType.TOOL_COMPLETED,
-                    {"tool_call_id": run.call.id, "name": run.call.name, "outcome": run.outcome},
-                )
+        """Written by a task of its own, so the tool (and an MCP connection's reader) never
+        waits for the store; the latest report of a call replaces one not yet written."""
+        if message is not None:
+            message = message[:PROGRESS_MESSAGE_CHARS]
+        self._progress[call.id] = (call, {"progress": progress, "total": total, "message": message})
+        if call.id not in self._progress_writers:
+            self._progress_writers[call.id] = asyncio.create_task(
+                self._write_progress(call.id), name=f"{self.turn.id}:progress"
             )
-        await self.finish(
-            Finish(TurnStatus.CANCELLED, reason=reason),
-            kept,
-            progress.usage,
-            tool_events=outcomes,
-        )
 
-    async def finish(
-        self,
-        finish: Finish,
-        new_messages: Sequence[domain.Message] = (),
-        usage: domain.Usage | None = None,
-        *,
-        step_done: bool = False,
-        tool_events: Sequence[tuple[EventType, dict[str, object]]] = (),
-    ) -> None:
-        await self.worker.leases.checkpoint(
-            self.turn,
-            self.claim.token,
-            new_messages=new_messages,
-            tool_events=tool_events,
-            step_done=step_done,
-            usage=usage or self.progress.usage,
-            run_time_s=self._run_time(),
-            finish=finish,
+    async def _write_progress(self, call_id: str) -> None:
+        try:
+            while (pending := self._progress.pop(call_id, None)) is not None:
+                call, data = pending
+                try:
+                    written = await self.worker.store.tool_runs.progress(
+                        self.turn, self.claim.token, call, data
+                    )
+                except Exception as exc:  # best effort: a report lost is no failure
+                    log.debug("turn %s: progress not written: %s", self.turn.id, exc)
+                    written = False
+                if not written:  # the call is over, or the turn is no longer ours
+                    self._progress.pop(call_id, None)
+                    return
+                await asyncio.sleep(PROGRESS_INTERVAL_S)
+        finally:
+            self._progress_writers.pop(call_id, None)
+
+    def _stop_progress(self) -> None:
+        for task in self._progress_writers.values():
+            task.cancel()
+        self._progress.clear()
+
+    async def commit(self, checkpoint: domain.Checkpoint) -> None:
+        run_time = self.turn.run_time_s + (time.monotonic() - self.started)
+        await self.worker.store.lifecycle.checkpoint(
+            self.turn, self.claim.token, checkpoint, run_time
         )
-        metrics.TURNS_FINISHED.labels(status=finish.status.value).inc()
+        if checkpoint.end is not None:
+            metrics.TURNS_FINISHED.labels(status=checkpoint.end.status.value).inc()
+
+    # --- the turn's path -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the agent loop. A stop, a timeout or a failure ends the turn with what the step
+        in flight got done; a shutdown hands the turn back; a lost lease abandons it."""
+        self.entered = True
+        try:
+            end = await self._loop()
+            self._stop_progress()
+            if end is not None:
+                await self._end(end)
+        except errors.LeaseLost:
+            log.info("turn %s: lease lost, abandoning", self.turn.id)
+        except errors.Unavailable as exc:
+            # an outage is not the turn's fault: its lease runs out and another attempt
+            # resumes it from its last checkpoint
+            log.warning(
+                "turn %s: the store is unavailable (%s), left to its lease", self.turn.id, exc
+            )
+        except asyncio.CancelledError:
+            if self.worker.stopping and not self.lease_lost:
+                await self.worker.hand_back(self)
+            raise
+        finally:
+            self._stop_progress()
+
+    async def _loop(self) -> domain.TurnEnd | None:
+        """The loop, from the turn's checkpoint; the end to write if the loop did not end or
+        pause the turn itself."""
+        turn = self.turn
+        try:
+            if self.stop_requested:
+                raise errors.StopRequested("stopped before it started")
+            record, agent = await self.worker.agent(self.claim.agent_id)
+            transcript = await self.worker.store.sessions.transcript(turn.session_id)
+            # a turn at step 0 has made no tool call yet: nothing to resume
+            resume = await self.worker.store.tool_runs.resume_state(turn.id) if turn.step else None
+            budget = max(0.0, record.spec.turn_timeout_s - turn.run_time_s)
+            async with asyncio.timeout(budget):
+                await loop.run_turn(self, turn, transcript, agent, self.progress, resume)
+            return None
+        except asyncio.CancelledError:
+            if not self.stop_requested or self.worker.stopping:
+                raise
+            # our own stop, not a shutdown: end the turn instead of dying with it
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            return STOPPED
+        except errors.StopRequested:  # a write found the stop before the wake-up did
+            return STOPPED
+        except TimeoutError:
+            return domain.TurnEnd(TurnStatus.CANCELLED, reason="turn_timeout")
+        except errors.TurnFailure as exc:
+            error = domain.TurnError(exc.code or exc.reason, exc.message)
+            return domain.TurnEnd(TurnStatus.FAILED, exc.reason, error)
+        except (errors.LeaseLost, errors.Unavailable):
+            raise
+        except Exception as exc:
+            log.exception("turn %s crashed", turn.id)
+            error = domain.TurnError("internal_error", f"{type(exc).__name__}: {exc}")
+            return domain.TurnEnd(TurnStatus.FAILED, "internal_error", error)
+
+    async def _end(self, end: domain.TurnEnd) -> None:
+        try:
+            await self.commit(self.progress.ended(self.turn, end))
+        except errors.StopRequested:
+            # a stop was written before our end (the turn is cancelling): its terms win
+            await self.commit(self.progress.ended(self.turn, STOPPED))
 
 
 class Worker:
@@ -200,24 +191,29 @@ class Worker:
         bus: Bus,
         tools: ToolRegistry,
         settings: Settings,
-        *,
-        concurrency: int | None = None,
+        mcp: mcp_servers.Servers | None = None,
     ):
         self.store = store
-        self.leases = Leases(store)
-        self.interrupts = InterruptStore(store)
         self.bus = bus
         self.tools = tools
         self.settings = settings
-        self.concurrency = settings.workers if concurrency is None else concurrency
+        self.sealer = sealing.Sealer(settings)
+        self.mcp = mcp or mcp_servers.from_settings(settings)
+        # the MCP connections of this process: reused across turns, closed on stop
+        self.hub = mcp_client.McpHub(
+            connect_timeout_s=settings.mcp_connect_timeout_s,
+            max_connections=settings.mcp_max_connections,
+            guard=self.mcp.guard,
+        )
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.new_ulid()[-8:]}"
-        self._running: dict[str, _Execution] = {}  # by claim token
-        self._by_turn: dict[str, _Execution] = {}
+        self._running: dict[str, Execution] = {}  # by claim token
+        self._by_turn: dict[str, Execution] = {}
         self._claiming: asyncio.Task[None]
         self._heartbeat: asyncio.Task[None]
         self._agents: dict[str, tuple[domain.Agent, loop.Agent]] = {}
         self._stopping = asyncio.Event()
         self._draining = False  # stop() began: claim nothing more
+        self._unstartable: dict[str, float] = {}  # turn id -> when its claim last failed
 
     async def start(self) -> None:
         self.bus.on_stop(self._on_stop)
@@ -247,44 +243,78 @@ class Worker:
         )
         for _, agent in self._agents.values():
             await agent.model.aclose()
+        await self.hub.aclose()
 
     @property
     def busy(self) -> int:
         return len(self._running)
 
+    @property
+    def stopping(self) -> bool:
+        """Shutting down: turns still running are handed back, not ended."""
+        return self._stopping.is_set()
+
     # --- claiming ------------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
         while not self._draining:
-            free = self.concurrency - len(self._running)
-            claimed = 0
+            free = self.settings.workers - len(self._running)
+            claimed = failed = 0
             if free > 0:
                 try:
-                    async for claim in self.leases.claim(
-                        self.id, min(free, CLAIM_BATCH), self.settings.lease_ttl_s
-                    ):
+                    claims, unstartable = await self.store.leases.claim(
+                        self.id, min(free, CLAIM_BATCH), self.settings.lease_ttl_s, self._skip()
+                    )
+                    for claim in claims:
                         self._start(claim)
-                        claimed += 1
+                    claimed, failed = len(claims), len(unstartable)
+                    now = time.monotonic()
+                    for turn in unstartable:
+                        self._unstartable[turn.turn_id] = now
+                    await asyncio.gather(*(self._claim_failed(t) for t in unstartable))
                 except Exception:
                     log.exception("claim failed")
-            if claimed:
+            if claimed or failed:
                 # An inline store never suspends: yield, so the turns just claimed get to
                 # stream before we claim more.
                 await asyncio.sleep(0)
                 if claimed < free:
-                    continue  # there may be more; a full batch means we are saturated
+                    # there may be more; a full batch means we are saturated. Turns that
+                    # failed are skipped now, so this looks past them at once.
+                    continue
             await self.bus.wait_for_work(self.settings.poll_interval_s)
 
+    def _skip(self) -> list[str]:
+        """Turns whose claim failed less than a poll interval ago: the next claims look past
+        them (they are tried again at the next poll), so a batch of turns that cannot start
+        never hides the turns queued behind them."""
+        since = time.monotonic() - self.settings.poll_interval_s
+        for turn_id, failed_at in list(self._unstartable.items()):
+            if failed_at < since:
+                del self._unstartable[turn_id]
+        return list(self._unstartable)
+
+    async def _claim_failed(self, turn: Unstartable) -> None:
+        try:
+            status = await self.store.lifecycle.unstartable(turn, self.settings.max_attempts)
+        except Exception:
+            log.exception("turn %s could not be started, nor its failure counted", turn.turn_id)
+            return
+        if status is TurnStatus.FAILED:
+            log.error("turn %s could never be started, failed: %r", turn.turn_id, turn.error)
+        elif status is TurnStatus.QUEUED:
+            log.warning("turn %s could not be started: %r", turn.turn_id, turn.error)
+
     def _start(self, claim: Claim) -> None:
-        execution = _Execution(self, claim)
+        execution = Execution(self, claim)
         self._running[claim.token] = execution
         self._by_turn[claim.turn.id] = execution
-        execution.task = asyncio.create_task(self._execute(execution), name=claim.turn.id)
+        execution.task = asyncio.create_task(execution.run(), name=claim.turn.id)
         # a done callback, not a finally: it runs even for a task cancelled before it started
         execution.task.add_done_callback(lambda _: self._forget(execution))
         metrics.TURNS_STARTED.inc()
 
-    def _forget(self, execution: _Execution) -> None:
+    def _forget(self, execution: Execution) -> None:
         self._running.pop(execution.claim.token, None)
         self._by_turn.pop(execution.turn.id, None)
         self.bus.notify_work()  # a slot is free, and the session's next turn may run
@@ -292,72 +322,53 @@ class Worker:
     def _on_stop(self, turn_id: str) -> None:
         execution = self._by_turn.get(turn_id)
         if execution is not None:
-            execution.request_stop()
+            execution.stop_now()
 
-    async def _agent(self, agent_id: str) -> tuple[domain.Agent, loop.Agent]:
+    async def agent(self, agent_id: str) -> tuple[domain.Agent, loop.Agent]:
         cached = self._agents.get(agent_id)
-        if cached and cached[0].updated_at == await self.store.agent_version(agent_id):
+        if cached and cached[0].updated_at == await self.store.agents.version(agent_id):
             return cached
-        record = await self.store.agent_by_id(agent_id)
+        record = await self.store.agents.by_id(agent_id)
         if cached:
+            del self._agents[agent_id]
             await cached[1].model.aclose()
-        model = providers.model_for(record.spec.model, self.settings)
-        runnable = loop.Agent(record.spec, model, self.tools)
+        # refuses (a turn failure, nothing sent) what the operator's settings no longer allow
+        model = providers.model_for(record.spec.model, self.settings, self.sealer, record.tenant_id)
+        tools = toolbox.Toolbox(
+            record.spec,
+            self.tools,
+            servers=self._mcp_servers(record),
+            hub=self.hub,
+            scope=record.tenant_id,
+        )
+        runnable = loop.Agent(record.spec, model, tools)
         self._agents[agent_id] = (record, runnable)
         return record, runnable
 
-    async def _execute(self, execution: _Execution) -> None:
-        turn = execution.turn
-        execution.entered = True
-        try:
+    def _mcp_servers(self, record: domain.Agent) -> dict[str, mcp_client.Server | Exception]:
+        """The agent's MCP servers as this process can reach them now; an exception says why
+        one cannot be used (its calls then get that as their error result)."""
+        servers: dict[str, mcp_client.Server | Exception] = {}
+        for spec in record.spec.mcp_servers:
             try:
-                if execution.stop_requested:
-                    raise errors.StopRequested("stopped before it started")
-                record, agent = await self._agent(execution.claim.agent_id)
-                execution.on_expire = record.spec.on_expire
-                transcript = await self.store.transcript(turn.session_id)
-                # a turn at step 0 has made no tool call yet: nothing to resume
-                resume = await self.interrupts.resume_state(turn.id) if turn.step else None
-                budget = max(0.0, record.spec.turn_timeout_s - turn.run_time_s)
-                async with asyncio.timeout(budget):
-                    await loop.run_turn(
-                        execution, turn, transcript, agent, execution.progress, resume
-                    )
-            except asyncio.CancelledError:
-                if not execution.stop_requested or self._stopping.is_set():
-                    raise
-                # our own stop, not a shutdown: finish the turn instead of dying with it
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                await execution.end_stopped(None)
-            except errors.StopRequested:  # a write found the stop before the wake-up did
-                await execution.end_stopped(None)
-            except TimeoutError:
-                await execution.end_stopped("turn_timeout")
-        except errors.LeaseLost:
-            log.info("turn %s: lease lost, abandoning", turn.id)
-        except errors.StopRequested:
-            # the stop landed between our timeout and our write: the stop's terms win
-            await execution.end_stopped(None)
-        except errors.TurnFailure as exc:
-            await self._fail(execution, exc.reason, exc.message, exc.code)
-        except asyncio.CancelledError:
-            if self._stopping.is_set() and not execution.lease_lost:
-                await self._hand_back(execution)
-            raise
-        except Exception as exc:
-            log.exception("turn %s crashed", turn.id)
-            await self._fail(execution, "internal_error", f"{type(exc).__name__}: {exc}")
+                headers = None
+                if spec.headers_sealed is not None:
+                    opened = self.sealer.open(record.tenant_id, spec.headers_sealed)
+                    headers = mcp_servers.unseal_headers(opened)
+                servers[spec.name] = self.mcp.resolve(spec, headers)
+            except errors.ProviderKeyUnavailable:
+                servers[spec.name] = mcp_servers.McpConfigError(
+                    "its headers cannot be opened with this server's secret key (was "
+                    "TETHER_SECRET_KEY changed?); set them again with PATCH"
+                )
+            except (mcp_servers.McpConfigError, errors.DestinationNotAllowed) as exc:
+                servers[spec.name] = exc
+        return servers
 
-    async def _fail(
-        self, execution: _Execution, reason: str, message: str, code: str | None = None
-    ) -> None:
-        error = domain.TurnError(code or reason, message)
-        with contextlib.suppress(errors.LeaseLost, errors.StopRequested):
-            await execution.finish(Finish(TurnStatus.FAILED, reason=reason, error=error))
-
-    async def _hand_back(self, execution: _Execution) -> None:
+    async def hand_back(self, execution: Execution) -> None:
+        """Shutting down: the turn goes back to the queue for another worker."""
         with contextlib.suppress(Exception):
-            await asyncio.shield(self.leases.release(execution.turn, execution.claim.token))
+            await asyncio.shield(self.store.leases.release(execution.turn, execution.claim.token))
 
     # --- leases --------------------------------------------------------------------------------
 
@@ -368,7 +379,7 @@ class Worker:
             if not held:
                 continue
             try:
-                states = await self.leases.heartbeat(held, self.settings.lease_ttl_s)
+                states = await self.store.leases.heartbeat(held, self.settings.lease_ttl_s)
             except Exception:
                 log.exception("heartbeat failed")
                 continue
@@ -379,16 +390,16 @@ class Worker:
                     execution.lease_lost = True
                     execution.task.cancel()
                 elif state is not None and state.status is TurnStatus.CANCELLING:
-                    execution.request_stop()  # the backstop for a lost wake-up
+                    execution.stop_now()  # the backstop for a lost wake-up
 
 
 class Reaper:
-    """Returns expired leases (DESIGN §2). Any node may run one; recovery is conditional on the
-    lease still being expired, so concurrent reapers are harmless."""
+    """Expires what is past its time: interrupts, idempotency keys, and leases (DESIGN §2).
+    Any node may run one; every recovery is conditional on what it recovers still being
+    expired, so concurrent reapers are harmless."""
 
     def __init__(self, store: Store, bus: Bus, settings: Settings):
         self.store = store
-        self.leases = Leases(store)
         self.bus = bus
         self.settings = settings
         self._task: asyncio.Task[None] | None = None
@@ -404,10 +415,13 @@ class Reaper:
 
     async def reap_once(self) -> int:
         now = domain.utcnow()
-        recovered = await InterruptStore(self.store).expire(now)
-        await IdempotencyKeys(self.store).expire(now - IDEMPOTENCY_KEY_TTL)
-        for session_id, turn_id in await self.leases.expired_leases(now):
-            outcome = await self.leases.recover_lease(
+        due = await self.store.interrupts.due(now)
+        for session_id, interrupt_id in due:
+            await self.store.lifecycle.expire(session_id, interrupt_id, now)
+        recovered = len(due)
+        await self.store.idempotency.expire(now - IDEMPOTENCY_KEY_TTL)
+        for session_id, turn_id in await self.store.leases.expired(now):
+            outcome = await self.store.lifecycle.recover_lease(
                 session_id, turn_id, self.settings.max_attempts, now
             )
             if outcome is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from bench import procs
 from tests import helpers
 from tests.helpers import free_port
 
@@ -60,13 +61,7 @@ class ServerProcess:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        procs.stop(self.proc)
 
 
 class WorkerProcess:
@@ -113,12 +108,7 @@ class WorkerProcess:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)  # a frozen one must be able to die
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        procs.stop(self.proc, grace_s=15)
 
 
 def store_args(data_dir: Path) -> list[str]:
@@ -146,6 +136,7 @@ def create_key(data_dir: Path, tenant: str = "acme", role: str = "admin") -> str
             "--role",
             role,
             *store_args(data_dir),
+            "--create",  # the first key of a new data dir makes its store
         ],
         capture_output=True,
         text=True,

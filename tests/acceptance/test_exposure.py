@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from tests.acceptance.procs import ServerProcess, backend_env, create_key, store_args
+from tests.acceptance.test_startup import assert_refused
 from tests.helpers import free_port
 
 
@@ -32,12 +33,9 @@ def _serve(data: Path, *args: str, **env: str) -> subprocess.CompletedProcess[st
 
 def test_refuses_public_bind_without_keys(tmp_path: Path) -> None:
     out = _serve(tmp_path / "d", "--host", "0.0.0.0")
-    assert out.returncode == 2
-    assert "needs API keys" in out.stdout
-    assert "tether keys create" in out.stdout
+    assert_refused(out, "needs API keys", "tether keys create")
     out = _serve(tmp_path / "d", "--host", "0.0.0.0", TETHER_AUTH="disabled")
-    assert out.returncode == 2
-    assert "loopback" in out.stdout
+    assert_refused(out, "loopback")
 
 
 def test_public_bind_with_a_key_requires_it(tmp_path: Path) -> None:

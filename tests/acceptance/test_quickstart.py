@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -54,6 +55,19 @@ def test_chat_cli_converses(server: ServerProcess) -> None:
     assert out.returncode == 0, out.stderr
     assert "Hello from Tether!" in out.stdout
     assert "get_time" in out.stdout
+
+
+def test_readme_sdk_example_runs(server: ServerProcess) -> None:
+    [script] = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TETHER_URL": server.url},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Hello from Tether!" in out.stdout
 
 
 def test_readme_documents_every_setting() -> None:

@@ -6,26 +6,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Connection, func, select
 
-from tests.helpers import Api, Server
-from tether.store import schema
+from tests.helpers import Api, Server, store_snapshot
 
 GOOD_SID = "01arz3ndektsv4rrffq69g5fav.local"
-
-
-async def _snapshot(server: Server) -> dict[str, Any]:
-    """Every row of every table: nothing may change on a refused request."""
-
-    def read(conn: Connection) -> dict[str, Any]:
-        out = {}
-        for table in schema.metadata.sorted_tables:
-            rows = conn.execute(select(table)).all()
-            out[table.name] = sorted(map(repr, rows))
-            assert conn.execute(select(func.count()).select_from(table)).scalar() == len(rows)
-        return out
-
-    return await server.node.store.runner.run(read, write=False)
 
 
 @pytest.fixture
@@ -154,14 +138,14 @@ async def test_bad_requests_are_clear_and_change_nothing(
     server: Server, client: httpx.AsyncClient, seeded: tuple[str, str]
 ) -> None:
     agent, sid = seeded
-    before = await _snapshot(server)
+    before = await store_snapshot(server)
     for method, path, kwargs, status, code in cases(agent, sid):
         r = await client.request(method, path, **kwargs)
         assert r.status_code == status, (method, path, r.status_code, r.text)
         body = r.json()
         assert body["error"]["code"] == code, (method, path, body)
         assert body["error"]["message"]
-    assert await _snapshot(server) == before
+    assert await store_snapshot(server) == before
 
 
 async def test_chunked_oversized_body_is_413(server: Server, client: httpx.AsyncClient) -> None:

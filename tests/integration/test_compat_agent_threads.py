@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import httpx
 import pytest
 import websockets
 
+from tests import helpers
 from tests.helpers import Api, Server, running_server, wait_for
 from tether.auth import Role
 
@@ -25,10 +25,9 @@ UNKNOWN_SESSION = "01arz3ndektsv4rrffq69g5fav.local"
 
 
 def _node() -> list[str]:
-    node = shutil.which("node")
-    assert node, "node is needed (>= 20): .ci/run installs it"
+    node = helpers.node_binary()
     assert (NODE_DIR / "node_modules" / "@lleverage-ai" / "agent-threads").is_dir(), (
-        f"run `npm ci` in {NODE_DIR} (.ci/run does)"
+        f"run `npm ci` in {NODE_DIR} (`make test` does)"
     )
     return [node]
 

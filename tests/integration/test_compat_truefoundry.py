@@ -319,7 +319,7 @@ async def test_question_answered_with_a_tool_response(world: World) -> None:
 
 async def test_with_auth_off_the_path_names_the_tenant(tmp_path: Path) -> None:
     async with running_server(tmp_path) as srv, httpx.AsyncClient(timeout=30) as transport:
-        await srv.node.service.upsert_agent("initech", domain.AgentSpec.model_validate(STREAMING))
+        await srv.node.service.agents.upsert("initech", domain.AgentSpec.model_validate(STREAMING))
         client = AsyncAgentSessionClient(
             base_url=f"{srv.url}/compat/truefoundry/initech",
             api_key="unused",  # the client always sends a key: with auth off, it is none

@@ -9,7 +9,6 @@ import json
 import httpx
 
 from tests.helpers import Api, Server, read_sse
-from tether.store.idempotency import IdempotencyKeys
 
 
 async def test_same_key_same_body_replays(api: Api, client: httpx.AsyncClient) -> None:
@@ -98,7 +97,7 @@ async def test_concurrent_same_key_creates_once(api: Api, client: httpx.AsyncCli
 
 async def test_in_flight_key_is_409(server: Server, api: Api, client: httpx.AsyncClient) -> None:
     agent = await api.agent(reply="hi")
-    keys = IdempotencyKeys(server.node.store)
+    keys = server.node.store.idempotency
     body = {"agent_id": agent}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     fingerprint = hashlib.sha256(b"POST /v1/sessions\n" + canonical).hexdigest()

@@ -12,6 +12,10 @@ import httpx
 import pytest
 
 from tests.helpers import Api, Server, running_server, wait_for
+from tether import destinations, domain, errors
+from tether.runtime import credentials
+from tether.runtime.model import ModelRequest
+from tether.runtime.openai_chat import OpenAIChatModel
 from tether.testing import FakeOpenAI
 
 
@@ -24,8 +28,11 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(tmp_path, provider_timeout_s=2.0) as srv:
+async def server(tmp_path: Path, fake: FakeOpenAI) -> AsyncIterator[Server]:
+    # the fake is on loopback: the operator allows it, as TETHER_PROVIDER_BASE_URLS would
+    async with running_server(
+        tmp_path, provider_timeout_s=2.0, provider_base_urls=[fake.url]
+    ) as srv:
         yield srv
 
 
@@ -51,7 +58,13 @@ async def test_text_and_usage(api: Api, client: httpx.AsyncClient, fake: FakeOpe
     sid = await api.session(await _agent(client, fake))
     done = await api.wait_turn(sid, (await api.turn(sid, "hello world"))["id"])
     assert done["status"] == "completed", done
-    assert done["usage"] == {"input_tokens": 11, "output_tokens": 3, "model_calls": 1}
+    assert done["usage"] == {
+        "input_tokens": 11,
+        "output_tokens": 3,
+        "model_calls": 1,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
     msgs = await api.messages(sid)
     assert msgs[-1]["content"] == "echo: hello world "
     sent = fake.calls[-1].body
@@ -96,6 +109,7 @@ async def test_parallel_tool_calls(api: Api, client: httpx.AsyncClient, fake: Fa
         ("hang", "provider_timeout"),
         ("garbage", "provider_bad_response"),
         ("badargs", "provider_bad_response"),
+        ("html", "provider_bad_response"),
     ],
 )
 async def test_provider_failures_fail_the_turn(
@@ -109,6 +123,31 @@ async def test_provider_failures_fail_the_turn(
     # and the session goes on
     again = await api.wait_turn(sid, (await api.turn(sid, "fine"))["id"])
     assert again["status"] == "completed"
+
+
+@pytest.mark.parametrize("command", ["http:503:2", "http:429:2"])
+async def test_transient_failures_are_retried(
+    api: Api, client: httpx.AsyncClient, fake: FakeOpenAI, command: str
+) -> None:
+    sid = await api.session(await _agent(client, fake))
+    done = await api.wait_turn(sid, (await api.turn(sid, command))["id"])
+    assert done["status"] == "completed", done
+    assert len(fake.calls) == 3  # two failures, then the answer
+    assert (await api.messages(sid))[-1]["content"] == f"echo: {command} "
+
+
+async def test_no_retry_when_max_retries_is_zero(
+    api: Api, client: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    agent = await _agent(
+        client,
+        fake,
+        model={"provider": "openai", "model": "fake-1", "base_url": fake.url, "max_retries": 0},
+    )
+    sid = await api.session(agent)
+    done = await api.wait_turn(sid, (await api.turn(sid, "http:503:1"))["id"])
+    assert done["error"]["code"] == "provider_unavailable"
+    assert len(fake.calls) == 1
 
 
 async def test_unreachable_provider(api: Api, client: httpx.AsyncClient, fake: FakeOpenAI) -> None:
@@ -161,3 +200,43 @@ async def test_stop_mid_tool_then_provider_accepts_transcript(
     # the fake refuses a dangling tool call with 400, as real providers do
     nxt = await api.wait_turn(sid, (await api.turn(sid, "after"))["id"])
     assert nxt["status"] == "completed", nxt
+
+
+async def test_bad_params_that_reach_a_turn_fail_it_as_a_provider_error(
+    server: Server, api: Api, fake: FakeOpenAI
+) -> None:
+    """Creation refuses unknown params; one stored before that rule (written here straight to
+    the store) fails its turn with a provider error code, not a crash, and sends nothing."""
+    spec = domain.AgentSpec.model_validate(
+        {
+            "name": "old",
+            "model": {
+                "provider": "openai",
+                "model": "fake-1",
+                "base_url": fake.url,
+                "params": {"temprature": 0.2},
+            },
+        }
+    )
+    agent = await server.node.store.agents.create("default", spec)
+    sid = await api.session(agent.id)
+    done = await api.wait_turn(sid, (await api.turn(sid, "hi"))["id"])
+    assert done["status"] == "failed", done
+    assert done["reason"] == "model_error"
+    assert done["error"]["code"] == "provider_rejected"
+    assert "temprature" in done["error"]["message"]
+    assert fake.calls == []
+
+
+async def test_params_the_sdk_refuses_at_call_time_are_a_provider_error(fake: FakeOpenAI) -> None:
+    access = credentials.Access(fake.url, None, destinations.Guard(trusted=(fake.url,)))
+    spec = domain.ModelSpec(provider="openai", model="fake-1", base_url=fake.url)
+    model = OpenAIChatModel(spec, access, 2.0)
+    request = ModelRequest("", [], params={"not_a_param": 1})
+    try:
+        with pytest.raises(errors.ProviderRejected, match="not_a_param"):
+            async for _ in model.stream(request):
+                pass
+    finally:
+        await model.aclose()
+    assert fake.calls == []

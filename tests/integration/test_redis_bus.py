@@ -11,7 +11,7 @@ import pytest
 from tests import helpers
 from tests.helpers import wait_for
 from tether import domain, errors
-from tether.bus.base import Delta
+from tether.bus.base import Committed, Delta, Item
 from tether.bus.redis import RedisBus
 
 pytestmark = pytest.mark.cluster
@@ -43,14 +43,16 @@ async def test_events_and_deltas_cross_in_order(buses: tuple[RedisBus, RedisBus]
         writer.publish_delta(Delta(SID, "turn_1", "msg_1", offset, piece))
         offset += len(piece)
     writer.publish_events(SID, [_event(2, domain.EventType.MESSAGE_COMPLETED)])
-    items: list[object] = []
+    items: list[Item] = []
     async with asyncio.timeout(5):
-        while not (items and isinstance(items[-1], list) and items[-1][0].seq == 2):
-            items += await sub.get_all()
-    assert isinstance(items[0], list) and items[0][0].seq == 1
+        while not (items and isinstance(items[-1], Committed) and items[-1].events[0].seq == 2):
+            items += (await sub.get_all()).items
+    assert isinstance(items[0], Committed) and items[0].events[0].seq == 1
     text = "".join(d.text for d in items if isinstance(d, Delta))
     assert text == "Hello world"
-    assert isinstance(items[-1], list) and items[-1][0].type is domain.EventType.MESSAGE_COMPLETED
+    last = items[-1]
+    assert isinstance(last, Committed)
+    assert last.events[0].type is domain.EventType.MESSAGE_COMPLETED
     reader.unsubscribe(sub)
 
 
@@ -107,7 +109,9 @@ async def test_redis_restart_lags_readers_and_reconnects(
     finally:
         redis.start()
     await wait_for(lambda: reader.up and writer.up, 15, "reconnected")
-    sub.lagged = False
+    assert (await sub.get_all()).lagged
     writer.publish_events(SID, [_event(7, domain.EventType.TURN_STARTED)])
-    got = await wait_for(lambda: sub._items and sub._items[-1], 5, "delivery after reconnect")
-    assert got[0].seq == 7
+    async with asyncio.timeout(5):
+        received = await sub.get_all()
+    assert not received.lagged
+    assert [e.seq for c in received.items if isinstance(c, Committed) for e in c.events] == [7]

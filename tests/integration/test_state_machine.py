@@ -54,7 +54,7 @@ class ServiceMachine(RuleBasedStateMachine):
         self.svc = self.node.service
         self.agents = {
             name: self.run(
-                self.svc.create_agent(
+                self.svc.agents.create(
                     self.tenant,
                     domain.AgentSpec(
                         name=name,

@@ -43,11 +43,13 @@ async def _running(api: Api, sid: str, tid: str, what: str = "running") -> None:
     await wait_for(check, 10, f"turn {what}")
 
 
-async def _stream_started(api: Api, sid: str) -> None:
-    async def check() -> bool:
-        return any(e["type"] == "turn.started" for e in await api.events(sid))
-
-    await wait_for(check, 10, "turn started")
+async def _tokens_out(client: httpx.AsyncClient, sid: str) -> None:
+    """The turn has streamed some text: a `message.delta` on the session's stream (a reader
+    joining late gets the text so far as one)."""
+    async with asyncio.timeout(10), client.stream("GET", f"/v1/sessions/{sid}/events") as r:
+        async for _, event, _ in read_sse(r):
+            if event == "message.delta":
+                return
 
 
 async def stop(client: httpx.AsyncClient, sid: str, **body: Any) -> httpx.Response:
@@ -63,8 +65,7 @@ def tool_results_match_calls(msgs: list[dict[str, Any]]) -> None:
 async def test_stop_mid_token_keeps_partial_text(api: Api, client: httpx.AsyncClient) -> None:
     sid = await api.session(await api.agent(**LONG_STREAM))
     turn = await api.turn(sid, "word")
-    await _running(api, sid, turn["id"])
-    await asyncio.sleep(0.05)  # let a few tokens out: the point is to stop mid-stream
+    await _tokens_out(client, sid)  # the point is to stop mid-stream
     r = await stop(client, sid)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -138,8 +139,7 @@ async def test_rollback_removes_the_turn_from_the_transcript(
     await api.wait_turn(sid, first["id"])
     before = await api.messages(sid)
     second = await api.turn(sid, "drop me")
-    await _running(api, sid, second["id"])
-    await asyncio.sleep(0.05)
+    await _tokens_out(client, sid)
     r = await stop(client, sid, mode="rollback")
     assert r.status_code == 200
     assert r.json()["turn"]["status"] == "cancelled"

@@ -31,7 +31,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
 async def test_stop_racing_completion(node: Node) -> None:
     svc = node.service
     rng = random.Random(1)
-    agent = await svc.create_agent(
+    agent = await svc.agents.create(
         "default", domain.AgentSpec(name="racer", model=domain.ModelSpec(reply="a b c", tokens=3))
     )
     # How long a turn takes here (microseconds inline on SQLite, round trips on PostgreSQL):

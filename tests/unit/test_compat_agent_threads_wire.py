@@ -117,7 +117,6 @@ def test_resume_mid_message_while_it_still_streams() -> None:
         ('{"type": "subscribe", "streamId": "s", "afterSeq": true}', False),
         ('{"type": "subscribe", "streamId": "s", "afterSeq": 9007199254740991}', True),
         ('{"type": "subscribe", "streamId": "s", "afterSeq": 9007199254740992}', False),
-        ('{"type": "subscribe", "streamId": "s", "afterSeq": 1e400}', False),
         ('{"type": "subscribe", "streamId": "s", "afterSeq": 3.5}', False),
         ('{"type": "subscribe", "streamId": 7}', False),
         ('{"type": "unsubscribe", "streamId": "s"}', True),

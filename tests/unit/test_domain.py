@@ -2,20 +2,20 @@ from __future__ import annotations
 
 import pytest
 
-from tether import domain, errors, ids
+from tether import domain, errors, ids, machines
 from tether.domain import SessionStatus, TurnStatus
 
 
 def test_terminal_states_absorb() -> None:
     for status in domain.TERMINAL:
-        assert domain.TRANSITIONS[status] == frozenset()
+        assert machines.TURN_TRANSITIONS[status] == frozenset()
         assert status.terminal
 
 
 def test_completed_only_from_running() -> None:
     # never completed once a stop was requested (cancelling) or while queued/waiting
-    assert domain.sources_of(TurnStatus.COMPLETED) == (TurnStatus.RUNNING,)
-    assert set(domain.sources_of(TurnStatus.CANCELLED)) == {
+    assert machines.sources_of(TurnStatus.COMPLETED) == (TurnStatus.RUNNING,)
+    assert set(machines.sources_of(TurnStatus.CANCELLED)) == {
         TurnStatus.QUEUED,
         TurnStatus.RUNNING,
         TurnStatus.CANCELLING,

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether import ids
-from tether.api import cursors
+from tether import ids, views
+from tether.api import cursors, schemas
 from tether.api.deps import audit, node, tenant_for
 from tether.api.schemas import ErrorOut
 from tether.auth import Role
@@ -73,13 +73,12 @@ async def create_key(
     """A new key for your tenant. Its secret is in this answer and nowhere else."""
     info, key = await the_node.keys.create(tenant, Role[body.role.upper()], body.name)
     await audit(request, "key.create", info.id, role=body.role)
-    return JSONResponse({**info.view(), "key": key}, status_code=201)
+    return JSONResponse({**views.api_key(info), "key": key}, status_code=201)
 
 
 @router.get("/keys", response_model=KeyPage)
 async def list_keys(tenant: Admin, the_node: TheNode) -> dict[str, Any]:
-    page = await the_node.keys.list(tenant)
-    return {"data": [k.view() for k in page.items], "next_cursor": None}
+    return schemas.page(await the_node.keys.list(tenant), views.api_key)
 
 
 @router.delete("/keys/{key_id}", response_model=KeyOut, responses=_ERRORS)
@@ -88,7 +87,7 @@ async def revoke_key(
 ) -> dict[str, Any]:
     info = await the_node.keys.revoke(ids.check("key", key_id), tenant)
     await audit(request, "key.revoke", key_id)
-    return info.view()
+    return views.api_key(info)
 
 
 @router.get("/audit", response_model=AuditPage, responses=_ERRORS)
@@ -99,5 +98,5 @@ async def audit_log(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Mutations of your tenant, newest first."""
-    page = await the_node.audit.page(tenant, limit, cursors.id_cursor(cursor, "aud"))
-    return {"data": page.items, "next_cursor": page.next_cursor}
+    after = cursors.id_cursor(cursor, "aud")
+    return schemas.page(await the_node.service.audit_log(tenant, limit, after), dict)

@@ -56,6 +56,11 @@ def error_response(
 
 async def _tether_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.TetherError)
+    return answer(exc)
+
+
+def answer(exc: errors.TetherError) -> JSONResponse:
+    """/v1's answer to `exc`."""
     status = status_of(exc)
     if status == 500:
         log.error("unexpected %s: %s", type(exc).__name__, exc)

@@ -22,14 +22,14 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"description": "not ready"}})
 async def readyz(the_node: Node = Depends(node)) -> Any:
     try:
-        await the_node.store.ping()
+        await the_node.service.ping()
     except Exception as exc:
         return JSONResponse(
             {"status": "unavailable", "store": f"{type(exc).__name__}"}, status_code=503
         )
     busy = the_node.worker.busy if the_node.worker else 0
     # Still ready with the bus down: everything but live streams works, and they say 503.
-    bus = "ok" if the_node.bus.up else "down"
+    bus = "ok" if the_node.service.live else "down"
     return {"status": "ready", "store": "ok", "bus": bus, "running_turns": busy}
 
 

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from tether import errors
 from tether.api.errors import status_of
-from tether.store.idempotency import IdempotencyKeys
+from tether.service import Service
 
 REPLAYED = "Idempotent-Replayed"
 
@@ -32,24 +32,28 @@ async def _fingerprint(request: Request) -> str:
 async def idempotent(
     request: Request,
     tenant: str,
-    keys: IdempotencyKeys,
+    svc: Service,
     handler: Callable[[], Awaitable[Response]],
-    replay_stream: Callable[[dict[str, Any]], Response],
+    replay_stream: Callable[[dict[str, Any]], Awaitable[Response]] | None = None,
 ) -> Response:
+    """`handler`'s answer, or the answer recorded for the request's Idempotency-Key.
+    `replay_stream` streams again an answer that was a stream (None: the route never
+    streams)."""
     key = request.headers.get("idempotency-key")
     if key is None:
         return await handler()
     if not 1 <= len(key) <= 255:
         raise errors.InvalidRequest("Idempotency-Key must be 1 to 255 characters")
     fingerprint = await _fingerprint(request)
-    recorded = await keys.begin(tenant, key, fingerprint)
+    recorded = await svc.begin_idempotent(tenant, key, fingerprint)
     if recorded is not None:
         if recorded.fingerprint != fingerprint:
             raise errors.IdempotencyKeyReused("this Idempotency-Key was used with another request")
         if recorded.status_code is None:
             raise errors.IdempotencyKeyInFlight()
         if "stream" in recorded.response:
-            response = replay_stream(recorded.response["stream"])
+            assert replay_stream is not None, "a stream recorded by a route that never streams"
+            response = await replay_stream(recorded.response["stream"])
         else:
             response = JSONResponse(recorded.response["json"], status_code=recorded.status_code)
         response.headers[REPLAYED] = "true"
@@ -59,18 +63,18 @@ async def idempotent(
     except errors.TetherError as exc:
         status = status_of(exc)
         if status >= 500:
-            await keys.release(tenant, key)
+            await svc.release_idempotent(tenant, key)
         else:  # a refusal is an answer too: the same request gets it again
             refusal = {"error": {"code": exc.code, "message": exc.message}}
-            await keys.finish(tenant, key, status, {"json": refusal})
+            await svc.finish_idempotent(tenant, key, status, {"json": refusal})
         raise
     except BaseException:
-        await keys.release(tenant, key)
+        await svc.release_idempotent(tenant, key)
         raise
     replay: dict[str, Any] | None = getattr(response, "replay", None)
     if replay is not None:  # an SSE answer: record how to stream it again
-        await keys.finish(tenant, key, response.status_code, {"stream": replay})
+        await svc.finish_idempotent(tenant, key, response.status_code, {"stream": replay})
     else:
         answer = json.loads(bytes(response.body)) if response.body else None
-        await keys.finish(tenant, key, response.status_code, {"json": answer})
+        await svc.finish_idempotent(tenant, key, response.status_code, {"json": answer})
     return response

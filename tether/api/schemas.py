@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,15 +56,33 @@ class TurnStopRequest(_In):
 class AgentPatch(_In):
     """Fields to change; the rest are kept."""
 
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
     name: str | None = None
     instructions: str | None = None
     model: domain.ModelSpec | None = None
     tools: list[domain.ToolSpec] | None = None
+    mcp_servers: list[domain.McpServerSpec] | None = None
     max_steps: int | None = None
     turn_timeout_s: float | None = None
     interrupt_ttl_s: float | None = None
     on_expire: Literal["deny", "fail"] | None = None
     metadata: dict[str, Any] | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields given, as JSON. A write-only api_key is never dumped, so it is carried
+        over by hand, null included (which removes the stored one); so are MCP servers'
+        headers."""
+        changes = self.model_dump(mode="json", exclude_unset=True)
+        if self.model is not None and "api_key" in self.model.model_fields_set:
+            key = self.model.api_key
+            changes["model"]["api_key"] = key.get_secret_value() if key is not None else None
+        for server, dumped in zip(
+            self.mcp_servers or [], changes.get("mcp_servers") or [], strict=True
+        ):
+            if server.headers is not None:
+                dumped["headers"] = {k: v.get_secret_value() for k, v in server.headers.items()}
+        return changes
 
 
 class AgentOut(domain.AgentSpec):
@@ -183,6 +202,11 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None
 
 
+def page(found: Any, view: Callable[[Any], Any]) -> dict[str, Any]:
+    """A page of records (the service's answer) on the wire: each item through `view`."""
+    return {"data": [view(item) for item in found.items], "next_cursor": found.next_cursor}
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str
@@ -191,3 +215,13 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+class MeOut(BaseModel):
+    """Who is asking: what the console shows and hides is decided from this."""
+
+    tenant_id: str
+    role: Literal["admin", "write", "read"]
+    auth: bool = Field(description="whether this server requires API keys (false: open mode)")
+    key_id: str | None = Field(description="the key this request carried (null in open mode)")
+    key_prefix: str | None

@@ -8,7 +8,7 @@ largest single cost with a thousand live streams.)
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from starlette.responses import StreamingResponse
@@ -32,7 +32,7 @@ def encode(frame: Frame) -> bytes:
 
 
 def response(
-    batches: AsyncIterator[list[Frame]],
+    batches: AsyncGenerator[list[Frame], None],
     *,
     until_terminal: bool = False,
     replay: dict[str, Any] | None = None,
@@ -56,7 +56,7 @@ def response(
             metrics.SSE_CONNECTIONS.dec()
             if on_close:
                 on_close()
-            await batches.aclose()  # type: ignore[attr-defined]
+            await batches.aclose()
 
     stream = Stream(body(), media_type="text/event-stream", headers=HEADERS)
     stream.replay = replay

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from tether import domain, ids, streaming, views
+from tether import domain, ids, views
 from tether.api import cursors, idempotency, schemas, sse
 from tether.api.deps import (
     audit,
@@ -21,7 +20,6 @@ from tether.api.deps import (
 from tether.auth import Principal, Role
 from tether.node import Node
 from tether.service import Service, StopResult
-from tether.store.idempotency import IdempotencyKeys
 
 Svc = Annotated[Service, Depends(service)]
 Reader = Annotated[str, Depends(tenant_for(Role.READ))]  # the caller's tenant, role checked
@@ -39,21 +37,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix="/v1", responses=_ERRORS)
 
 
-async def _idempotent(
-    request: Request,
-    svc: Service,
-    tenant: str,
-    handler: Callable[[], Awaitable[Response]],
-    replay_stream: Callable[[dict[str, Any]], Response] | None = None,
-) -> Response:
-    def no_stream(_: dict[str, Any]) -> Response:
-        raise AssertionError("this route never streams")
-
-    return await idempotency.idempotent(
-        request, tenant, IdempotencyKeys(svc.store), handler, replay_stream or no_stream
-    )
-
-
 def _input(value: schemas.Input) -> str | list[dict[str, Any]]:
     return value if isinstance(value, str) else [m.model_dump() for m in value]
 
@@ -68,26 +51,26 @@ async def create_agent(
     request: Request, body: domain.AgentSpec, svc: Svc, tenant: Admin
 ) -> Response:
     async def handler() -> Response:
-        agent = await svc.create_agent(tenant, body)
+        agent = await svc.agents.create(tenant, body)
         await audit(request, "agent.create", agent.id)
         return JSONResponse(views.agent(agent), status_code=201)
 
-    return await _idempotent(request, svc, tenant, handler)
+    return await idempotency.idempotent(request, tenant, svc, handler)
 
 
 @router.get("/agents", response_model=schemas.Page[schemas.AgentOut], tags=["agents"])
 async def list_agents(
     svc: Svc, tenant: Reader, limit: Limit = 50, cursor: str | None = None
 ) -> dict[str, Any]:
-    page = await svc.list_agents(tenant, limit, cursors.id_cursor(cursor, "agt"))
-    return {"data": [views.agent(a) for a in page.items], "next_cursor": page.next_cursor}
+    page = await svc.agents.page(tenant, limit, cursors.id_cursor(cursor, "agt"))
+    return schemas.page(page, views.agent)
 
 
 @router.get(
     "/agents/{agent_id}", response_model=schemas.AgentOut, responses=_ERRORS, tags=["agents"]
 )
 async def get_agent(agent_id: AgentId, svc: Svc, tenant: Reader) -> dict[str, Any]:
-    return views.agent(await svc.get_agent(tenant, agent_id))
+    return views.agent(await svc.agents.get(tenant, agent_id))
 
 
 @router.patch(
@@ -96,15 +79,15 @@ async def get_agent(agent_id: AgentId, svc: Svc, tenant: Reader) -> dict[str, An
 async def update_agent(
     request: Request, agent_id: AgentId, body: schemas.AgentPatch, svc: Svc, tenant: Admin
 ) -> dict[str, Any]:
-    changes = body.model_dump(mode="json", exclude_unset=True)
-    agent = await svc.update_agent(tenant, agent_id, changes)
+    changes = body.changes()
+    agent = await svc.agents.update(tenant, agent_id, changes)
     await audit(request, "agent.update", agent_id, fields=sorted(changes))
     return views.agent(agent)
 
 
 @router.delete("/agents/{agent_id}", status_code=204, responses=_ERRORS, tags=["agents"])
 async def delete_agent(request: Request, agent_id: AgentId, svc: Svc, tenant: Admin) -> Response:
-    await svc.delete_agent(tenant, agent_id)
+    await svc.agents.delete(tenant, agent_id)
     await audit(request, "agent.delete", agent_id)
     return Response(status_code=204)
 
@@ -131,7 +114,7 @@ async def create_session(
         answer = {**views.session(session), "turn": views.turn(turn) if turn else None}
         return JSONResponse(answer, status_code=201)
 
-    return await _idempotent(request, svc, tenant, handler)
+    return await idempotency.idempotent(request, tenant, svc, handler)
 
 
 @router.get(
@@ -152,7 +135,7 @@ async def list_sessions(
         ids.check("agt", agent_id)
     after = cursors.id_cursor(cursor, "session")
     page = await svc.list_sessions(tenant, limit, after, status, agent_id)
-    return {"data": [views.session(s) for s in page.items], "next_cursor": page.next_cursor}
+    return schemas.page(page, views.session)
 
 
 @router.get(
@@ -168,13 +151,26 @@ async def get_session(session_id: SessionId, svc: Svc, tenant: Reader) -> dict[s
 @router.delete(
     "/sessions/{session_id}",
     response_model=schemas.SessionOut,
-    responses=_ERRORS,
+    responses={**_ERRORS, 204: {"description": "purged: the session is gone for good"}},
     tags=["sessions"],
 )
 async def close_session(
-    request: Request, session_id: SessionId, svc: Svc, tenant: Writer
-) -> dict[str, Any]:
-    """Close the session: no new turns; queued turns are cancelled; it stays readable."""
+    request: Request,
+    session_id: SessionId,
+    svc: Svc,
+    tenant: Writer,
+    who: Annotated[Principal, Depends(principal)],
+    purge: Annotated[bool, Query(description="admins: delete it and all of it for good")] = False,
+) -> Any:
+    """Close the session: no new turns; queued turns are cancelled; it stays readable.
+    `?purge=true` (admin keys only) deletes it instead: its turns are stopped first (a running
+    one through the normal stop), then the session and all that belongs to it are deleted
+    (204); every read of it is 404 after that, and its open streams end."""
+    if purge:
+        who.require(Role.ADMIN)
+        await svc.purge_session(tenant, session_id)
+        await audit(request, "session.purge", session_id)
+        return Response(status_code=204)
     session = await svc.close_session(tenant, session_id)
     await audit(request, "session.close", session_id)
     return views.session(session)
@@ -215,30 +211,22 @@ async def create_turn(
         if not stream:
             return JSONResponse(views.turn(turn), status_code=202)
         replay = {"session_id": session_id, "after": before, "turn_id": turn.id}
-        return _turn_stream(request, tenant, svc, replay, ping_s)
+        return await _turn_stream(request, tenant, svc, replay, ping_s)
 
-    return await _idempotent(
-        request,
-        svc,
-        tenant,
-        handler,
-        lambda replay: _turn_stream(request, tenant, svc, replay, ping_s),
-    )
+    async def replay_stream(replay: dict[str, Any]) -> Response:
+        return await _turn_stream(request, tenant, svc, replay, ping_s)
+
+    return await idempotency.idempotent(request, tenant, svc, handler, replay_stream)
 
 
-def _turn_stream(
+async def _turn_stream(
     request: Request, tenant: str, svc: Service, replay: dict[str, Any], ping_s: float
 ) -> Response:
     """A turn's events from just before it was queued until it ends (or waits)."""
-    release = stream_slot(request, tenant)
-    batches = streaming.follow(
-        svc.store,
-        svc.bus,
-        replay["session_id"],
-        replay["after"],
-        turn_id=replay["turn_id"],
-        idle_s=ping_s,
+    batches = await svc.follow(
+        tenant, replay["session_id"], replay["after"], turn_id=replay["turn_id"], idle_s=ping_s
     )
+    release = await stream_slot(request, tenant)
     return sse.response(batches, until_terminal=True, replay=replay, on_close=release)
 
 
@@ -252,7 +240,7 @@ async def list_turns(
     session_id: SessionId, svc: Svc, tenant: Reader, limit: Limit = 50, cursor: str | None = None
 ) -> dict[str, Any]:
     page = await svc.list_turns(tenant, session_id, limit, cursors.position(cursor))
-    return {"data": [views.turn(t) for t in page.items], "next_cursor": page.next_cursor}
+    return schemas.page(page, views.turn)
 
 
 @router.get(
@@ -355,7 +343,7 @@ async def list_interrupts(
 ) -> dict[str, Any]:
     after = cursors.id_cursor(cursor, "int")
     page = await svc.list_interrupts(tenant, session_id, status, limit, after)
-    return {"data": [views.interrupt(i) for i in page.items], "next_cursor": page.next_cursor}
+    return schemas.page(page, views.interrupt)
 
 
 @router.get(
@@ -404,7 +392,7 @@ async def list_messages(
     session_id: SessionId, svc: Svc, tenant: Reader, limit: Limit = 100, cursor: str | None = None
 ) -> dict[str, Any]:
     page = await svc.list_messages(tenant, session_id, limit, cursors.position(cursor))
-    return {"data": [views.message(m) for m in page.items], "next_cursor": page.next_cursor}
+    return schemas.page(page, views.message)
 
 
 @router.get(
@@ -442,9 +430,6 @@ async def session_events(
             "data": [e.as_dict() for e in items],
             "next_cursor": str(items[-1].seq) if more else None,
         }
-    await svc.get_session(tenant, session_id)  # tenant scope before streaming
-    release = stream_slot(request, tenant)
-    batches = streaming.follow(
-        svc.store, svc.bus, session_id, start, idle_s=the_node.settings.sse_ping_s
-    )
+    batches = await svc.follow(tenant, session_id, start, idle_s=the_node.settings.sse_ping_s)
+    release = await stream_slot(request, tenant)
     return sse.response(batches, on_close=release)

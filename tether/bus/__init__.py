@@ -1,6 +1,6 @@
 """The bus wakes things up and carries live deltas. State is the truth; the bus only signals."""
 
-from tether.bus.base import Bus, Delta, Subscription
+from tether.bus.base import Bus, Committed, Delta, Item, Received, Subscription
 from tether.bus.local import LocalBus
 
-__all__ = ["Bus", "Delta", "LocalBus", "Subscription"]
+__all__ = ["Bus", "Committed", "Delta", "Item", "LocalBus", "Received", "Subscription"]

@@ -23,7 +23,23 @@ class Delta:
     text: str
 
 
-Item = list[domain.Event] | Delta
+@dataclass(slots=True, frozen=True)
+class Committed:
+    """The events one transaction committed, in seq order."""
+
+    events: list[domain.Event]
+
+
+Item = Committed | Delta
+
+
+@dataclass(slots=True)
+class Received:
+    """What a reader got: the items published since it last asked, in publish order; `lagged`
+    if some were lost meanwhile, so the reader must catch up from the store."""
+
+    items: list[Item]
+    lagged: bool = False
 
 
 class Subscription:
@@ -53,7 +69,7 @@ class Subscription:
         self.lagged = True
         self._ready.set()
 
-    async def get_all(self, idle_s: float | None = None) -> list[Item]:
+    async def get_all(self, idle_s: float | None = None) -> Received:
         """Everything published since the last call; waits for at least one item (or lag),
         or answers nothing after `idle_s`."""
         if not self._items and not self.lagged:
@@ -64,9 +80,10 @@ class Subscription:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(idle_s):
                         await self._ready.wait()
-        items = list(self._items)
+        received = Received(list(self._items), self.lagged)
         self._items.clear()
-        return items
+        self.lagged = False
+        return received
 
 
 class Bus(Protocol):

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from tether import domain
-from tether.bus.base import Delta, Subscription
+from tether.bus.base import Committed, Delta, Subscription
 
 ENDS_MESSAGE = frozenset(
     {
@@ -16,6 +16,7 @@ ENDS_MESSAGE = frozenset(
         domain.EventType.TURN_COMPLETED,
         domain.EventType.TURN_FAILED,
         domain.EventType.TURN_CANCELLED,
+        domain.EventType.SESSION_DELETED,
     }
 )
 
@@ -35,7 +36,7 @@ class LocalBus:
         if session_id in self._partials and any(e.type in ENDS_MESSAGE for e in events):
             del self._partials[session_id]
         for sub in self._subs.get(session_id, ()):
-            sub.put(events)
+            sub.put(Committed(events))
 
     def publish_delta(self, delta: Delta) -> None:
         current = self._partials.get(delta.session_id)

@@ -28,9 +28,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from tether import domain, errors
+from tether import domain, errors, versions
 from tether.bus import keys
-from tether.bus.base import Delta, Subscription
+from tether.bus.base import Committed, Delta, Item, Subscription
 from tether.bus.local import ENDS_MESSAGE
 
 log = logging.getLogger("tether.bus")
@@ -41,16 +41,17 @@ _PING_S = 5.0  # a quiet subscription pings this often (under socket_timeout)
 
 
 def _encode_events(events: list[domain.Event]) -> str:
-    return json.dumps({"k": "e", "events": [e.as_dict() for e in events]})
+    body = {"k": "e", "v": versions.EVENT_VERSION, "events": [e.as_dict() for e in events]}
+    return json.dumps(body)
 
 
-def _decode_event(raw: dict[str, Any]) -> domain.Event:
+def _decode_event(raw: dict[str, Any], version: int) -> domain.Event:
     return domain.Event(
         session_id=raw["session_id"],
         seq=raw["seq"],
         type=domain.EventType(raw["type"]),
         turn_id=raw["turn_id"],
-        data=raw["data"],
+        data=versions.event_data(version, raw["type"], raw["data"]),
         created_at=datetime.fromisoformat(raw["created_at"]),
     )
 
@@ -63,7 +64,7 @@ def _encode_delta(delta: Delta) -> str:
 
 class RedisBus:
     def __init__(self, url: str, prefix: str = "tether"):
-        self.keys = keys.Keys(prefix)
+        self.names = keys.Names(prefix)
         # No hidden retries: a broken connection must surface, so we know to resync readers.
         self._redis = aioredis.from_url(
             url,
@@ -144,7 +145,7 @@ class RedisBus:
             self._partial_of.clear()  # the partial keys may be behind now: start over
 
     def _write(self, pipe: Any, batch: list[tuple[str, Any]]) -> None:
-        k = self.keys
+        k = self.names
         pending: Delta | None = None  # consecutive deltas of one message go out as one
 
         def flush_delta() -> None:
@@ -206,7 +207,7 @@ class RedisBus:
         if pubsub is None:
             raise errors.Unavailable("live updates are unavailable (the bus is down), retry")
         sub = Subscription(session_id)
-        channel = self.keys.session(session_id)
+        channel = self.names.session(session_id)
         first = not self._subs[session_id]
         self._subs[session_id].add(sub)
         try:
@@ -233,7 +234,7 @@ class RedisBus:
         if subs:
             return
         del self._subs[sub.session_id]
-        channel = self.keys.session(sub.session_id)
+        channel = self.names.session(sub.session_id)
         self._confirmed.pop(channel, None)
         pubsub = self._pubsub
         if pubsub is not None:
@@ -248,7 +249,7 @@ class RedisBus:
     async def partial(self, session_id: str) -> Delta | None:
         try:
             meta, text = await self._redis.mget(
-                self.keys.partial_meta(session_id), self.keys.partial_text(session_id)
+                self.names.partial_meta(session_id), self.names.partial_text(session_id)
             )
         except (RedisError, OSError):
             return None  # a reader then starts with the next live delta
@@ -273,8 +274,8 @@ class RedisBus:
         while True:
             pubsub = self._redis.pubsub()
             try:
-                channels = [self.keys.work, self.keys.stop]
-                channels += [self.keys.session(sid) for sid in self._subs]
+                channels = [self.names.work, self.names.stop]
+                channels += [self.names.session(sid) for sid in self._subs]
                 for channel in channels[2:]:
                     self._confirmed.setdefault(channel, asyncio.get_running_loop().create_future())
                 await pubsub.subscribe(*channels)
@@ -332,9 +333,9 @@ class RedisBus:
             return
         if kind != "message":
             return
-        if channel == self.keys.work:
+        if channel == self.names.work:
             self._work.set()
-        elif channel == self.keys.stop:
+        elif channel == self.names.stop:
             if self._stop_callback:
                 self._stop_callback(data)
         else:
@@ -343,9 +344,10 @@ class RedisBus:
             if not subs:
                 return
             raw = json.loads(data)
-            item: list[domain.Event] | Delta
+            item: Item
             if raw["k"] == "e":
-                item = [_decode_event(e) for e in raw["events"]]
+                version = raw.get("v", 1)  # a node from before versions sends none
+                item = Committed([_decode_event(e, version) for e in raw["events"]])
             else:
                 item = Delta(session_id, raw["t"], raw["m"], raw["o"], raw["x"])
             for sub in subs:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,9 +15,33 @@ class TextDelta:
 
 
 @dataclass(slots=True)
+class ReasoningDelta:
+    """The model's visible reasoning (Anthropic's thinking), streamed; not part of the answer's
+    text."""
+
+    text: str
+
+
+@dataclass(slots=True)
 class UsageReport:
+    """Tokens to add to the turn's usage (several reports per call add up)."""
+
     input_tokens: int
     output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+@dataclass(slots=True)
+class ProviderContent:
+    """The whole answer in the provider's own form, at the end of the stream: kept on the
+    assistant message and sent back verbatim when the transcript goes to the same provider."""
+
+    provider: str
+    content: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"provider": self.provider, "content": self.content}
 
 
 @dataclass(slots=True)
@@ -25,7 +49,7 @@ class Finished:
     reason: str  # "stop" | "tool_calls" | "length" | ...
 
 
-ModelEvent = TextDelta | domain.ToolCall | UsageReport | Finished
+ModelEvent = TextDelta | ReasoningDelta | domain.ToolCall | UsageReport | ProviderContent | Finished
 
 
 @dataclass(slots=True)
@@ -37,7 +61,7 @@ class ModelRequest:
 
 
 class Model(Protocol):
-    def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
         """Stream one model response. Closing the iterator early must release the call
         (for HTTP providers: drop the connection so no more tokens are produced)."""
         ...

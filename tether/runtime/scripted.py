@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 
 from tether import domain, errors, ids
 from tether.runtime.model import Finished, ModelEvent, ModelRequest, TextDelta, UsageReport
@@ -32,7 +32,7 @@ class ScriptedModel:
     async def aclose(self) -> None:
         pass
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
         if self.spec.fail:
             raise errors.ModelError(self.spec.fail)
         last_user = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=-1)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Row, insert, select
 
-from tether import domain, ids
-from tether.store.base import Page, Store
+from tether import domain, ids, views
+from tether.store.base import Database, Page, paged
 from tether.store.schema import audit_log
 
 
 class AuditLog:
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, db: Database):
+        self.db = db
 
     async def record(
         self,
@@ -37,28 +37,15 @@ class AuditLog:
             "details": details,
             "created_at": domain.utcnow(),
         }
-        await self.store.runner.run(
-            lambda conn: conn.execute(insert(audit_log).values(values)), write=True
-        )
+        await self.db.write(lambda conn: conn.execute(insert(audit_log).values(values)))
 
     async def page(self, tenant_id: str, limit: int, cursor: str | None) -> Page:
+        """The tenant's records, newest first, as their public JSON."""
         query = select(audit_log).where(audit_log.c.tenant_id == tenant_id)
-        if cursor:
-            query = query.where(audit_log.c.id < cursor)
-        query = query.order_by(audit_log.c.id.desc()).limit(limit + 1)
-        rows = await self.store.runner.run(lambda conn: conn.execute(query).all(), write=False)
-        items = [
-            {
-                "id": r.id,
-                "tenant_id": r.tenant_id,
-                "key_id": r.key_id,
-                "key_prefix": r.key_prefix,
-                "action": r.action,
-                "target": r.target,
-                "request_id": r.request_id,
-                "details": r.details,
-                "created_at": r.created_at.isoformat().replace("+00:00", "Z"),
-            }
-            for r in rows[:limit]
-        ]
-        return Page(items, items[-1]["id"] if len(rows) > limit else None)
+        query = paged(query, audit_log.c.id, cursor, limit, newest_first=True)
+        found = await self.db.read(lambda conn: conn.execute(query).all())
+        return Page.of(found, limit, _public, lambda r: r["id"])
+
+
+def _public(row: Row[Any]) -> dict[str, Any]:
+    return {name: views.plain(value) for name, value in row._mapping.items()}

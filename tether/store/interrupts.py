@@ -1,137 +1,139 @@
-"""Interrupts (DESIGN §4) and the ledger of tool runs: pausing a turn, answering, expiring,
-and what a resumed turn needs to know."""
+"""Interrupts (DESIGN §4): created when a turn pauses, then answered, expired or cancelled,
+each a move of `machines.InterruptMove`. What those do to the turn is in lifecycle.py. Read by
+session, or across a tenant's sessions as the approvals inbox (console, CLI): what needs a
+human soonest first."""
 
 from __future__ import annotations
 
-import functools
+import base64
+import binascii
+import json
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import func, insert, literal, select, tuple_
 
 from tether import domain, errors, ids, views
-from tether.domain import EventType, InterruptStatus, TurnStatus
-from tether.runtime.loop import Resume
-from tether.store import records, transitions
-from tether.store.base import Page, Store
-from tether.store.leases import held_running, refused
-from tether.store.schema import interrupts, tool_runs, turns
+from tether.domain import EventType, InterruptStatus
+from tether.machines import InterruptMove
+from tether.store import guards, rows
+from tether.store.base import Database, Page, paged
+from tether.store.schema import UTCDateTime, interrupts
 from tether.store.session_write import SessionWrite
-from tether.store.transitions import cancel_pending, mark_runs
 
-_PENDING = InterruptStatus.PENDING.value
+PENDING = guards.status_in(interrupts.c.status, {InterruptStatus.PENDING})
+# The inbox's order: expiry first (those that never expire last, as if they expired at
+# _NEVER), then age, then id: total, so a keyset cursor resumes it exactly.
+_NEVER = datetime(9999, 12, 31, tzinfo=UTC)
+_EXPIRY = func.coalesce(interrupts.c.expires_at, literal(_NEVER, UTCDateTime()))
 
 
-class InterruptStore:
-    def __init__(self, store: Store):
-        self.store = store
+def create(
+    sw: SessionWrite, turn: domain.Turn, asks: Sequence[domain.InterruptRequest]
+) -> list[domain.Interrupt]:
+    """The interrupts a pausing turn waits on, each `pending`."""
+    created = []
+    for i, ask in enumerate(asks):
+        interrupt = domain.Interrupt(
+            id=ids.new("int"),
+            tenant_id=turn.tenant_id,
+            session_id=turn.session_id,
+            turn_id=turn.id,
+            type=ask.type,
+            tool_call_id=ask.tool_call_id,
+            tool_name=ask.tool_name,
+            request=ask.request,
+            response=None,
+            status=InterruptStatus.PENDING,
+            step=turn.step,
+            created_at=sw.now,
+            expires_at=sw.now + timedelta(seconds=ask.ttl_s) if ask.ttl_s else None,
+            on_expire=ask.on_expire,
+        )
+        sw.conn.execute(insert(interrupts).values(rows.INTERRUPT.values(interrupt)))
+        data: dict[str, Any] = {"interrupt": views.interrupt(interrupt)}
+        if i == len(asks) - 1:
+            data["turn_waiting"] = True  # a turn's stream ends here, to resume later
+        sw.event(EventType.INTERRUPT_CREATED, turn.id, data)
+        created.append(interrupt)
+    return created
 
-    # --- pausing -------------------------------------------------------------------------------
 
-    async def pause(
-        self,
-        turn: domain.Turn,
-        token: str,
-        *,
-        usage: domain.Usage,
-        run_time_s: float,
-        results: Sequence[domain.Message],
-        outcomes: Sequence[str],
-        requests: Sequence[domain.InterruptRequest],
-        on_expire: str,
-    ) -> list[domain.Interrupt]:
-        """The turn waits: its finished calls and the interrupts it waits on are committed,
-        and it gives up its lease (no worker holds a waiting turn)."""
+def resolve(
+    sw: SessionWrite, interrupt_id: str, response: Any, resolved_by: str | None
+) -> domain.Interrupt:
+    """Record the answer: the first answer wins (InterruptNotPending for any later one)."""
+    row = sw.conn.execute(
+        guards.update(interrupts, InterruptMove.RESOLVE)
+        .where(interrupts.c.id == interrupt_id)
+        .values(response=response, resolved_at=sw.now, resolved_by=resolved_by)
+        .returning(*interrupts.c)
+    ).first()
+    if row is None:
+        status = sw.conn.execute(
+            select(interrupts.c.status).where(interrupts.c.id == interrupt_id)
+        ).scalar()
+        raise errors.InterruptNotPending(f"interrupt {interrupt_id} is {status}")
+    resolved = rows.interrupt(row)
+    sw.event(
+        EventType.INTERRUPT_RESOLVED, resolved.turn_id, {"interrupt": views.interrupt(resolved)}
+    )
+    return resolved
 
-        def body(sw: SessionWrite) -> list[domain.Interrupt]:
-            row = sw.conn.execute(
-                update(turns)
-                .where(held_running(turn.id, token))
-                .values(
-                    status=TurnStatus.WAITING.value,
-                    usage=usage.as_dict(),
-                    run_time_s=run_time_s,
-                    claim_token=None,
-                    lease_expires_at=None,
-                    worker_id=None,
-                )
-                .returning(turns.c.step)
-            ).first()
-            if row is None:
-                refused(sw.conn, turn.id, token)
-            for result, outcome in zip(results, outcomes, strict=True):
-                sw.message(
-                    turn.id,
-                    "tool",
-                    result.content,
-                    tool_call_id=result.tool_call_id,
-                    name=result.name,
-                    message_id=result.id,
-                )
-                sw.event(
-                    EventType.TOOL_COMPLETED,
-                    turn.id,
-                    {"tool_call_id": result.tool_call_id, "name": result.name, "outcome": outcome},
-                )
-            mark_runs(
-                sw.conn,
-                turn.id,
-                [(r.tool_call_id or "", r.name or "") for r in results],
-                "finished",
-                sw.now,
-            )
-            mark_runs(
-                sw.conn,
-                turn.id,
-                [(r.tool_call_id, r.tool_name) for r in requests],
-                "paused",
-                sw.now,
-            )
-            created = []
-            for i, req in enumerate(requests):
-                interrupt = domain.Interrupt(
-                    id=ids.new("int"),
-                    tenant_id=turn.tenant_id,
-                    session_id=turn.session_id,
-                    turn_id=turn.id,
-                    type=req.type,
-                    tool_call_id=req.tool_call_id,
-                    tool_name=req.tool_name,
-                    request=req.request,
-                    response=None,
-                    status=InterruptStatus.PENDING,
-                    step=row.step,
-                    created_at=sw.now,
-                    expires_at=sw.now + timedelta(seconds=req.ttl_s) if req.ttl_s else None,
-                    on_expire=on_expire,
-                )
-                sw.conn.execute(insert(interrupts).values(_values(interrupt)))
-                data: dict[str, Any] = {"interrupt": views.interrupt(interrupt)}
-                if i == len(requests) - 1:
-                    data["turn_waiting"] = True  # a turn's stream ends here, to resume later
-                sw.event(EventType.INTERRUPT_CREATED, turn.id, data)
-                created.append(interrupt)
-            return created
 
-        return await self.store.session_write(turn.session_id, body)
+def expire(sw: SessionWrite, interrupt_id: str, now: datetime) -> domain.Interrupt | None:
+    """`expired` if still pending past its time (None: answered meanwhile)."""
+    row = sw.conn.execute(
+        guards.update(interrupts, InterruptMove.EXPIRE)
+        .where(interrupts.c.id == interrupt_id, interrupts.c.expires_at < now)
+        .values(resolved_at=sw.now)
+        .returning(*interrupts.c)
+    ).first()
+    if row is None:
+        return None
+    expired = rows.interrupt(row)
+    sw.event(EventType.INTERRUPT_EXPIRED, expired.turn_id, {"interrupt": views.interrupt(expired)})
+    return expired
 
-    # --- answering -----------------------------------------------------------------------------
+
+def cancel_pending(sw: SessionWrite, turn_id: str) -> None:
+    """A turn that ends while waiting leaves no interrupt pending."""
+    cancelled = sw.conn.execute(
+        guards.update(interrupts, InterruptMove.CANCEL)
+        .where(interrupts.c.turn_id == turn_id)
+        .values(resolved_at=sw.now)
+        .returning(*interrupts.c)
+    ).all()
+    for row in cancelled:
+        data = {"interrupt": views.interrupt(rows.interrupt(row))}
+        sw.event(EventType.INTERRUPT_RESOLVED, turn_id, data)
+
+
+def any_pending(sw: SessionWrite, turn_id: str) -> bool:
+    found = sw.conn.execute(
+        select(interrupts.c.id).where(interrupts.c.turn_id == turn_id, PENDING).limit(1)
+    ).first()
+    return found is not None
+
+
+class Interrupts:
+    def __init__(self, db: Database):
+        self.db = db
 
     async def get(self, tenant_id: str, interrupt_id: str) -> domain.Interrupt:
-        row = await self.store.runner.run(
+        row = await self.db.read(
             lambda conn: conn.execute(
                 select(interrupts).where(
                     interrupts.c.id == interrupt_id, interrupts.c.tenant_id == tenant_id
                 )
-            ).first(),
-            write=False,
+            ).first()
         )
         if row is None:
             raise errors.NotFound(f"interrupt {interrupt_id} not found")
-        return records.interrupt(row)
+        return rows.interrupt(row)
 
-    async def list(
+    async def page(
         self,
         tenant_id: str,
         session_id: str,
@@ -139,172 +141,62 @@ class InterruptStore:
         limit: int,
         cursor: str | None,
     ) -> Page:
-        await self.store.get_session(tenant_id, session_id)
-        query = select(interrupts).where(interrupts.c.session_id == session_id)
+        """A session's interrupts, oldest first (the caller checked the session's tenant)."""
+        query = select(interrupts).where(
+            interrupts.c.session_id == session_id, interrupts.c.tenant_id == tenant_id
+        )
         if status:
-            query = query.where(interrupts.c.status == status.value)
+            query = query.where(guards.status_in(interrupts.c.status, {status}))
+        query = paged(query, interrupts.c.id, cursor, limit)
+        found = await self.db.read(lambda conn: conn.execute(query).all())
+        return Page.of(found, limit, rows.interrupt, lambda i: i.id)
+
+    async def inbox(
+        self, tenant_id: str, status: InterruptStatus | None, limit: int, cursor: str | None
+    ) -> Page:
+        """One page of the tenant's interrupts (of one status, if given), soonest expiry
+        first."""
+        query = select(interrupts).where(interrupts.c.tenant_id == tenant_id)
+        if status is not None:
+            query = query.where(guards.status_in(interrupts.c.status, {status}))
         if cursor:
-            query = query.where(interrupts.c.id > cursor)
-        query = query.order_by(interrupts.c.id).limit(limit + 1)
-        rows = await self.store.runner.run(lambda conn: conn.execute(query).all(), write=False)
-        items = [records.interrupt(r) for r in rows[:limit]]
-        return Page(items, items[-1].id if len(rows) > limit else None)
-
-    async def respond(
-        self, tenant_id: str, interrupt_id: str, response: Any, resolved_by: str | None
-    ) -> tuple[domain.Interrupt, bool]:
-        """Record the answer (first answer wins); when the turn has no other pending interrupt
-        it is queued again to resume. Answers the interrupt and whether the turn resumes."""
-        current = await self.get(tenant_id, interrupt_id)
-
-        def body(sw: SessionWrite) -> tuple[domain.Interrupt, bool]:
-            row = sw.conn.execute(
-                update(interrupts)
-                .where(interrupts.c.id == interrupt_id, interrupts.c.status == _PENDING)
-                .values(
-                    status=InterruptStatus.RESOLVED.value,
-                    response=response,
-                    resolved_at=sw.now,
-                    resolved_by=resolved_by,
+            expires, created, interrupt_id = _parse_inbox_cursor(cursor)
+            query = query.where(
+                tuple_(_EXPIRY, interrupts.c.created_at, interrupts.c.id)
+                > tuple_(
+                    literal(expires, UTCDateTime()),
+                    literal(created, UTCDateTime()),
+                    literal(interrupt_id),
                 )
-                .returning(*interrupts.c)
-            ).first()
-            if row is None:
-                status = sw.conn.execute(
-                    select(interrupts.c.status).where(interrupts.c.id == interrupt_id)
-                ).scalar()
-                raise errors.InterruptNotPending(f"interrupt {interrupt_id} is {status}")
-            resolved = records.interrupt(row)
-            sw.event(
-                EventType.INTERRUPT_RESOLVED,
-                resolved.turn_id,
-                {"interrupt": views.interrupt(resolved)},
             )
-            return resolved, _resume_if_settled(sw, resolved.turn_id)
+        query = query.order_by(_EXPIRY, interrupts.c.created_at, interrupts.c.id).limit(limit + 1)
+        found = await self.db.read(lambda conn: conn.execute(query).all())
+        return Page.of(found, limit, rows.interrupt, _inbox_cursor)
 
-        return await self.store.session_write(current.session_id, body, tenant_id)
-
-    async def expire(self, now: datetime) -> int:
-        """Pending interrupts past their time become `expired` (never a human denial); the
-        agent's on_expire applies: `deny` resumes the turn (the call is not run), `fail` ends
-        it `failed` with reason approval_expired."""
-        due = await self.store.runner.run(
+    async def due(self, now: datetime) -> list[tuple[str, str]]:
+        """(session, interrupt) of the pending interrupts past their time."""
+        found = await self.db.read(
             lambda conn: conn.execute(
-                select(interrupts.c.id, interrupts.c.session_id).where(
-                    interrupts.c.status == _PENDING, interrupts.c.expires_at < now
+                select(interrupts.c.session_id, interrupts.c.id).where(
+                    PENDING, interrupts.c.expires_at < now
                 )
-            ).all(),
-            write=False,
+            ).all()
         )
-        for row in due:
-            await self.store.session_write(
-                row.session_id, functools.partial(_expire_one, self.store, iid=row.id, now=now)
-            )
-        return len(due)
-
-    # --- resuming ------------------------------------------------------------------------------
-
-    async def resume_state(self, turn_id: str) -> Resume:
-        def read(conn: Connection) -> Resume:
-            resume = Resume()
-            for row in conn.execute(
-                select(interrupts)
-                .where(interrupts.c.turn_id == turn_id)
-                .order_by(interrupts.c.created_at, interrupts.c.id)
-            ):
-                if row.tool_call_id:
-                    resume.interrupts.setdefault(row.tool_call_id, []).append(
-                        records.interrupt(row)
-                    )
-            resume.started = set(
-                conn.execute(
-                    select(tool_runs.c.tool_call_id).where(
-                        tool_runs.c.turn_id == turn_id, tool_runs.c.status == "started"
-                    )
-                ).scalars()
-            )
-            return resume
-
-        return await self.store.runner.run(read, write=False)
+        return [(r.session_id, r.id) for r in found]
 
 
-def _values(i: domain.Interrupt) -> dict[str, Any]:
-    return {
-        "id": i.id,
-        "tenant_id": i.tenant_id,
-        "session_id": i.session_id,
-        "turn_id": i.turn_id,
-        "type": i.type,
-        "tool_call_id": i.tool_call_id,
-        "tool_name": i.tool_name,
-        "request": i.request,
-        "response": i.response,
-        "status": i.status.value,
-        "step": i.step,
-        "created_at": i.created_at,
-        "expires_at": i.expires_at,
-        "on_expire": i.on_expire,
-    }
+def _inbox_cursor(item: domain.Interrupt) -> str:
+    key = [(item.expires_at or _NEVER).isoformat(), item.created_at.isoformat(), item.id]
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
 
 
-def _resume_if_settled(sw: SessionWrite, turn_id: str) -> bool:
-    """A waiting turn with nothing left pending goes back to the queue."""
-    pending = sw.conn.execute(
-        select(interrupts.c.id)
-        .where(interrupts.c.turn_id == turn_id, interrupts.c.status == _PENDING)
-        .limit(1)
-    ).first()
-    if pending is not None:
-        return False
-    row = sw.conn.execute(
-        update(turns)
-        .where(turns.c.id == turn_id, turns.c.status == TurnStatus.WAITING.value)
-        .values(status=TurnStatus.QUEUED.value)
-        .returning(*turns.c)
-    ).first()
-    if row is None:
-        return False
-    sw.event(
-        EventType.TURN_QUEUED, turn_id, {"turn": views.turn(records.turn(row)), "resumed": True}
-    )
-    return True
-
-
-def _expire_one(store: Store, sw: SessionWrite, *, iid: str, now: datetime) -> None:
-    interrupt_id = iid
-    row = sw.conn.execute(
-        update(interrupts)
-        .where(
-            and_(
-                interrupts.c.id == interrupt_id,
-                interrupts.c.status == _PENDING,
-                interrupts.c.expires_at < now,
-            )
-        )
-        .values(status=InterruptStatus.EXPIRED.value, resolved_at=sw.now)
-        .returning(*interrupts.c)
-    ).first()
-    if row is None:
-        return  # answered meanwhile
-    expired = records.interrupt(row)
-    sw.event(EventType.INTERRUPT_EXPIRED, expired.turn_id, {"interrupt": views.interrupt(expired)})
-    if expired.on_expire == "fail":
-        turn_row = sw.conn.execute(
-            update(turns)
-            .where(turns.c.id == expired.turn_id, turns.c.status == TurnStatus.WAITING.value)
-            .values(
-                status=TurnStatus.FAILED.value,
-                reason="approval_expired",
-                error={
-                    "code": "approval_expired",
-                    "message": f"interrupt {expired.id} expired unanswered",
-                },
-                finished_at=sw.now,
-            )
-            .returning(*turns.c)
-        ).first()
-        if turn_row is not None:
-            cancel_pending(sw, expired.turn_id)
-            transitions.ended(sw, turn_row)
-        return
-    _resume_if_settled(sw, expired.turn_id)
+def _parse_inbox_cursor(cursor: str) -> tuple[datetime, datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        expires, created, interrupt_id = json.loads(raw)
+        key = (datetime.fromisoformat(expires), datetime.fromisoformat(created), interrupt_id)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise errors.InvalidRequest(f"invalid cursor {cursor!r}") from exc
+    if not isinstance(key[2], str) or key[0].tzinfo is None or key[1].tzinfo is None:
+        raise errors.InvalidRequest(f"invalid cursor {cursor!r}")
+    return key

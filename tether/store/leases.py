@@ -1,5 +1,7 @@
-"""The worker's side of the store: claim a turn under a lease, renew it, checkpoint each step
-fenced by the claim token, hand it back, and recover expired leases (DESIGN §2, §5)."""
+"""Leases (DESIGN §2): a worker claims a turn under a lease with a claim token, renews it, and
+hands it back. Every later write of the holder is fenced by the token (`fenced`); a stale
+holder's writes change nothing (`refused` says why). What happens when a lease expires is in
+lifecycle.py."""
 
 from __future__ import annotations
 
@@ -7,30 +9,30 @@ import asyncio
 import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Row,
-    String,
-    and_,
-    bindparam,
-    case,
-    func,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Row, Update, and_, bindparam, case, func, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from tether import domain, errors, views
+from tether import domain, errors, machines, views
 from tether.domain import EventType, TurnStatus, utcnow
-from tether.store import records, transitions
-from tether.store.base import Store
-from tether.store.schema import Json, UTCDateTime, messages, sessions, turns
-from tether.store.session_write import IS_HELD, SESSION_BUSY, SessionWrite, status_in
+from tether.machines import TurnMove
+from tether.store import guards, rows
+from tether.store.base import Database
+from tether.store.schema import UTCDateTime, messages, sessions, turns
+from tether.store.session_write import IS_HELD, SESSION_BUSY, SessionWrite
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# A claim failing for these is an outage or an overload (the store unreachable, SQLite locked
+# by another process, no connection free in time), not the turn's fault: not counted against
+# the turn. Anything else is: most likely its data, and a bug at worst, which then fails
+# turns loudly rather than stalling every queue.
+_TRANSIENT = (errors.Unavailable, OperationalError, PoolTimeout, TimeoutError)
 
 
 @dataclass(slots=True)
@@ -43,25 +45,33 @@ class Claim:
 
 
 @dataclass(slots=True)
+class Unstartable:
+    """A turn whose claim failed for a reason other than contention or an outage: most
+    likely data it cannot start with (an input stored by an older version or a bug)."""
+
+    turn_id: str
+    session_id: str
+    error: Exception
+
+
+@dataclass(slots=True)
 class LeaseState:
     status: TurnStatus
     stop: dict[str, Any] | None
 
 
-@dataclass(slots=True)
-class Finish:
-    """How a turn ends: written with the turn's last messages in one transaction."""
-
-    status: TurnStatus
-    reason: str | None = None
-    error: domain.TurnError | None = None
-
-
-_CLAIM_TURN = (
-    update(turns)
-    .where(turns.c.id == bindparam("tid"), turns.c.status == TurnStatus.QUEUED.value)
+RELEASED = {"claim_token": None, "lease_expires_at": None, "worker_id": None}
+_CLAIMABLE = guards.guard(turns.c.status, TurnMove.CLAIM)
+_QUEUE_HEAD = (
+    select(func.min(turns.c.seq))
+    .where(turns.c.session_id == sessions.c.id, _CLAIMABLE)
+    .correlate(sessions)
+    .scalar_subquery()
+)
+_CLAIM = (
+    guards.update(turns, TurnMove.CLAIM)
+    .where(turns.c.id == bindparam("tid"))
     .values(
-        status=TurnStatus.RUNNING.value,
         # attempts count lease losses (DESIGN §2), not claims: the first claim makes it 1
         attempt=case((turns.c.attempt == 0, 1), else_=turns.c.attempt),
         worker_id=bindparam("worker"),
@@ -71,100 +81,71 @@ _CLAIM_TURN = (
     )
     .returning(*turns.c)
 )
-_STEP = (
-    update(turns)
-    .where(
-        turns.c.id == bindparam("tid"),
-        turns.c.claim_token == bindparam("token"),
-        turns.c.status == TurnStatus.RUNNING.value,
-    )
-    .values(
-        step=turns.c.step + bindparam("step_inc"),
-        usage=bindparam("usage", type_=Json),
-        run_time_s=bindparam("run_time"),
-    )
-)
-_FINISH = {
-    target: update(turns)
-    .where(
-        turns.c.id == bindparam("tid"),
-        turns.c.claim_token == bindparam("token"),
-        status_in(s.value for s in domain.sources_of(target)),
-    )
-    .values(
-        status=target.value,
-        step=turns.c.step + bindparam("step_inc"),
-        usage=bindparam("usage", type_=Json),
-        run_time_s=bindparam("run_time"),
-        reason=func.coalesce(bindparam("reason", type_=String), turns.c.reason),
-        error=bindparam("error", type_=Json),
-        finished_at=bindparam("now", type_=UTCDateTime),
-        claim_token=None,
-        lease_expires_at=None,
-    )
-    .returning(*turns.c)
-    for target in domain.TERMINAL
-}
+_HAS_MESSAGES = select(messages.c.id).where(messages.c.turn_id == bindparam("tid")).limit(1)
 _HELD_BY = select(turns.c.status).where(
     turns.c.id == bindparam("tid"), turns.c.claim_token == bindparam("token")
 )
 
 
-def held_running(turn_id: str, token: str) -> ColumnElement[bool]:
-    """The guard of a fenced write: the turn is running under this claim token."""
-    return and_(
-        turns.c.id == turn_id,
-        turns.c.claim_token == token,
-        turns.c.status == TurnStatus.RUNNING.value,
+def fenced(move: machines.Move[TurnStatus]) -> Update:
+    """`move` as a write of the turn's holder: only with its claim token (`tid`, `token`)."""
+    return guards.update(turns, move).where(
+        turns.c.id == bindparam("tid"), turns.c.claim_token == bindparam("token")
     )
+
+
+async def holder_write(db: Database, turn: domain.Turn, body: Callable[[SessionWrite], T]) -> T:
+    """A session write of the worker holding `turn`. The session gone (purged under it) means
+    the turn is gone too: LeaseLost, so the worker abandons the turn, writing nothing."""
+    try:
+        return await db.session_write(turn.session_id, body)
+    except errors.NotFound as exc:
+        raise errors.LeaseLost(f"turn {turn.id} is gone: its session was deleted") from exc
 
 
 def refused(conn: Connection, turn_id: str, token: str) -> NoReturn:
     """A fenced write changed nothing: say why. A stop written meanwhile (the turn is
     `cancelling`, still ours) is StopRequested; anything else means we lost the turn."""
     held = conn.execute(_HELD_BY, {"tid": turn_id, "token": token}).scalar()
-    if held == TurnStatus.CANCELLING.value:
+    if held == TurnStatus.CANCELLING:
         raise errors.StopRequested(f"turn {turn_id} is being stopped")
     raise errors.LeaseLost(f"turn {turn_id} is no longer held by this worker")
 
 
-log = logging.getLogger("tether.worker")
-
-
 class Leases:
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, db: Database):
+        self.db = db
 
-    async def claim(self, worker_id: str, limit: int, lease_ttl_s: float) -> AsyncIterator[Claim]:
+    async def claim(
+        self, worker_id: str, limit: int, lease_ttl_s: float, skip: Collection[str] = ()
+    ) -> tuple[list[Claim], list[Unstartable]]:
         """Take up to `limit` runnable turns: the head of the queue of sessions with no active
-        turn, oldest first. First attempts put the turn's input into the transcript."""
-        head = (
-            select(func.min(turns.c.seq))
-            .where(turns.c.session_id == sessions.c.id, turns.c.status == TurnStatus.QUEUED.value)
-            .correlate(sessions)
-            .scalar_subquery()
-        )
+        turn, oldest first, but for those in `skip`. First attempts put the turn's input into
+        the transcript. Each turn is claimed in a transaction of its own, so one that cannot
+        be claimed (answered among the Unstartable) costs the others nothing."""
         query = (
             select(turns.c.id, turns.c.session_id, sessions.c.agent_id)
             .join(sessions, sessions.c.id == turns.c.session_id)
             .where(
                 sessions.c.status == domain.SessionStatus.QUEUED.value,
-                turns.c.status == TurnStatus.QUEUED.value,
-                turns.c.seq == head,
+                _CLAIMABLE,
+                turns.c.seq == _QUEUE_HEAD,
             )
             .order_by(turns.c.created_at)
             .limit(limit)
         )
-        candidates = await self.store.read(lambda conn: conn.execute(query).all())
+        if skip:
+            query = query.where(turns.c.id.not_in(list(skip)))
+        candidates = await self.db.read(lambda conn: conn.execute(query).all())
 
         async def claim_one(cand: Row[Any, Any, Any]) -> Claim | None:
             # each claim re-checks under the session's write: a candidate may have gone, or
             # another worker may be claiming it right now (skipped, not waited for)
             try:
-                return await self.store.session_write(
+                return await self.db.session_write(
                     cand.session_id,
                     functools.partial(
-                        self._claim_one,
+                        _claim_one,
                         turn_id=cand.id,
                         agent_id=cand.agent_id,
                         worker_id=worker_id,
@@ -179,42 +160,16 @@ class Leases:
         # claim made is handed over, even when another failed: a claim nobody runs would wait
         # out its lease.
         made = await asyncio.gather(*(claim_one(c) for c in candidates), return_exceptions=True)
-        for claim in made:
-            if isinstance(claim, BaseException):
-                log.warning("claim failed: %s", claim)
+        claims: list[Claim] = []
+        unstartable: list[Unstartable] = []
+        for cand, claim in zip(candidates, made, strict=True):
+            if isinstance(claim, Exception) and not isinstance(claim, _TRANSIENT):
+                unstartable.append(Unstartable(cand.id, cand.session_id, claim))
+            elif isinstance(claim, BaseException):
+                log.warning("claim of %s failed: %s", cand.id, claim)
             elif claim is not None:
-                yield claim
-
-    @staticmethod
-    def _claim_one(
-        sw: SessionWrite, turn_id: str, agent_id: str, worker_id: str, lease_ttl_s: float
-    ) -> Claim | None:
-        if sw.conn.execute(SESSION_BUSY, {"sid": sw.id}).first() is not None:
-            return None
-        token = secrets.token_hex(16)
-        row = sw.conn.execute(
-            _CLAIM_TURN,
-            {
-                "tid": turn_id,
-                "worker": worker_id,
-                "token": token,
-                "lease": sw.now + timedelta(seconds=lease_ttl_s),
-                "now": sw.now,
-            },
-        ).first()
-        if row is None:
-            return None
-        turn = records.turn(row)
-        if (
-            turn.step == 0
-            and not sw.conn.execute(
-                select(messages.c.id).where(messages.c.turn_id == turn.id).limit(1)
-            ).first()
-        ):
-            for item in turn.input:
-                sw.message(turn.id, item["role"], item["content"])
-        sw.event(EventType.TURN_STARTED, turn.id, {"attempt": turn.attempt})
-        return Claim(turn, agent_id, token)
+                claims.append(claim)
+        return claims, unstartable
 
     async def heartbeat(self, tokens: Iterable[str], lease_ttl_s: float) -> dict[str, LeaseState]:
         """Renew the leases still held; answer each held turn's status and requested stop.
@@ -230,195 +185,43 @@ class Leases:
                 .where(mine)
                 .values(lease_expires_at=utcnow() + timedelta(seconds=lease_ttl_s))
             )
-            rows = conn.execute(
+            held = conn.execute(
                 select(turns.c.claim_token, turns.c.status, turns.c.stop).where(mine)
             ).all()
-            return {r.claim_token: LeaseState(TurnStatus(r.status), r.stop) for r in rows}
+            return {r.claim_token: LeaseState(TurnStatus(r.status), r.stop) for r in held}
 
-        return await self.store.write(tx, urgent=True)
-
-    async def checkpoint(
-        self,
-        turn: domain.Turn,
-        token: str,
-        *,
-        usage: domain.Usage,
-        run_time_s: float,
-        new_messages: Sequence[domain.Message] = (),
-        tool_events: Sequence[tuple[EventType, dict[str, Any]]] = (),
-        started: Sequence[domain.ToolCall] = (),
-        step_done: bool = False,
-        finish: Finish | None = None,
-    ) -> None:
-        """Commit one step of a turn held under `token`: its messages, usage, step counter and
-        the events describing them, and, if `finish`, the turn's end. All or nothing. Raises
-        StopRequested if a stop was written meanwhile, LeaseLost if the token no longer holds
-        the turn."""
-        params: dict[str, Any] = {
-            "tid": turn.id,
-            "token": token,
-            "step_inc": 1 if step_done else 0,
-            "usage": usage.as_dict(),
-            "run_time": run_time_s,
-        }
-
-        def body(sw: SessionWrite) -> None:
-            if finish is None:
-                written = sw.conn.execute(_STEP, params).rowcount == 1
-                row = None
-            else:
-                error = finish.error
-                row = sw.conn.execute(
-                    _FINISH[finish.status],
-                    {
-                        **params,
-                        "reason": finish.reason,
-                        "error": {"code": error.code, "message": error.message} if error else None,
-                        "now": sw.now,
-                    },
-                ).first()
-                written = row is not None
-            if not written:
-                refused(sw.conn, turn.id, token)
-            for m in new_messages:
-                sw.message(
-                    m.turn_id,
-                    m.role,
-                    m.content,
-                    tool_calls=m.tool_calls,
-                    tool_call_id=m.tool_call_id,
-                    name=m.name,
-                    status=m.status,
-                    message_id=m.id,
-                )
-            for type_, data in tool_events:
-                sw.event(type_, turn.id, data)
-            # the ledger: `started` before a call runs, `finished` with its result
-            transitions.mark_runs(
-                sw.conn, turn.id, [(c.id, c.name) for c in started], "started", sw.now
-            )
-            finished = [
-                (m.tool_call_id or "", m.name or "") for m in new_messages if m.role == "tool"
-            ]
-            transitions.mark_runs(sw.conn, turn.id, finished, "finished", sw.now)
-            if row is not None:
-                if row.reason is None and row.status == TurnStatus.CANCELLED.value:
-                    # a requested stop ends with its own reason
-                    stop_reason = (row.stop or {}).get("reason", "client_cancelled")
-                    row = sw.conn.execute(
-                        update(turns)
-                        .where(turns.c.id == turn.id)
-                        .values(reason=stop_reason)
-                        .returning(*turns.c)
-                    ).one()
-                transitions.ended(sw, row)
-
-        await self.store.session_write(turn.session_id, body)
+        return await self.db.write(tx, urgent=True)
 
     async def release(self, turn: domain.Turn, token: str) -> bool:
         """Hand a running turn back to the queue (graceful shutdown); not an attempt lost."""
 
         def body(sw: SessionWrite) -> bool:
             row = sw.conn.execute(
-                update(turns)
-                .where(held_running(turn.id, token))
-                .values(
-                    status=TurnStatus.QUEUED.value,
-                    claim_token=None,
-                    lease_expires_at=None,
-                    worker_id=None,
-                )
-                .returning(*turns.c)
+                fenced(TurnMove.REQUEUE).values(**RELEASED).returning(*turns.c),
+                {"tid": turn.id, "token": token},
             ).first()
             if row is not None:
-                sw.event(
-                    EventType.TURN_QUEUED,
-                    turn.id,
-                    {"turn": views.turn(records.turn(row)), "resumed": True},
-                )
+                resumed = {"turn": views.turn(rows.turn(row)), "resumed": True}
+                sw.event(EventType.TURN_QUEUED, turn.id, resumed)
             return row is not None
 
-        return await self.store.session_write(turn.session_id, body)
+        return await holder_write(self.db, turn, body)
 
-    async def expired_leases(self, now: datetime) -> list[tuple[str, str]]:
-        rows = await self.store.read(
+    async def expired(self, now: datetime) -> list[tuple[str, str]]:
+        """(session, turn) of the leases past their time."""
+        found = await self.db.read(
             lambda conn: conn.execute(
                 select(turns.c.session_id, turns.c.id).where(
                     IS_HELD, turns.c.lease_expires_at < now
                 )
             ).all()
         )
-        return [(r.session_id, r.id) for r in rows]
+        return [(r.session_id, r.id) for r in found]
 
-    async def recover_lease(
-        self, session_id: str, turn_id: str, max_attempts: int, now: datetime
-    ) -> TurnStatus | None:
-        """Return an expired lease (DESIGN §2): running -> queued (resume) or failed
-        `worker_lost` after max attempts; cancelling -> cancelled."""
-
-        def body(sw: SessionWrite) -> TurnStatus | None:
-            row = sw.conn.execute(
-                select(turns).where(
-                    turns.c.id == turn_id,
-                    IS_HELD,
-                    turns.c.lease_expires_at < now,
-                )
-            ).first()
-            if row is None:
-                return None  # renewed or ended meanwhile
-            current = records.turn(row)
-            extra: dict[str, Any] = {}
-            if current.status is TurnStatus.RUNNING and current.attempt < max_attempts:
-                target = TurnStatus.QUEUED
-                extra = {"attempt": current.attempt + 1}
-            elif current.status is TurnStatus.RUNNING:
-                target = TurnStatus.FAILED
-                extra = {
-                    "reason": "worker_lost",
-                    "error": {
-                        "code": "worker_lost",
-                        "message": f"worker lost {current.attempt} times",
-                    },
-                    "finished_at": sw.now,
-                }
-            else:
-                target = TurnStatus.CANCELLED
-                stop = row.stop or {}
-                extra = {"reason": stop.get("reason", "client_cancelled"), "finished_at": sw.now}
-            # Conditional on the lease as we read it: a heartbeat that renewed it since (it
-            # does not take the session lock) keeps the turn.
-            updated = sw.conn.execute(
-                update(turns)
-                .where(
-                    turns.c.id == turn_id,
-                    turns.c.status == current.status.value,
-                    turns.c.claim_token == row.claim_token,
-                    turns.c.lease_expires_at < now,
-                )
-                .values(
-                    status=target.value,
-                    claim_token=None,
-                    lease_expires_at=None,
-                    worker_id=None,
-                    **extra,
-                )
-                .returning(*turns.c)
-            ).first()
-            if updated is None:
-                return None
-            if target is TurnStatus.QUEUED:
-                resumed = views.turn(records.turn(updated))
-                sw.event(EventType.TURN_QUEUED, turn_id, {"turn": resumed, "resumed": True})
-            else:
-                transitions.ended(sw, updated)
-            return target
-
-        return await self.store.session_write(session_id, body)
-
-    async def expire_all_leases(self) -> int:
-        """Embedded mode at start: this process holds the data dir, so every lease left in the
-        store belongs to a dead process. Expire them now rather than after their TTL."""
-        return await self.store.write(
+    async def expire_all(self) -> int:
+        """At the start of an exclusive store's only server, every lease left in it belongs to
+        a dead process: expire them now rather than after their TTL."""
+        return await self.db.write(
             lambda conn: (
                 conn.execute(
                     update(turns)
@@ -427,3 +230,29 @@ class Leases:
                 ).rowcount
             )
         )
+
+
+def _claim_one(
+    sw: SessionWrite, turn_id: str, agent_id: str, worker_id: str, lease_ttl_s: float
+) -> Claim | None:
+    if sw.conn.execute(SESSION_BUSY, {"sid": sw.id}).first() is not None:
+        return None
+    token = secrets.token_hex(16)
+    row = sw.conn.execute(
+        _CLAIM,
+        {
+            "tid": turn_id,
+            "worker": worker_id,
+            "token": token,
+            "lease": sw.now + timedelta(seconds=lease_ttl_s),
+            "now": sw.now,
+        },
+    ).first()
+    if row is None:
+        return None
+    turn = rows.turn(row)
+    if turn.step == 0 and not sw.conn.execute(_HAS_MESSAGES, {"tid": turn.id}).first():
+        for item in turn.input:
+            sw.new_message(turn.id, item["role"], item["content"])
+    sw.event(EventType.TURN_STARTED, turn.id, {"attempt": turn.attempt})
+    return Claim(turn, agent_id, token)

@@ -1,5 +1,6 @@
 """The PostgreSQL dialect: asyncpg under SQLAlchemy, the same synchronous transaction bodies
-run through `run_sync`, session rows locked `FOR UPDATE`, claims `SKIP LOCKED`.
+run through `run_sync`, session rows locked `FOR UPDATE`, claims `SKIP LOCKED`. Many processes
+serve one database: none is exclusive.
 
 Bodies are re-run on a deadlock or serialization failure (they are pure functions of the
 connection). A lost or refused connection is `Unavailable` (503 with Retry-After), never a
@@ -9,20 +10,19 @@ connection). A lost or refused connection is `Unavailable` (503 with Retry-After
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Select, Table, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from tether import errors
+from tether import errors, storable
 from tether.store import migrations
 
 T = TypeVar("T")
-log = logging.getLogger("tether.store")
 
 _RETRIED_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 _RETRIES = 5
@@ -43,6 +43,7 @@ def engine_for(url: str, pool_size: int, max_overflow: int) -> AsyncEngine:
         connect_args={"timeout": 5, "command_timeout": 30},
         # the store has more distinct statements than asyncpg's default cache of 100
         query_cache_size=1200,
+        json_deserializer=storable.loads_stored,  # repaired if it must be, to be readable
     )
 
 
@@ -63,9 +64,11 @@ def _unavailable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | ConnectionError)
 
 
-class PostgresRunner:
+class Postgres:
     """`urgent` bodies (lease renewals) have connections of their own: a pool drained by a
     burst of API requests must not delay a heartbeat past its lease."""
+
+    exclusive = False
 
     def __init__(self, engine: AsyncEngine, urgent: AsyncEngine):
         self.engine = engine
@@ -110,24 +113,37 @@ class PostgresRunner:
                 raise errors.Unavailable("the database is unavailable, retry") from exc
         raise AssertionError("unreachable")
 
+    def lock(self, query: Select[Any], *, skip_locked: bool) -> Select[Any]:
+        return query.with_for_update(skip_locked=skip_locked)
+
+    def insert(self, table: Table) -> Any:
+        return pg_insert(table)
+
+    def constraint_of(self, exc: IntegrityError) -> str | None:
+        # asyncpg's own error (the cause of SQLAlchemy's) names the constraint
+        cause = exc.orig.__cause__ if exc.orig is not None else None
+        name = getattr(cause, "constraint_name", None)
+        return name if isinstance(name, str) else None
+
     async def close(self) -> None:
         await self.engine.dispose()
         await self.urgent.dispose()
 
+    @classmethod
+    async def open(cls, url: str, *, pool_size: int) -> Postgres:
+        """Connect and migrate (nodes starting together take turns)."""
+        engine = engine_for(url, pool_size, max_overflow=pool_size)
 
-async def open_runner(url: str, pool_size: int) -> PostgresRunner:
-    engine = engine_for(url, pool_size, max_overflow=pool_size)
+        def upgrade(conn: Connection) -> None:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+            migrations.upgrade(conn)
 
-    def upgrade(conn: Connection) -> None:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-        migrations.upgrade(conn)
-
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(upgrade)
-    except BaseException as exc:
-        await engine.dispose()
-        if _unavailable(exc):
-            raise errors.Unavailable(f"cannot reach the database: {exc}") from exc
-        raise
-    return PostgresRunner(engine, engine_for(url, 2, max_overflow=0))
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(upgrade)
+        except BaseException as exc:
+            await engine.dispose()
+            if _unavailable(exc):
+                raise errors.Unavailable(f"cannot reach the database: {exc}") from exc
+            raise
+        return cls(engine, engine_for(url, 2, max_overflow=0))

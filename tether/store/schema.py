@@ -151,6 +151,7 @@ messages = Table(
     Column("status", String(16), nullable=False),
     Column("hidden", Boolean, nullable=False, server_default="0", doc="rolled back"),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("provider_data", Json, doc="the answer in the provider's form, sent back verbatim"),
     UniqueConstraint("session_id", "seq"),
     Index("ix_messages_turn", "turn_id"),
 )
@@ -164,6 +165,7 @@ events = Table(
     Column("turn_id", String(40)),
     Column("data", Json, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("v", Integer, nullable=False, server_default="1", doc="schema version: versions.py"),
     PrimaryKeyConstraint("session_id", "seq"),
 )
 
@@ -186,6 +188,7 @@ interrupts = Table(
     Column("resolved_by", String(128)),
     Column("expires_at", UTCDateTime),
     Column("on_expire", String(8), nullable=False, server_default="deny"),
+    Column("v", Integer, nullable=False, server_default="1", doc="schema version: versions.py"),
     Index("ix_interrupts_session_status", "session_id", "status"),
     Index("ix_interrupts_status_expires", "status", "expires_at"),
 )
@@ -230,6 +233,7 @@ tool_runs = Table(
     Column("status", String(16), nullable=False),  # started|finished|paused|interrupted
     Column("runs", Integer, nullable=False, server_default="0"),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("v", Integer, nullable=False, server_default="1", doc="schema version: versions.py"),
     PrimaryKeyConstraint("turn_id", "tool_call_id"),
 )
 

@@ -8,30 +8,23 @@ costs more than SQLite takes to run it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, insert, or_, select, update
 
 from tether import domain, ids, views
 from tether.domain import EventType, TurnStatus, utcnow
-from tether.store import records
+from tether.store import rows
+from tether.store.guards import status_in
 from tether.store.schema import events, messages, sessions, turns
 
 UNFINISHED = [s.value for s in domain.UNFINISHED]
-ACTIVE = [s.value for s in domain.ACTIVE]
-HELD = [TurnStatus.RUNNING.value, TurnStatus.CANCELLING.value]
 
-
-def status_in(statuses: Iterable[str]) -> ColumnElement[bool]:
-    """`status IN (...)` for a fixed set, as plain equalities: an IN list is re-expanded at
-    every execution, equalities are compiled once."""
-    return or_(*(turns.c.status == s for s in statuses))
-
-
-IS_UNFINISHED = status_in(UNFINISHED)
-IS_ACTIVE = status_in(ACTIVE)
-IS_HELD = status_in(HELD)
+IS_UNFINISHED = status_in(turns.c.status, domain.UNFINISHED)
+IS_ACTIVE = status_in(turns.c.status, domain.ACTIVE)
+IS_HELD = status_in(turns.c.status, domain.HELD)
 
 SESSION_TURNS = select(turns.c.id, turns.c.status, turns.c.seq).where(
     turns.c.session_id == bindparam("sid"),
@@ -45,8 +38,9 @@ SESSION_BY_ID = select(sessions).where(sessions.c.id == bindparam("sid"))
 class SessionWrite:
     """One transaction's changes to one session, flushed once at the end."""
 
-    def __init__(self, conn: Connection, row: Row[Any]):
+    def __init__(self, conn: Connection, row: Row[Any], insert: Callable[[Table], Any]):
         self.conn = conn
+        self.insert = insert  # the dialect's INSERT, which offers upserts
         self.id: str = row.id
         self.tenant_id: str = row.tenant_id
         self.closed = row.closed_at is not None
@@ -59,44 +53,54 @@ class SessionWrite:
         self.pending_messages: list[domain.Message] = []  # inserted at flush
         self.rolled_back: set[str] = set()  # turns whose messages leave the transcript
 
+    @property
+    def event_seq(self) -> int:
+        """The seq of the last event of the session, this write's included."""
+        return self._event_seq
+
     def event(self, type: EventType, turn_id: str | None, data: dict[str, Any]) -> None:
         self._event_seq += 1
         self.events.append(domain.Event(self.id, self._event_seq, type, turn_id, data, self.now))
 
-    def message(
+    def new_message(
         self,
         turn_id: str,
-        role: str,
+        role: domain.MessageRole,
         content: str | None,
         *,
-        tool_calls: Sequence[domain.ToolCall] = (),
         tool_call_id: str | None = None,
         name: str | None = None,
-        status: domain.MessageStatus = domain.MessageStatus.COMPLETED,
-        message_id: str | None = None,
     ) -> domain.Message:
-        self._message_seq += 1
-        msg = domain.Message(
-            id=message_id or ids.new("msg"),
+        """A message the store writes itself (a turn's input, a closed call's result)."""
+        message = domain.Message(
+            id=ids.new("msg"),
             session_id=self.id,
             turn_id=turn_id,
-            seq=self._message_seq,
-            role=role,  # type: ignore[arg-type]
+            seq=0,
+            role=role,
             content=content,
-            tool_calls=list(tool_calls),
             tool_call_id=tool_call_id,
             name=name,
-            status=status,
-            created_at=self.now,
         )
-        self.pending_messages.append(msg)
-        self.event(EventType.MESSAGE_COMPLETED, turn_id, {"message": views.message(msg)})
-        return msg
+        return self.add_message(message)
+
+    def add_message(self, message: domain.Message) -> domain.Message:
+        """Append `message` to the transcript: numbered here, inserted at flush."""
+        self._message_seq += 1
+        numbered = dataclasses.replace(
+            message, session_id=self.id, seq=self._message_seq, created_at=self.now
+        )
+        self.pending_messages.append(numbered)
+        self.event(
+            EventType.MESSAGE_COMPLETED, numbered.turn_id, {"message": views.message(numbered)}
+        )
+        return numbered
 
     def flush(self) -> None:
-        rows = self.conn.execute(SESSION_TURNS, {"sid": self.id, "last_seq": self.turn_seq}).all()
-        states = {TurnStatus(r.status) for r in rows if r.status in UNFINISHED}
-        last = next((r for r in rows if r.seq == self.turn_seq), None)
+        found = self.conn.execute(SESSION_TURNS, {"sid": self.id, "last_seq": self.turn_seq})
+        turn_rows = found.all()
+        states = {TurnStatus(r.status) for r in turn_rows if r.status in UNFINISHED}
+        last = next((r for r in turn_rows if r.seq == self.turn_seq), None)
         active = next((s for s in states if s in domain.ACTIVE), None)
         status = domain.derive_session_status(self.closed, active, TurnStatus.QUEUED in states)
         if status.value != self._status:
@@ -112,24 +116,14 @@ class SessionWrite:
             self.conn.execute(
                 insert(messages),
                 [
-                    records.message_values(m, hidden=m.turn_id in self.rolled_back)
+                    {**rows.MESSAGE.values(m), "hidden": m.turn_id in self.rolled_back}
                     for m in self.pending_messages
                 ],
             )
         if self.events:
             self.conn.execute(
                 insert(events),
-                [
-                    {
-                        "session_id": e.session_id,
-                        "seq": e.seq,
-                        "type": e.type.value,
-                        "turn_id": e.turn_id,
-                        "data": e.data,
-                        "created_at": e.created_at,
-                    }
-                    for e in self.events
-                ],
+                [rows.EVENT.values(e) for e in self.events],
             )
         self.conn.execute(
             UPDATE_SESSION,
@@ -144,20 +138,3 @@ class SessionWrite:
                 "updated_at": self.now,
             },
         )
-
-
-def turn_values(t: domain.Turn) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "session_id": t.session_id,
-        "tenant_id": t.tenant_id,
-        "seq": t.seq,
-        "status": t.status.value,
-        "input": t.input,
-        "on_busy": t.on_busy,
-        "attempt": t.attempt,
-        "step": t.step,
-        "usage": t.usage.as_dict(),
-        "run_time_s": t.run_time_s,
-        "created_at": t.created_at,
-    }

@@ -2,20 +2,58 @@
 
 Transaction bodies run inline on the event loop over one connection. A statement here takes
 microseconds, less than the hop to a driver thread would; and since a body never awaits,
-bodies are serialized by construction: no write lock, no pool, no SQLITE_BUSY in-process.
+bodies are serialized by construction: no write lock, no pool, no SQLITE_BUSY in-process, and
+no row locks to take.
+
+A process that serves the store (the server, not a one-off CLI command) holds a lock on the
+database's directory: one such process at a time, so every lease it finds at start belongs to
+a dead one.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Index,
+    PrimaryKeyConstraint,
+    Select,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
+from tether import errors, storable
+from tether.store import migrations, schema
+
 T = TypeVar("T")
+# "UNIQUE constraint failed: agents.tenant_id, agents.name" (SQLite names columns, not the
+# constraint: the schema says which constraint has exactly those)
+_UNIQUE_FAILED = re.compile(r"UNIQUE constraint failed: (.+)$")
+
+
+class DataDirLocked(errors.TetherError):
+    """Another Tether process is using this data directory."""
+
+    code = "data_dir_locked"
+
+
+class DataDirUnusable(errors.TetherError):
+    """The data directory cannot be created or written."""
+
+    code = "data_dir_unusable"
 
 
 def engine_for(url: str) -> Engine:
@@ -23,7 +61,8 @@ def engine_for(url: str) -> Engine:
     database = parsed.database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, poolclass=StaticPool)
+    # stored JSON is read back repaired if it must be (storable.loads_stored)
+    engine = create_engine(parsed, poolclass=StaticPool, json_deserializer=storable.loads_stored)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -47,10 +86,45 @@ def engine_for(url: str) -> Engine:
     return engine
 
 
-class SQLiteRunner:
-    def __init__(self, engine: Engine):
+def _constraints() -> dict[tuple[str, frozenset[str]], str]:
+    """(table, columns) -> the name of the unique constraint or index on exactly those."""
+    found: dict[tuple[str, frozenset[str]], str] = {}
+    for table in schema.metadata.tables.values():
+        keyed: list[PrimaryKeyConstraint | UniqueConstraint | Index] = [
+            c for c in table.constraints if isinstance(c, PrimaryKeyConstraint | UniqueConstraint)
+        ]
+        keyed += [i for i in table.indexes if i.unique]
+        for item in keyed:
+            if isinstance(item.name, str):
+                found[(table.name, frozenset(c.name for c in item.columns))] = item.name
+    return found
+
+
+_BY_COLUMNS = _constraints()
+
+
+class SQLite:
+    exclusive = True  # one serving process (`serve`) or a command: never two servers
+
+    def __init__(self, engine: Engine, lock: IO[Any] | None = None):
         self.engine = engine
         self._conn = engine.connect()
+        self._lock = lock
+
+    @classmethod
+    def open(cls, url: str, *, serve: bool) -> SQLite:
+        """Connect and migrate; `serve`: hold the lock of the database's directory."""
+        lock = _lock_dir(url) if serve else None
+        engine = engine_for(url)
+        try:
+            with engine.begin() as conn:
+                migrations.upgrade(conn)
+        except BaseException:
+            engine.dispose()
+            if lock:
+                lock.close()
+            raise
+        return cls(engine, lock)
 
     async def run(self, body: Callable[[Connection], T], *, write: bool, urgent: bool = False) -> T:
         # `urgent` needs nothing here: bodies run inline, nothing queues ahead of them
@@ -59,6 +133,49 @@ class SQLiteRunner:
         with conn.begin():
             return body(conn)
 
+    def lock(self, query: Select[Any], *, skip_locked: bool) -> Select[Any]:
+        return query  # bodies are serialized: nothing to lock against
+
+    def insert(self, table: Table) -> Any:
+        return sqlite_insert(table)
+
+    def constraint_of(self, exc: IntegrityError) -> str | None:
+        match = _UNIQUE_FAILED.search(str(exc.orig))
+        if match is None:
+            return None
+        qualified = [c.strip().split(".", 1) for c in match.group(1).split(",")]
+        tables = {t for t, _ in qualified}
+        if len(tables) != 1:
+            return None
+        return _BY_COLUMNS.get((tables.pop(), frozenset(c for _, c in qualified)))
+
     async def close(self) -> None:
         self._conn.close()
         self.engine.dispose()
+        if self._lock:
+            self._lock.close()
+
+
+def _lock_dir(url: str) -> IO[Any] | None:
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return None
+    directory = Path(database).parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = open(directory / "tether.lock", "a+")  # noqa: SIM115 - held while it is open
+    except FileExistsError as exc:
+        raise DataDirUnusable(f"data dir {directory} is a file, not a directory") from exc
+    except NotADirectoryError as exc:
+        raise DataDirUnusable(f"data dir {directory} is under a file, not a directory") from exc
+    except OSError as exc:
+        raise DataDirUnusable(f"data dir {directory} is not writable: {exc.strerror}") from exc
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        lock.close()
+        raise DataDirLocked(f"another tether process is using the data dir {directory}") from exc
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock

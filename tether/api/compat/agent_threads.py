@@ -4,12 +4,13 @@
 A client says `hello`, then `subscribe`s to `session:<session id>` streams with an `afterSeq`;
 it gets every event after it (replay), `replay-end`, then live events, no gap and no repeat;
 the server `ping`s and the client answers `pong`. Events come from the session's Tether events
-through streaming.follow, translated by agent_threads_wire. Nothing is stored here.
+through streaming.Feed, translated by agent_threads_wire. Nothing is stored here.
 
 Auth: the same keys, roles and tenants as /v1. `WsClient` opens the socket with a URL only,
 so the key may come as `?access_token=<key>` (RFC 6750 §2.3) as well as in an
 `Authorization: Bearer` header. A bad or missing key is refused at the handshake (HTTP 401),
-before any protocol message: the protocol has no error code for it.
+before any protocol message: the protocol has no error code for it. A connection whose key is
+revoked later is closed (1008) by api/stream_guard.py.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from tether import errors, ids, streaming
+from tether import errors, ids, storable
+from tether.api import deps
 from tether.api import errors as api_errors
 from tether.api.compat import agent_threads_wire as wire
-from tether.auth import Principal, Role
+from tether.auth import Role
 from tether.node import Node
-from tether.service import DEFAULT_TENANT, Service
+from tether.service import Service
 
 log = logging.getLogger("tether.api.agent_threads")
 
@@ -44,7 +46,7 @@ router = APIRouter()
 async def threads(websocket: WebSocket) -> None:
     node: Node = websocket.app.state.node
     try:
-        who = await _principal(websocket, node)
+        who = await deps.admit(websocket, query_token=True)
         who.require(Role.READ)
     except (errors.Unauthorized, errors.Forbidden) as exc:
         await _refuse(websocket, exc)
@@ -52,21 +54,6 @@ async def threads(websocket: WebSocket) -> None:
     await websocket.accept()
     interval = node.settings.sse_ping_s
     await _Connection(websocket, node.service, who.tenant_id, interval).run()
-
-
-async def _principal(websocket: WebSocket, node: Node) -> Principal:
-    """As deps.principal, with the key also accepted from the query string."""
-    header = websocket.headers.get("authorization")
-    key = websocket.query_params.get("access_token")
-    if header is not None:
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise errors.Unauthorized()
-    if key is not None:
-        return await node.keys.verify(key.strip())
-    if await node.auth_required():
-        raise errors.Unauthorized()
-    return Principal(DEFAULT_TENANT, Role.ADMIN)
 
 
 async def _refuse(websocket: WebSocket, exc: errors.TetherError) -> None:
@@ -80,9 +67,10 @@ async def _refuse(websocket: WebSocket, exc: errors.TetherError) -> None:
 
 
 def decode(raw: str) -> dict[str, Any] | None:
-    """A client message, checked as the package's `decodeClientMessage` does; else None."""
+    """A client message, checked as the package's `decodeClientMessage` does; else None.
+    UnstorableInput if it holds text no surface accepts (DESIGN §8; tether/storable.py)."""
     try:
-        msg = json.loads(raw)
+        msg = storable.parse(raw)
     except ValueError:
         return None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
@@ -125,7 +113,11 @@ class _Connection:
                 if message["type"] == "websocket.disconnect":
                     return
                 raw = message.get("text")
-                msg = decode(raw) if raw is not None else None
+                try:
+                    msg = decode(raw) if raw is not None else None
+                except errors.UnstorableInput as exc:
+                    await self.error("INVALID_MESSAGE", f"Invalid message: {exc.message}")
+                    continue
                 if msg is None:
                     preview = (raw or "<binary>")[:100]
                     await self.error("INVALID_MESSAGE", f"Invalid message format (data: {preview})")
@@ -207,10 +199,8 @@ class _Connection:
             end = {"type": "replay-end", "streamId": stream, "lastReplaySeq": mapper.last_seq}
             await self.send(end)
             # idle_s: a quiet stream re-reads the store now and then (a lost publish)
-            follow = streaming.follow(
-                self.svc.store, self.svc.bus, session_id, cursor, idle_s=_CATCH_UP_S
-            )
-            async with contextlib.aclosing(follow) as batches:  # type: ignore[type-var]
+            follow = await self.svc.follow(self.tenant, session_id, cursor, idle_s=_CATCH_UP_S)
+            async with contextlib.aclosing(follow) as batches:
                 async for batch in batches:
                     for frame in batch:
                         for stored in mapper.frame(frame):

@@ -77,7 +77,7 @@ class Mapper:
         self.last_seq = self.resume.after_seq
 
     def frame(self, frame: streaming.Frame) -> list[dict[str, Any]]:
-        """A frame from streaming.follow: a durable event or a live delta."""
+        """A frame from streaming.Feed: a durable event or a live delta."""
         if frame.type == domain.EventType.MESSAGE_DELTA:
             data = frame.payload["data"]
             return self._delta(frame.seq, data["message_id"], data["offset"], data["delta"])

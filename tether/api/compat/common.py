@@ -18,7 +18,6 @@ from tether import errors
 from tether.api import errors as api_errors
 from tether.api import idempotency
 from tether.service import Service
-from tether.store.idempotency import IdempotencyKeys
 
 log = logging.getLogger("tether.api.compat")
 
@@ -35,6 +34,25 @@ class Failure:
 
 
 Render = Callable[[Failure], Response]
+
+# The error `type` of an HTTP status, in the vendors' (OpenAI-style) words.
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    412: "precondition_failed_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    424: "failed_dependency_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type(status: int) -> str:
+    return _ERROR_TYPES.get(status, "api_error")
+
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
@@ -65,6 +83,15 @@ def failure_of(exc: Exception) -> Failure:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return Failure(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
     return Failure(500, "internal_error", "internal error")
+
+
+def answer_with(render: Render) -> Callable[[errors.TetherError], Response]:
+    """A surface's answer to an error raised before its routes run (api/input_guard.py)."""
+
+    def answer(exc: errors.TetherError) -> Response:
+        return render(failure_of(exc))
+
+    return answer
 
 
 def malformed_id_as_not_found(failure: Failure) -> Failure:
@@ -117,10 +144,4 @@ async def idempotent(
     request: Request, svc: Service, tenant: str, handler: Callable[[], Awaitable[Response]]
 ) -> Response:
     """/v1's Idempotency-Key handling for a compat route whose answers are never streams."""
-
-    def no_replay(_: dict[str, Any]) -> Response:
-        raise AssertionError("compat surfaces record no streams under an Idempotency-Key")
-
-    return await idempotency.idempotent(
-        request, tenant, IdempotencyKeys(svc.store), handler, no_replay
-    )
+    return await idempotency.idempotent(request, tenant, svc, handler)

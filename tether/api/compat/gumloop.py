@@ -21,16 +21,6 @@ from tether.service import Service
 
 PREFIX = "/compat/gumloop/api/v1"
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-}
 # Gumloop's own code where it documents one for the same refusal
 _CODES = {"session_busy": "interaction_not_in_terminal_state"}
 
@@ -45,7 +35,7 @@ def render(failure: common.Failure) -> Response:
     failure = common.malformed_id_as_not_found(failure)
     body = {
         "code": _CODES.get(failure.code, failure.code),
-        "type": _TYPES.get(failure.status, "api_error"),
+        "type": common.error_type(failure.status),
         "message": failure.message,
         "details": failure.details or {},
     }
@@ -144,7 +134,7 @@ async def _transcript(svc: Service, tenant: str, session_id: str) -> list[domain
 
 async def _agent(svc: Service, tenant: str, session: domain.Session) -> domain.Agent | None:
     try:
-        return await svc.get_agent(tenant, session.agent_id)
+        return await svc.agents.get(tenant, session.agent_id)
     except errors.NotFound:  # a deleted agent's sessions stay readable
         return None
 
@@ -191,15 +181,16 @@ async def create_session(
     metadata = {**(body.metadata or {}), **({"name": body.name} if body.name else {})}
 
     # a stream's slot is taken first: past the tenant's limit, nothing is created
-    release = deps.stream_slot(request, tenant) if body.stream else None
+    release = await deps.stream_slot(request, tenant) if body.stream else None
 
     async def handler() -> Response:
         session, turn = await svc.create_session(tenant, agent_id, metadata, text)
         await deps.audit(request, "session.create", session.id, surface="gumloop")
         if turn is None or release is None:
             return await _answer(svc, tenant, session.id, status=201)
-        return gumloop_stream.follow_turn(
+        return await gumloop_stream.follow_turn(
             svc,
+            tenant,
             session.id,
             gumloop_stream.Cursor(0),
             turn.id,
@@ -229,7 +220,7 @@ async def list_sessions(
     """The agent's sessions, newest first. `state` filters each page (a page may come back
     short of `page_size`; follow `next_cursor`)."""
     after = cursors.id_cursor(cursor, "session")
-    agent = await svc.get_agent(tenant, agent_id)
+    agent = await svc.agents.get(tenant, agent_id)
     page = await svc.list_sessions(tenant, page_size, after, None, agent.id)
     sessions = [gumloop_views.envelope(s, agent) for s in page.items]
     if state is not None:
@@ -253,11 +244,12 @@ async def get_session(
     if not stream:
         return await _answer(svc, tenant, session.id)
     start = gumloop_stream.Cursor.parse(last_cursor or "0")
-    release = deps.stream_slot(request, tenant)
+    release = await deps.stream_slot(request, tenant)
     busy = session.status in (domain.SessionStatus.RUNNING, domain.SessionStatus.QUEUED)
     if busy and session.last_turn is not None:
-        return gumloop_stream.follow_turn(
+        return await gumloop_stream.follow_turn(
             svc,
+            tenant,
             session.id,
             start,
             session.last_turn.id,
@@ -308,7 +300,7 @@ async def send_message(
             return await _answer(svc, tenant, session_id)
 
         return await common.idempotent(request, svc, tenant, start)
-    release = deps.stream_slot(request, tenant)  # first: past the limit, nothing starts
+    release = await deps.stream_slot(request, tenant)  # first: past the limit, nothing starts
     try:
         before = (await svc.get_session(tenant, session_id)).last_event_seq
         turn = await svc.start_turn(tenant, session_id, text, domain.OnBusy.REJECT)
@@ -316,8 +308,9 @@ async def send_message(
     except BaseException:
         release()
         raise
-    return gumloop_stream.follow_turn(
+    return await gumloop_stream.follow_turn(
         svc,
+        tenant,
         session_id,
         gumloop_stream.Cursor(before),
         turn.id,
@@ -415,9 +408,10 @@ async def _resolve_then_follow(
     _, turn_id = await _resolve(request, svc, tenant, before.id, body.approval_responses)
     if not body.stream:
         return await _answer(svc, tenant, session_id)
-    release = deps.stream_slot(request, tenant)
-    return gumloop_stream.follow_turn(
+    release = await deps.stream_slot(request, tenant)
+    return await gumloop_stream.follow_turn(
         svc,
+        tenant,
         session_id,
         gumloop_stream.Cursor(before.last_event_seq),
         turn_id,

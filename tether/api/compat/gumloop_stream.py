@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
-from tether import domain, streaming
+from tether import domain
 from tether.api import cursors, sse
 from tether.service import Service
 
@@ -155,8 +155,9 @@ def _respond(body: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(body, media_type="text/event-stream", headers=sse.HEADERS)
 
 
-def follow_turn(
+async def follow_turn(
     svc: Service,
+    tenant: str,
     session_id: str,
     start: Cursor,
     turn_id: str,
@@ -167,14 +168,13 @@ def follow_turn(
 ) -> StreamingResponse:
     """Stream from `start` until `turn_id` ends or waits for an approval. `only_turn`: leave
     out the other turns' events (a fresh message's stream); else all (a resumed stream)."""
-    batches = streaming.follow(
-        svc.store,
-        svc.bus,
-        session_id,
-        start.seq,
-        turn_id=turn_id if only_turn else None,
-        idle_s=idle_s,
-    )
+    try:
+        batches = await svc.follow(
+            tenant, session_id, start.seq, turn_id=turn_id if only_turn else None, idle_s=idle_s
+        )
+    except BaseException:
+        on_close()
+        raise
     translator = Translator(session_id, start)
 
     async def body() -> AsyncIterator[bytes]:
@@ -194,7 +194,7 @@ def follow_turn(
                     yield b"".join(out)
         finally:
             on_close()
-            await batches.aclose()  # type: ignore[attr-defined]
+            await batches.aclose()
 
     return _respond(body())
 

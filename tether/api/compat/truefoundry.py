@@ -7,7 +7,7 @@ here: a session made through this surface is a Tether session, visible through /
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -26,15 +26,17 @@ from tether.auth import Principal, Role
 from tether.service import Service
 
 Svc = Annotated[Service, Depends(deps.service)]
-Reader = Annotated[str, Depends(edge.tenant_for(Role.READ))]
-Writer = Annotated[str, Depends(edge.tenant_for(Role.WRITE))]
+Reader = Annotated[str, Depends(deps.tenant_for(Role.READ, edge.caller))]
+Writer = Annotated[str, Depends(deps.tenant_for(Role.WRITE, edge.caller))]
 SessionId = Annotated[str, Path(pattern=ids.SESSION_PATTERN)]
 TurnId = Annotated[str, Path(pattern=ids.pattern("turn"))]
 
 DEFAULT_CANCEL_WAIT_S = 5.0  # DESIGN §3: how long a cancel waits for the executor
 
+ROOT = "/compat/truefoundry/"  # then the tenant
+
 router = APIRouter(
-    prefix="/compat/truefoundry/{tenant}/v1/agents/sessions",
+    prefix=ROOT + "{tenant}/v1/agents/sessions",
     route_class=edge.VendorRoute,
     include_in_schema=False,  # TrueFoundry's own spec documents it, not Tether's
 )
@@ -106,7 +108,7 @@ class Subscribe(_In):
 
 async def _session_out(svc: Service, tenant: str, session: domain.Session) -> dict[str, Any]:
     try:
-        name = (await svc.get_agent(tenant, session.agent_id)).spec.name
+        name = (await svc.agents.get(tenant, session.agent_id)).spec.name
     except errors.NotFound:  # a deleted agent's sessions stay readable
         name = session.agent_id
     return wire.session(views.session(session), name, tenant)
@@ -116,7 +118,7 @@ async def _session_out(svc: Service, tenant: str, session: domain.Session) -> di
 async def create_session(
     request: Request, body: SessionCreate, svc: Svc, tenant: Writer
 ) -> dict[str, Any]:
-    agent = await svc.store.get_agent(tenant, body.agent_name)
+    agent = await svc.agents.find(tenant, body.agent_name)
     session, _ = await svc.create_session(tenant, agent.id)
     await deps.audit(request, "session.create", session.id)
     return {"data": wire.session(views.session(session), agent.spec.name, tenant)}
@@ -143,7 +145,7 @@ async def list_sessions(
     start_timestamp: str | None = None,
     end_timestamp: str | None = None,
 ) -> dict[str, Any]:
-    agent = await svc.store.get_agent(tenant, agent_name)
+    agent = await svc.agents.find(tenant, agent_name)
     start = _timestamp(start_timestamp, "start_timestamp")
     end = _timestamp(end_timestamp, "end_timestamp")
     found: list[domain.Session] = []
@@ -302,7 +304,7 @@ async def create_turn(
         turn = await svc.get_turn(tenant, session_id, answers[-1][0]["turn_id"])
         context_from = 0  # a resumed turn: its first part tells which message made each call
     if body.stream or "text/event-stream" in (accept or ""):
-        return _stream(request, svc, tenant, turn.id, after=before, context_from=context_from)
+        return await _stream(request, svc, tenant, turn.id, after=before, context_from=context_from)
     return JSONResponse({"data": await reads.one_turn(svc, tenant, turn)})
 
 
@@ -355,31 +357,30 @@ async def subscribe(
     if after is None:
         after = resumed
     await svc.get_turn(tenant, session_id, turn_id)
-    return _stream(request, svc, tenant, turn_id, after=after or 0, context_from=0)
+    return await _stream(request, svc, tenant, turn_id, after=after or 0, context_from=0)
 
 
 _TURN_ENDS = frozenset(domain.TERMINAL_EVENT.values())
 
 
-def _stream(
+async def _stream(
     request: Request, svc: Service, tenant: str, turn_id: str, *, after: int, context_from: int
 ) -> Response:
     """SSE of a turn in TrueFoundry's events after `after`: `id:` is the Tether event seq (a
     delta carries the seq of the event before it, as on /v1). The turn's events from
     `context_from` to `after` are read, not sent: they give the translator its context
     (which message made a tool call, the turn's output)."""
-    release = deps.stream_slot(request, tenant)
-    batches = streaming.follow(
-        svc.store,
-        svc.bus,
+    batches = await svc.follow(
+        tenant,
         request.path_params["session_id"],
         context_from,
         turn_id=turn_id,
-        idle_s=deps.node_of(request).settings.sse_ping_s,
+        idle_s=(await deps.node(request)).settings.sse_ping_s,
     )
+    release = await deps.stream_slot(request, tenant)
     translator = wire.EventTranslator(tenant)
 
-    async def translated() -> AsyncIterator[list[streaming.Frame]]:
+    async def translated() -> AsyncGenerator[list[streaming.Frame], None]:
         try:
             async for batch in batches:
                 out: list[streaming.Frame] = []
@@ -392,17 +393,14 @@ def _stream(
                             if frame.type in _TURN_ENDS:
                                 return  # ended before the client's point: nothing can follow
                             continue
-                    out += [
-                        streaming.Frame(frame.seq, p["type"], p, turn_id, terminal=False)
-                        for p in payloads
-                    ]
-                    if frame.terminal and out:
-                        out[-1].terminal = True  # the turn ended or waits: so does the stream
+                    out += [streaming.Frame(frame.seq, p["type"], p, turn_id) for p in payloads]
+                    if frame.terminal and out:  # the turn ended or waits: so does the stream
+                        out[-1].ends_turn, out[-1].pauses_turn = frame.ends_turn, frame.pauses_turn
                         break
                 if out or not batch:
                     yield out  # an empty batch is a keep-alive
         finally:
-            await batches.aclose()  # type: ignore[attr-defined]
+            await batches.aclose()
 
     return sse.response(translated(), until_terminal=True, on_close=release)
 

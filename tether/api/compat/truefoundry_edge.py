@@ -3,16 +3,16 @@ TrueFoundry's error shape `{"error": {"message", "type", "code", "param"}}`.
 
 The same API keys and roles as /v1 (tether/api/deps.py). The `{tenant}` path segment must be
 the key's tenant: another tenant's path is 404, as any object of another tenant is. With auth
-off (loopback, no keys) a request acts in the path's tenant.
+off (tether/gate.py) a request acts in the path's tenant.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Request, Response
+from fastapi import Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -21,22 +21,10 @@ from starlette.exceptions import HTTPException
 from tether import errors
 from tether.api import deps
 from tether.api import errors as api_errors
+from tether.api.compat import common
 from tether.auth import Principal, Role
 
 log = logging.getLogger("tether.api.compat")
-
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    412: "precondition_failed_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    424: "failed_dependency_error",
-    429: "rate_limit_error",
-}
 
 
 def error(
@@ -44,7 +32,7 @@ def error(
 ) -> JSONResponse:
     body = {
         "message": message,
-        "type": _TYPES.get(status, "api_error"),
+        "type": common.error_type(status),
         "code": code,
         "param": param,
     }
@@ -100,14 +88,17 @@ class VendorRoute(APIRoute):
 
 
 async def caller(
-    request: Request, tenant: Annotated[str, Path(min_length=1, max_length=128)]
+    request: Request, tenant: Annotated[str, Path(min_length=1, max_length=64)]
 ) -> Principal:
     """Who asks, in which tenant. TrueFoundry's client always sends a key: with auth off,
-    one that does not verify counts as none, so the client works against a local Tether."""
+    one that does not verify counts as none, so the client works against a local Tether
+    (and the path's tenant is stored with what it creates: 64 characters, no NUL)."""
+    if "\x00" in tenant:
+        raise errors.NotFound("no such tenant")
     try:
         who = await deps.principal(request)
     except errors.Unauthorized:
-        if await deps.node_of(request).auth_required():
+        if await (await deps.node(request)).gate.required():
             raise
         who = None
     if who is None or who.key_id is None:  # auth is off: the path names the tenant
@@ -117,13 +108,3 @@ async def caller(
     if who.tenant_id != tenant:
         raise errors.NotFound(f"tenant {tenant!r} not found")
     return who
-
-
-def tenant_for(role: Role) -> Callable[..., Awaitable[str]]:
-    """A dependency answering the tenant the request acts in, once key and role are checked."""
-
-    async def dependency(who: Annotated[Principal, Depends(caller)]) -> str:
-        who.require(role)
-        return who.tenant_id
-
-    return dependency

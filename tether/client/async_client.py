@@ -1,0 +1,396 @@
+"""`AsyncTether`, the async client: the mirror of `Tether`, every call awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any, Generic, Literal, TypeVar, overload
+
+import httpx
+from pydantic import BaseModel
+
+from tether.client import _base, _calls, _streams, errors, models
+from tether.client._async_streams import AsyncEventStream, AsyncTurnStream, opened
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+Input = str | list[dict[str, Any]]
+
+
+class AsyncTether:
+    """A client of Tether's native API.
+
+    `base_url` and `api_key` default to `TETHER_URL` and `TETHER_API_KEY` (then
+    http://127.0.0.1:8700, no key). Calls that may safely be repeated (reads, stops, creates,
+    which carry an automatic `Idempotency-Key`) are retried up to `max_retries` times after a
+    connection failure or a 502/503/504. Streams reconnect by themselves, giving up after
+    `max_reconnects` attempts in a row that bring nothing new.
+
+        with Tether() as tether:
+            session = tether.sessions.create("demo")
+            print(tether.turns.create(session.id, "Hello!", stream=True).text())
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+        stream_timeout: float = 60.0,
+        max_reconnects: int = 10,
+        http_client: httpx.AsyncClient | None = None,
+    ):
+        self._config = _base.Config.build(
+            base_url, api_key, timeout, max_retries, stream_timeout, max_reconnects
+        )
+        self._http = http_client or httpx.AsyncClient(timeout=self._config.http_timeout())
+        self._http.base_url = httpx.URL(self._config.base_url)
+        self._http.headers.update(self._config.headers())
+        self.agents = Agents(self)
+        self.sessions = Sessions(self)
+        self.turns = Turns(self)
+        self.interrupts = Interrupts(self)
+        self.events = Events(self)
+        self.keys = Keys(self)
+        self.audit = Audit(self)
+
+    @classmethod
+    def from_env(cls, **options: Any) -> AsyncTether:
+        """A client for `TETHER_URL` with `TETHER_API_KEY` (options as for the constructor)."""
+        return cls(None, None, **options)
+
+    @property
+    def base_url(self) -> str:
+        return self._config.base_url
+
+    async def close(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncTether:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def me(self) -> models.Me:
+        """Who this client is to the server: tenant, role, key, and whether keys are required
+        at all."""
+        return await self._call(_calls.me())
+
+    async def _call(self, call: _calls.Call[T], idempotency_key: str | None = None) -> T:
+        """Send `call`, retrying it when that is safe; its answer, or a typed exception."""
+        key = idempotency_key or (_base.new_idempotency_key() if call.creates else None)
+        args = _base.request_args(self._config, call, key)
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(call.method, call.path, **args)
+                if response.status_code >= 400:
+                    raise errors.from_response(response)
+                return call.read(response)
+            except (httpx.TransportError, errors.APIError) as exc:
+                attempt += 1
+                if attempt > self._config.max_retries or not _base.retryable(call, exc):
+                    if isinstance(exc, httpx.TransportError):
+                        raise errors.connection_error(exc, self._config.base_url) from exc
+                    raise
+                await asyncio.sleep(_base.backoff_s(attempt, _base.retry_after_of(exc)))
+
+    def _pages(self, paged: _calls.PagedCall[M]) -> AsyncPaginator[M]:
+        return AsyncPaginator(self, paged)
+
+
+class AsyncPaginator(Generic[M]):
+    """Every item of a list, fetching the pages as iteration reaches them."""
+
+    def __init__(self, client: AsyncTether, paged: _calls.PagedCall[M]):
+        self._client = client
+        self._paged = paged
+
+    def __aiter__(self) -> AsyncIterator[M]:
+        return self._items()
+
+    async def _items(self) -> AsyncIterator[M]:
+        cursor: str | None = None
+        while True:
+            items, cursor = await self._client._call(self._paged.page(cursor))
+            for item in items:
+                yield item
+            if not cursor:
+                return
+
+    async def to_list(self) -> list[M]:
+        """All items, every page fetched."""
+        return [item async for item in self]
+
+
+class _Resource:
+    def __init__(self, client: AsyncTether):
+        self._client = client
+
+
+class Agents(_Resource):
+    """Agents: model + instructions + tools + limits (admins create and change them)."""
+
+    async def create(
+        self, definition: Mapping[str, Any] | BaseModel, *, idempotency_key: str | None = None
+    ) -> models.Agent:
+        """Create an agent from its definition (`{"name", "instructions", "model", "tools",
+        …}`, as in DESIGN §7)."""
+        return await self._client._call(_calls.create_agent(definition), idempotency_key)
+
+    def list(self, *, limit: int | None = None) -> AsyncPaginator[models.Agent]:
+        """Every agent of the tenant (`limit`: page size)."""
+        return self._client._pages(_calls.list_agents(limit))
+
+    async def get(self, agent_id: str) -> models.Agent:
+        """One agent by id."""
+        return await self._client._call(_calls.get_agent(agent_id))
+
+    async def update(self, agent_id: str, **changes: Any) -> models.Agent:
+        """Change some fields of an agent (`instructions=…`, `tools=[…]`, …)."""
+        return await self._client._call(_calls.update_agent(agent_id, changes))
+
+    async def delete(self, agent_id: str) -> None:
+        """Delete an agent."""
+        await self._client._call(_calls.delete_agent(agent_id))
+
+
+class Sessions(_Resource):
+    """Sessions: conversations with an agent, their transcripts and events."""
+
+    async def create(
+        self,
+        agent_id: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        input: Input | None = None,
+        idempotency_key: str | None = None,
+    ) -> models.Session:
+        """A new session with an agent (its id or name); with `input`, its first turn too
+        (in `session.turn`)."""
+        return await self._client._call(
+            _calls.create_session(agent_id, metadata, input), idempotency_key
+        )
+
+    def list(
+        self,
+        *,
+        status: models.SessionStatus | None = None,
+        agent_id: str | None = None,
+        limit: int | None = None,
+    ) -> AsyncPaginator[models.Session]:
+        """The tenant's sessions, newest first, optionally by status or agent."""
+        return self._client._pages(_calls.list_sessions(status, agent_id, limit))
+
+    async def get(self, session_id: str) -> models.Session:
+        """One session."""
+        return await self._client._call(_calls.get_session(session_id))
+
+    async def close(self, session_id: str) -> models.Session:
+        """Close a session: no new turns, queued ones cancelled; it stays readable."""
+        return await self._client._call(_calls.close_session(session_id))
+
+    async def purge(self, session_id: str) -> None:
+        """Erase a session for good (admins): its turns are stopped first, then it and all
+        that belongs to it (turns, messages, events, interrupts) are deleted; every read of it
+        is `NotFound` after that, and its open streams end."""
+        await self._client._call(_calls.purge_session(session_id))
+
+    async def stop(
+        self,
+        session_id: str,
+        *,
+        mode: models.StopMode = "interrupt",
+        scope: models.StopScope = "turn",
+        wait: float = 5.0,
+        reason: str | None = None,
+    ) -> models.StopResult:
+        """Stop the session's active turn (`scope="all"`: and its queued ones). `interrupt`
+        keeps the partial reply, `rollback` removes the turn from the transcript. Waits up to
+        `wait` s for the stop to be confirmed (`result.confirmed`). Idempotent."""
+        return await self._client._call(_calls.stop_session(session_id, mode, scope, wait, reason))
+
+    def messages(
+        self, session_id: str, *, limit: int | None = None
+    ) -> AsyncPaginator[models.Message]:
+        """The transcript, oldest first."""
+        return self._client._pages(_calls.list_messages(session_id, limit))
+
+    async def events(self, session_id: str, *, after: int = 0) -> AsyncEventStream:
+        """The session's events after seq `after`, then live ones, until closed (SSE,
+        resuming by itself). Same as `events.stream`."""
+        return await self._client.events.stream(session_id, after=after)
+
+
+class Turns(_Resource):
+    """Turns: one unit of work each, run in order per session."""
+
+    @overload
+    async def create(
+        self,
+        session_id: str,
+        input: Input,
+        *,
+        on_busy: models.OnBusy = ...,
+        stream: Literal[False] = ...,
+        idempotency_key: str | None = ...,
+    ) -> models.Turn: ...
+
+    @overload
+    async def create(
+        self,
+        session_id: str,
+        input: Input,
+        *,
+        on_busy: models.OnBusy = ...,
+        stream: Literal[True],
+        idempotency_key: str | None = ...,
+    ) -> AsyncTurnStream: ...
+
+    async def create(
+        self,
+        session_id: str,
+        input: Input,
+        *,
+        on_busy: models.OnBusy = "enqueue",
+        stream: bool = False,
+        idempotency_key: str | None = None,
+    ) -> models.Turn | AsyncTurnStream:
+        """Start a turn with `input` (a string, or a list of `{"role", "content"}`). New input
+        while a turn is active follows `on_busy`. With `stream=True`, an `AsyncTurnStream` of the
+        turn's events until it ends or waits, resuming by itself if the connection drops."""
+        if not stream:
+            return await self._client._call(
+                _calls.create_turn(session_id, input, on_busy), idempotency_key
+            )
+        record = _streams.TurnRecord(
+            session_id,
+            _streams.Cursor(),
+            body=_calls.turn_body(input, on_busy, stream=True),
+            idempotency_key=idempotency_key or _base.new_idempotency_key(),
+        )
+        return await opened(AsyncTurnStream(self._client, record))
+
+    def list(self, session_id: str, *, limit: int | None = None) -> AsyncPaginator[models.Turn]:
+        """The session's turns, oldest first."""
+        return self._client._pages(_calls.list_turns(session_id, limit))
+
+    async def get(self, session_id: str, turn_id: str) -> models.Turn:
+        """One turn."""
+        return await self._client._call(_calls.get_turn(session_id, turn_id))
+
+    async def cancel(
+        self,
+        session_id: str,
+        turn_id: str,
+        *,
+        mode: models.StopMode = "interrupt",
+        wait: float = 5.0,
+        reason: str | None = None,
+    ) -> models.StopResult:
+        """Stop this turn (queued, waiting or running). Idempotent."""
+        return await self._client._call(_calls.cancel_turn(session_id, turn_id, mode, wait, reason))
+
+    async def stream(self, session_id: str, turn_id: str, *, after: int = 0) -> AsyncTurnStream:
+        """Follow an existing turn: its events after seq `after` until it ends or waits.
+        `after` must be before the turn's end (0, the default, always is)."""
+        record = _streams.TurnRecord(session_id, _streams.Cursor(after, turn_id))
+        return await opened(AsyncTurnStream(self._client, record))
+
+
+class Interrupts(_Resource):
+    """Interrupts: a turn's pauses for a human (approvals, questions), and their answers."""
+
+    def list(
+        self,
+        session_id: str | None = None,
+        *,
+        status: models.InterruptStatus | None = None,
+        limit: int | None = None,
+    ) -> AsyncPaginator[models.Interrupt]:
+        """A session's interrupts, or without `session_id` those of all of your sessions,
+        the one expiring soonest first (those that never expire last). `status="pending"`:
+        those awaiting an answer (the approvals inbox)."""
+        return self._client._pages(_calls.list_interrupts(session_id, status, limit))
+
+    async def get(self, interrupt_id: str) -> models.Interrupt:
+        """One interrupt."""
+        return await self._client._call(_calls.get_interrupt(interrupt_id))
+
+    async def respond(
+        self, interrupt_id: str, response: Any, *, resolved_by: str | None = None
+    ) -> models.Interrupt:
+        """Answer an interrupt with any JSON; the turn resumes once all of its interrupts are
+        answered. `InterruptNotPending` if it was answered already."""
+        return await self._client._call(_calls.respond(interrupt_id, response, resolved_by))
+
+    async def approve(
+        self,
+        interrupt_id: str,
+        *,
+        reason: str | None = None,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> models.Interrupt:
+        """Approve a tool call (with edited `arguments`, if the tool allows it)."""
+        answer = _calls.approval("approve", reason, arguments)
+        return await self.respond(interrupt_id, answer)
+
+    async def deny(self, interrupt_id: str, *, reason: str | None = None) -> models.Interrupt:
+        """Deny a tool call: it never runs, and the model is told (with `reason`)."""
+        return await self.respond(interrupt_id, _calls.approval("deny", reason, None))
+
+    async def answer(self, interrupt_id: str, answer: Any) -> models.Interrupt:
+        """Answer a question."""
+        return await self.respond(interrupt_id, answer)
+
+
+class Events(_Resource):
+    """A session's events: durable ones have a gap-free `seq`."""
+
+    def list(
+        self, session_id: str, *, after: int = 0, limit: int | None = None
+    ) -> AsyncPaginator[models.Event]:
+        """Stored events after seq `after` (no deltas, no waiting for new ones)."""
+        return self._client._pages(_calls.list_events(session_id, after, limit))
+
+    async def stream(
+        self, session_id: str, *, after: int = 0, turn_id: str | None = None
+    ) -> AsyncEventStream:
+        """Events after seq `after`, then live ones, until closed (`turn_id`: only that
+        turn's). Resumes by itself if the connection drops."""
+        cursor = _streams.Cursor(after, turn_id)
+        return await opened(AsyncEventStream(self._client, session_id, cursor))
+
+
+class Keys(_Resource):
+    """API keys of your tenant (admins)."""
+
+    async def create(self, role: models.Role, *, name: str | None = None) -> models.ApiKeyCreated:
+        """A new key; its secret (`key`) is in this answer only."""
+        return await self._client._call(_calls.create_key(role, name))
+
+    def list(self) -> AsyncPaginator[models.ApiKey]:
+        """Every key, never with secrets."""
+        return self._client._pages(_calls.list_keys())
+
+    async def revoke(self, key_id: str) -> models.ApiKey:
+        """Revoke a key: it stops working within seconds."""
+        return await self._client._call(_calls.revoke_key(key_id))
+
+
+class Audit(_Resource):
+    """The tenant's audit log (admins)."""
+
+    def list(self, *, limit: int | None = None) -> AsyncPaginator[models.AuditEntry]:
+        """Mutations, newest first."""
+        return self._client._pages(_calls.list_audit(limit))
