@@ -5,6 +5,7 @@ columns, SQLite in 64-bit ones, and neither may overflow."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -207,6 +208,7 @@ async def test_the_event_stream_checks_its_position_before_it_starts(
     nothing."""
     path = f"/v1/sessions/{seeded.sid}/events"
     for request in (
+        {"params": {"after": str(10**30)}},
         {"params": {"after": str(2**63)}},
         {"params": {"after": str(MAX + 1)}},
         {"headers": {"Last-Event-ID": "9" * 20}},
@@ -221,16 +223,43 @@ async def test_the_event_stream_checks_its_position_before_it_starts(
         assert r.headers["content-type"].startswith("text/event-stream")
 
 
+async def test_a_huge_event_position_is_400_on_every_read_of_events(
+    client: httpx.AsyncClient, seeded: Seeded
+) -> None:
+    """`after=10**30` overflowed SQLite's 64-bit integers (500) and PostgreSQL's 32-bit ones:
+    as a JSON page, as a stream, and on TrueFoundry's event reads, it is the same 400."""
+    huge = str(10**30)
+    path = f"/v1/sessions/{seeded.sid}/events"
+    for params in ({"after": huge, "stream": "false"}, {"after": huge}):
+        async with client.stream("GET", path, params=params) as r:
+            await r.aread()
+            v1_shape(r, 400, "invalid_request")
+            assert r.json()["error"]["details"] == {"param": "after"}
+            assert str(MAX) in r.json()["error"]["message"]  # the bound is said
+    tf = f"{TRUEFOUNDRY}/{seeded.sid}/turns/{seeded.turn}/subscribe"
+    r = await client.post(tf, json={"after_sequence_number": 10**30})
+    truefoundry_shape(r, 400, "invalid_request")
+    assert str(MAX) in r.json()["error"]["message"]
+
+
 async def test_truefoundry_after_sequence_number(client: httpx.AsyncClient, seeded: Seeded) -> None:
-    """A JSON integer from 0 to MAX; anything else is TrueFoundry's 400, never a 5xx nor an
-    empty 200 that reads as "nothing happened"."""
+    """A JSON integer from 0 to MAX, the bound of every other position; anything else is
+    TrueFoundry's 400, never a 5xx nor an empty 200 that reads as "nothing happened"."""
     path = f"{TRUEFOUNDRY}/{seeded.sid}/turns/{seeded.turn}/subscribe"
     json_type = {"content-type": "application/json"}
-    for bad in (str(MAX + 1), str(2**63), "-1", "true", "1.5", '"5"', "[1]"):
+    for bad in (str(MAX + 1), str(2**63), str(10**30), "-1", "true", "1.5", '"5"', "[1]", "{}"):
         body = f'{{"after_sequence_number": {bad}}}'
         r = await client.post(path, content=body, headers=json_type)
         truefoundry_shape(r, 400, "invalid_request")
         assert r.json()["error"]["param"] == "after_sequence_number"
+    # the body's position is checked even when a Last-Event-ID is sent too, and the other way
+    r = await client.post(
+        path, json={"after_sequence_number": MAX + 1}, headers={"Last-Event-ID": "1"}
+    )
+    truefoundry_shape(r, 400, "invalid_request")
+    r = await client.post(path, json={"after_sequence_number": 1}, headers={"Last-Event-ID": "x"})
+    truefoundry_shape(r, 400, "invalid_request")
+    assert r.json()["error"]["param"] == "Last-Event-ID"
     # past Python's 4,300 digits the body does not parse: still TrueFoundry's 400
     r = await client.post(path, content=f'{{"after_sequence_number": {"9" * 5000}}}')
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
@@ -353,9 +382,47 @@ async def test_agent_threads_after_seq(threads: Any, seeded: Seeded) -> None:
     """`afterSeq` is a seq the JavaScript client can hold (up to 2^53 - 1); past it the
     subscription is refused as a malformed message, not left to die in its task."""
     stream = f"session:{seeded.sid}"
-    for bad in (2**53, 2**64, 10**30, -1, 1.5, "3"):
+    for bad in (2**53, 2**64, 10**30, -1, 1.5, "3", True):
         await threads.send(json.dumps({"type": "subscribe", "streamId": stream, "afterSeq": bad}))
-        assert (await _next_not_ping(threads))["code"] == "INVALID_MESSAGE", bad
+        error = await _next_not_ping(threads)
+        assert error["code"] == "INVALID_MESSAGE", bad
+        assert "afterSeq" in error["message"] and str(2**53 - 1) in error["message"], error
     await threads.send(json.dumps({"type": "subscribe", "streamId": stream, "afterSeq": 2**53 - 1}))
     end = await _next_not_ping(threads)
     assert end["type"] == "replay-end" and end["lastReplaySeq"] == 2**53 - 1
+
+
+def _inbox_cursor(*parts: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).decode().rstrip("=")
+
+
+async def test_the_inbox_cursor(client: httpx.AsyncClient, api: Api) -> None:
+    """The tenant's interrupts resume from (expiry, creation, id): a cursor that is not three
+    such values, or holds a time the store cannot hold, is 400, never a 5xx (a year-1 time
+    at +14:00 overflowed when moved to UTC for the query)."""
+    interrupt = "int_01arz3ndektsv4rrffq69g5fav"
+    now = "2030-01-01T00:00:00+00:00"
+    for bad in [
+        "garbage",
+        "²",
+        "9" * 5000,
+        _inbox_cursor(now, now),
+        _inbox_cursor(now, now, interrupt, "extra"),
+        _inbox_cursor(now, now, "turn_01arz3ndektsv4rrffq69g5fav"),
+        _inbox_cursor("2030-01-01T00:00:00", now, interrupt),  # no zone
+        _inbox_cursor("0001-01-01T00:00:00+14:00", now, interrupt),
+        _inbox_cursor(now, "9999-12-31T23:59:59-14:00", interrupt),
+        _inbox_cursor(1, now, interrupt),
+        _inbox_cursor(now, now, 5),
+        _inbox_cursor(*[[[[]]]] * 3),
+        base64.urlsafe_b64encode(b"\xff\xfe").decode(),
+    ]:
+        r = await client.get("/v1/interrupts", params={"cursor": bad})
+        v1_shape(r, 400, "invalid_request")
+        assert r.json()["error"]["details"] == {"param": "cursor"}
+    # the extremes the store holds are read, and name nothing after them
+    for ok in ("0001-01-01T00:00:00+00:00", "9999-12-31T23:59:59+00:00"):
+        r = await client.get("/v1/interrupts", params={"cursor": _inbox_cursor(ok, ok, interrupt)})
+        assert r.status_code == 200, r.text
+    r = await client.get("/v1/interrupts", params={"cursor": ""})
+    assert r.status_code == 200, r.text

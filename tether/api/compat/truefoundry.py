@@ -98,9 +98,7 @@ class TurnCreate(_In):
 
 
 class Subscribe(_In):
-    after_sequence_number: int | None = Field(
-        default=None, ge=0, le=cursors.MAX_POSITION, strict=True
-    )
+    after_sequence_number: cursors.JsonPosition = None  # api/cursors.py: json_position
 
 
 # --- sessions --------------------------------------------------------------------------------
@@ -352,8 +350,9 @@ async def subscribe(
 ) -> Response:
     """The turn's events after `after_sequence_number` (or `Last-Event-ID`), then live ones,
     until it ends or waits for an answer."""
-    after = body.after_sequence_number if body else None
-    resumed = cursors.position(last_event_id, "Last-Event-ID")
+    given = body.after_sequence_number if body else None
+    after = cursors.json_position(given, "after_sequence_number")
+    resumed = cursors.position(last_event_id, "Last-Event-ID")  # both checked; the body wins
     if after is None:
         after = resumed
     await svc.get_turn(tenant, session_id, turn_id)
