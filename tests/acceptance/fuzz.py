@@ -44,6 +44,9 @@ from tests.acceptance import nasty, procs
 
 SPECS = Path(__file__).resolve().parent / "specs"
 CASES = int(os.environ.get("TETHER_FUZZ_CASES", "200"))
+# a surface's run takes seconds at the default; a full campaign on a loaded 2-core machine
+# may take ~0.3 s a case: the per-test timeout grows with it (pytest's default is 120 s)
+TIMEOUT_S = max(120, CASES // 2)
 Cases = st.SearchStrategy[schemathesis.Case]
 # how to widen an operation's cases (e.g. with ids that exist on the server)
 Widen = Callable[[Any, Cases], Cases]
@@ -297,6 +300,15 @@ class Outcome:
 
     def __add__(self, other: Outcome) -> Outcome:
         return Outcome(self.statuses + other.statuses, self.failures + other.failures)
+
+    def summary(self, surface: str) -> str:
+        """One line for the campaign's record: how many answers, of which statuses."""
+        counts: dict[int, int] = {}
+        for status in self.statuses:
+            counts[status // 100] = counts.get(status // 100, 0) + 1
+        shown = ", ".join(f"{kind}xx {n}" for kind, n in sorted(counts.items()))
+        failed = len(self.failures)
+        return f"fuzz {surface}: {len(self.statuses)} cases ({shown}), {failed} failures"
 
     def report(self, limit: int = 8) -> str:
         """Distinct failures (by their first line), each with one example."""

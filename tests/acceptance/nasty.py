@@ -2,6 +2,12 @@
 and other odd characters (in values and in keys), JSON nested far past any sane depth,
 integers past every machine width, and cursors that look almost right.
 
+Two families, because the input guard (tether/api/input_guard.py) refuses one of them at the
+edge: *unstorable* values (a lone surrogate, a NUL, nesting past 64 levels) must be refused
+with 4xx and leave nothing stored; *storable but nasty* values (valid Unicode of every odd
+kind, nesting just under the limit, huge numbers, SSE's own line breaks) get past the guard
+into storage, which is where a read can later break. Strategies mix both, mostly the second.
+
 What can travel where: a JSON body can carry anything JSON can spell (`"\\ud800"` is valid
 JSON text for a lone surrogate); a URL carries only UTF-8 (percent-encoded, NUL included), so
 no lone surrogate; a header value carries Latin-1 without control characters.
@@ -9,14 +15,16 @@ no lone surrogate; a header value carries Latin-1 without control characters.
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 from hypothesis import strategies as st
 
 SURROGATES = st.characters(categories=["Cs"])
-ODD_CHARACTERS = st.sampled_from(
+# valid Unicode that careless code still trips on: all of it is stored and must read back
+STORABLE_ODD = st.sampled_from(
     [
-        "\x00",
         "\x1f",
         "\x7f",
         "\x85",
@@ -35,8 +43,16 @@ ODD_CHARACTERS = st.sampled_from(
         "/",
         "..",
         "\n",
+        "\r",  # an SSE line break of its own, as are \n and \r\n
+        "\r\n",
+        "\n\ndata: x\nid: 9\n\n",  # what an SSE frame would look like, were it not escaped
+        "\u2028",  # a line separator: a line break to some JSON readers
+        "\U0001f600",  # outside the BMP: a surrogate pair in JSON escapes, valid
+        "\ufdd0",  # a noncharacter, still valid UTF-8
+        "\\u0000",  # the six characters of an escaped NUL, not a NUL
     ]
 )
+ODD_CHARACTERS = st.one_of(STORABLE_ODD, st.just("\x00"))
 HUGE_INTEGERS = st.sampled_from(
     [
         2**31 - 1,
@@ -60,10 +76,29 @@ FLOATS = st.one_of(
 )
 
 
-def text(max_parts: int = 6) -> st.SearchStrategy[str]:
-    """Strings that mix ordinary text with lone surrogates and odd characters."""
-    part = st.one_of(st.text(max_size=6), SURROGATES, ODD_CHARACTERS)
+def storable_text(max_parts: int = 6) -> st.SearchStrategy[str]:
+    """Strings of valid Unicode without NUL, mixing ordinary text with odd characters."""
+    plain = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=6)
+    part = st.one_of(plain, STORABLE_ODD)
     return st.lists(part, min_size=1, max_size=max_parts).map("".join)
+
+
+def unstorable_text(max_parts: int = 6) -> st.SearchStrategy[str]:
+    """Strings with at least one lone surrogate or NUL among ordinary and odd text."""
+    bad = st.one_of(SURROGATES, st.just("\x00"))
+    part = st.one_of(st.text(max_size=6), SURROGATES, ODD_CHARACTERS)
+    return st.builds(
+        lambda head, poison, tail: head + poison + tail,
+        st.lists(part, max_size=max_parts // 2).map("".join),
+        bad,
+        st.lists(part, max_size=max_parts // 2).map("".join),
+    )
+
+
+def text(max_parts: int = 6) -> st.SearchStrategy[str]:
+    """Nasty strings, three in four of them storable (the guard lets them through)."""
+    good = storable_text(max_parts)
+    return st.one_of(good, good, good, unstorable_text(max_parts))
 
 
 def url_text(max_parts: int = 6) -> st.SearchStrategy[str]:
@@ -91,6 +126,23 @@ HEADER_TEXT = st.one_of(
     url_text().map(lambda s: s.encode().decode("latin-1")),
 ).filter(sendable)
 
+
+def _opaque(*parts: Any) -> str:
+    """An opaque cursor as a keyset list encodes it (base64url JSON, the inbox's), holding
+    `parts`."""
+    return base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).decode().rstrip("=")
+
+
+_INT_ID = "int_01arz3ndektsv4rrffq69g5fav"
+# opaque cursors well formed but for their values: times no store holds, other types
+OPAQUE_CURSORS = [
+    _opaque("0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00+14:00", _INT_ID),
+    _opaque("9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59-14:00", _INT_ID),
+    _opaque("2030-01-01T00:00:00", "2030-01-01T00:00:00", _INT_ID),
+    _opaque(10**30, None, [_INT_ID]),
+    _opaque("2030-01-01T00:00:00+00:00", "2030-01-01T00:00:00+00:00", "\x00"),
+]
+
 # Every query parameter and position header of every operation is swept with each of these
 # (tests/acceptance/fuzz.py `sweep`): the edge values a probe tries first.
 EDGE_VALUES = [
@@ -115,6 +167,7 @@ EDGE_VALUES = [
     "\x00",
     "turn_01arz3ndektsv4rrffq69g5fav",
     "01arz3ndektsv4rrffq69g5fav.local",
+    *OPAQUE_CURSORS,
 ]
 
 # digits a careless parser takes for a number: too big for 32 or 64 bits or for int(), or
@@ -154,6 +207,7 @@ CURSORS = st.one_of(
             "agt_01arz3ndektsv4rrffq69g5fav",
             "01arz3ndektsv4rrffq69g5fav.local",
             "3:msg_01arz3ndektsv4rrffq69g5fav:99999999999999",
+            *OPAQUE_CURSORS,
         ]
     ),
     INTEGERS.map(str),
@@ -168,9 +222,12 @@ def nested(depth: int, leaf: Any, kind: str) -> Any:
     return value
 
 
-# Past the 256 levels a validator would allow, under what json.dumps manages on the client.
-DEEP = st.builds(nested, st.integers(200, 700), st.sampled_from([None, 1, "x"]), st.just("list"))
-DEEP_OBJECTS = st.builds(nested, st.integers(200, 700), st.just("x"), st.just("dict"))
+# Around the input guard's 64 levels (storable.MAX_DEPTH; a field is already a level or two
+# down), and far past the 256 levels a validator would allow, under what json.dumps manages on
+# the client: the first are mostly stored and must render wherever they are wrapped.
+_DEPTHS = st.one_of(st.integers(55, 66), st.integers(55, 66), st.integers(200, 700))
+DEEP = st.builds(nested, _DEPTHS, st.sampled_from([None, 1, "x"]), st.just("list"))
+DEEP_OBJECTS = st.builds(nested, _DEPTHS, st.just("x"), st.just("dict"))
 
 LEAVES = st.one_of(st.none(), st.booleans(), INTEGERS, FLOATS, text())
 JSON: st.SearchStrategy[Any] = st.one_of(
@@ -225,7 +282,7 @@ def poisoned(draw: st.DrawFn, value: Any) -> Any:
         return {**value, draw(text()): draw(st.one_of(DEEP, DEEP_OBJECTS, JSON))}
     if isinstance(value, str):
         at = draw(st.integers(0, len(value)))
-        return value[:at] + draw(st.one_of(SURROGATES, SURROGATES, ODD_CHARACTERS)) + value[at:]
+        return value[:at] + draw(st.one_of(SURROGATES, ODD_CHARACTERS)) + value[at:]
     if isinstance(value, int) and not isinstance(value, bool):
         return draw(HUGE_INTEGERS)
     return value

@@ -64,6 +64,7 @@ SURFACES: dict[str, tuple[APIRouter, str, str]] = {
 }
 
 
+@pytest.mark.timeout(fuzz.TIMEOUT_S)
 @pytest.mark.parametrize("surface", sorted(SURFACES))
 def test_surface(live: tuple[str, str], surface: str) -> None:
     url, key = live
@@ -98,6 +99,7 @@ def test_surface(live: tuple[str, str], surface: str) -> None:
         widen=fuzz.with_real_ids(world),
         path={"tenant": TENANT} if surface == "truefoundry" else None,
     )
+    print(outcome.summary(surface))  # shown with -rP: the campaign's record
     assert not outcome.failures, outcome.report()
     assert len(outcome.statuses) >= fuzz.CASES
     assert 200 in outcome.statuses

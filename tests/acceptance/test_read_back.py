@@ -197,8 +197,10 @@ def _maybe(name: str, value: Any) -> dict[str, Any]:
     return {name: value} if value is not None else {}
 
 
+@pytest.mark.timeout(fuzz.TIMEOUT_S)
 def test_whatever_was_accepted_reads_back(live: Live) -> None:
     failures: list[str] = []
+    accepted: list[str] = []  # sessions the server took: their reads are what is tested
     reader = readback.Reader(live.url, live.key, TENANT)
 
     @given(plan=PLANS)
@@ -216,6 +218,7 @@ def test_whatever_was_accepted_reads_back(live: Live) -> None:
         session_id = run.session(agent_id, agent_name)
         if session_id is None:
             return  # refused (a 5xx is recorded)
+        accepted.append(session_id)
         for step in (run.answer, run.another_turn, run.answer):
             if session_id not in reader.settle([session_id]):
                 break  # stuck (recorded): its streams would not end
@@ -235,4 +238,5 @@ def test_whatever_was_accepted_reads_back(live: Live) -> None:
         failures.extend(reader.failures)
     finally:
         reader.close()
+    print(f"read-back: {EXAMPLES} plans, {len(accepted)} sessions accepted and read back")
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:15])

@@ -50,6 +50,7 @@ def _json_page_of_events(case: schemathesis.Case) -> None:
         case.query = {**(case.query or {}), "stream": "false"}
 
 
+@pytest.mark.timeout(fuzz.TIMEOUT_S)
 def test_stateless(full_schema: OpenApiSchema, live: tuple[str, str]) -> None:
     url, key = live
     world = fuzz.seed_world(url, key)
@@ -64,6 +65,7 @@ def test_stateless(full_schema: OpenApiSchema, live: tuple[str, str]) -> None:
         widen=fuzz.with_real_ids(world),
         pin=_json_page_of_events,
     )
+    print(outcome.summary("v1"))  # shown with -rP: the campaign's record
     assert not outcome.failures, outcome.report()
     assert len(outcome.statuses) >= fuzz.CASES
     # whatever it accepted reads back, on every surface
