@@ -76,6 +76,13 @@ FLOATS = st.one_of(
 )
 
 
+# a number of seconds (an expiry, a timeout) from the sensible to what no datetime can add
+DURATIONS = st.one_of(
+    st.sampled_from([1e-9, 0.5, 3600, 86400 * 365, 2**31, 1e12, 2**63, 1e308, 10**30]),
+    st.floats(min_value=0, exclude_min=True, allow_infinity=False),
+)
+
+
 def storable_text(max_parts: int = 6) -> st.SearchStrategy[str]:
     """Strings of valid Unicode without NUL, mixing ordinary text with odd characters."""
     plain = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=6)

@@ -42,9 +42,14 @@ class Live:
     agents: dict[str, str] = field(default_factory=dict)  # kind -> id
 
 
-def _agent(kind: str, name: str, instructions: str = "", metadata: Any = None) -> dict[str, Any]:
+def _agent(
+    kind: str, name: str, instructions: str = "", metadata: Any = None, ttl: Any = None
+) -> dict[str, Any]:
+    """An agent of a kind: `echo` replies, `careful` asks approval for a tool, `curious` asks a
+    question; `ttl` (nasty numbers too) is when its interrupts expire, set on the agent and on
+    its tools."""
     steps: list[dict[str, Any]] = []
-    tools = [{"name": "sleep"}, {"name": "ask_user"}]
+    tools: list[dict[str, Any]] = [{"name": "sleep"}, {"name": "ask_user"}]
     if kind == "careful":
         steps = [{"tool_calls": [{"name": "sleep", "arguments": {"seconds": 0}}]}]
         tools = [{"name": "sleep", "policy": "approve"}]
@@ -52,6 +57,9 @@ def _agent(kind: str, name: str, instructions: str = "", metadata: Any = None) -
         steps = [{"tool_calls": [{"name": "ask_user", "arguments": {"question": "and?"}}]}]
     model = {"provider": "scripted", "steps": steps, "reply": "echo", "tokens": 7}
     body = {"name": name, "instructions": instructions, "model": model, "tools": tools}
+    if ttl is not None:
+        body["interrupt_ttl_s"] = ttl
+        tools[0]["interrupt_ttl_s"] = ttl
     return body | ({"metadata": metadata} if metadata is not None else {})
 
 
@@ -76,6 +84,7 @@ class Plan:
     surface: str
     kind: str
     agent: tuple[str, Any] | None  # a new agent's nasty (instructions, metadata), or None
+    ttl: Any  # when a new agent's interrupts expire (on it and on its tool), or None
     metadata: Any
     name: str
     first: str | None
@@ -94,6 +103,7 @@ PLANS = st.builds(
     surface=st.sampled_from(["v1", "factory", "gumloop", "truefoundry"]),
     kind=st.sampled_from(["echo", "careful", "curious"]),
     agent=st.none() | st.tuples(nasty.text(), nasty.OBJECTS),
+    ttl=st.none() | nasty.DURATIONS,
     metadata=nasty.OBJECTS,
     name=nasty.text(),
     first=st.none() | nasty.text(),
@@ -134,9 +144,11 @@ class Run:
 
     def agent(self, live: Live) -> tuple[str, str]:
         """(id, name) of the agent to use: a new one with nasty fields if the server took it."""
-        if self.plan.agent is not None:
+        if self.plan.agent is not None or self.plan.ttl is not None:
             name = f"n{next(_names)}-{time.monotonic_ns()}"
-            made = self.write("POST", "/v1/agents", _agent(self.plan.kind, name, *self.plan.agent))
+            instructions, metadata = self.plan.agent or ("", None)
+            body = _agent(self.plan.kind, name, instructions, metadata, self.plan.ttl)
+            made = self.write("POST", "/v1/agents", body)
             if made is not None:
                 return made["id"], name
         agent_id = live.agents[self.plan.kind]
