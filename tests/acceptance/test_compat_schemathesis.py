@@ -6,7 +6,9 @@ with auth on, TETHER_FUZZ_CASES cases per surface (Gumloop, Factory, TrueFoundry
 - the surface's other routes, as its router declares them: no 5xx;
 
 with nasty data, and ids of real sessions in every state (idle, running, waiting, done);
-then whatever the surface accepted must read back on every surface."""
+then whatever the surface accepted must read back on every surface. And the agent-threads
+WebSocket, which has no contract: TETHER_FUZZ_CASES messages made from nasty data
+(tests/acceptance/threads_fuzz.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi import checks
 
 from tests import helpers
-from tests.acceptance import fuzz, readback
+from tests.acceptance import fuzz, readback, threads_fuzz
 from tests.acceptance.procs import ServerProcess, create_key
 from tether.api.compat import factory, gumloop, truefoundry
 
@@ -111,3 +113,13 @@ def test_surface(live: tuple[str, str], surface: str) -> None:
     finally:
         reader.close()
     assert not reader.failures, "\n".join(reader.failures[:20])
+
+
+@pytest.mark.timeout(fuzz.TIMEOUT_S)
+def test_agent_threads(live: tuple[str, str]) -> None:
+    url, key = live
+    world = fuzz.seed_world(url, key)
+    streams = [f"session:{sid}" for sid in world.path["session_id"]]
+    record, failures = threads_fuzz.run(url, key, streams)
+    print(record)  # shown with -rP: the campaign's record
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:15])
