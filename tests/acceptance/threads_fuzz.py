@@ -105,7 +105,9 @@ def run(url: str, key: str, streams: list[str]) -> tuple[str, list[str]]:
     """`fuzz.CASES` messages on one connection; (the run's record, its failures)."""
     socket = url.replace("http", "ws", 1) + f"/compat/agent-threads/ws?access_token={key}"
     failures: list[str] = []
-    with connect(socket, open_timeout=30, close_timeout=5, max_size=None) as ws:
+    # no protocol-level keepalive: its pings draw from the global `random` on the client's
+    # own thread, which Hypothesis takes for a strategy using it (the server pings in JSON)
+    with connect(socket, open_timeout=30, close_timeout=5, max_size=None, ping_interval=None) as ws:
         ws.send(json.dumps({"type": "hello", "version": 1}))
         assert json.loads(ws.recv(timeout=30))["type"] == "server-hello"
         session = Session(ws, failures)
