@@ -134,6 +134,33 @@ class Service:
         self.bus.notify_work()
         return turn
 
+    async def stream_turn(
+        self,
+        tenant: str,
+        session_id: str,
+        input: str | list[dict[str, Any]],
+        on_busy: domain.OnBusy = domain.OnBusy.ENQUEUE,
+        *,
+        idle_s: float | None = None,
+    ) -> tuple[domain.Turn, int, streaming.Following]:
+        """Queue a turn and follow it: the turn, the session's last event seq before it, and
+        its frames from there. The live feed is subscribed before the turn is written, so
+        however fast a worker runs it, every delta it streams is heard (in cluster mode a
+        worker may finish a short turn before a subscription made afterwards is confirmed).
+        Unavailable with the bus down, before anything is written."""
+        session_id = ids.check_session(session_id)
+        if not self.live:
+            raise errors.Unavailable("live streams are unavailable (the bus is down), retry")
+        feed = await streaming.Feed.open(self.store, self.bus, session_id)
+        try:
+            before = (await self.store.sessions.get(tenant, session_id)).last_event_seq
+            turn = await self.start_turn(tenant, session_id, input, on_busy)
+        except BaseException:
+            feed.close()
+            raise
+        frames = feed.frames(before, turn_id=turn.id, idle_s=idle_s, live_from=True)
+        return turn, before, streaming.Following(feed, frames)
+
     async def _check_turn_limits(self, tenant: str) -> None:
         running_cap = self.settings.max_running_turns_per_tenant
         queued_cap = self.settings.max_queued_turns_per_tenant

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tether import domain, errors
 from tether.bus import Bus, Committed, Delta, Subscription
@@ -71,6 +71,32 @@ def delta_frame(seq: int, delta: Delta) -> Frame:
     )
 
 
+class Batches(Protocol):
+    """Batches of frames that can be closed whether or not they were read (an SSE body)."""
+
+    def __aiter__(self) -> AsyncIterator[list[Frame]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Following:
+    """A feed's frames that own the feed: closing them closes the feed, even if they were
+    never read (an answer that failed before it streamed must not leave a subscription)."""
+
+    def __init__(self, feed: Feed, frames: AsyncGenerator[list[Frame], None]):
+        self._feed = feed
+        self._frames = frames
+
+    def __aiter__(self) -> AsyncIterator[list[Frame]]:
+        return self._frames
+
+    async def aclose(self) -> None:
+        try:
+            await self._frames.aclose()
+        finally:
+            self._feed.close()
+
+
 class Feed:
     """One reader of one session. Open it before the write whose consequences it waits for,
     so nothing published after that write can fall between."""
@@ -104,17 +130,25 @@ class Feed:
         turn_id: str | None = None,
         idle_s: float | None = None,
         text: bool = True,
+        live_from: bool = False,
     ) -> AsyncGenerator[list[Frame], None]:
         """Every event of the session after `after`, then live ones, forever (the caller
         stops), in batches: whatever is ready at once goes out together. With `turn_id`, only
         that turn's events and deltas; without `text`, no deltas. After `idle_s` without
-        anything, an empty batch (a keep-alive). Ends when the session is purged."""
+        anything, an empty batch (a keep-alive). Ends when the session is purged.
+
+        `live_from`: this feed subscribed before `after` was read, so everything after it
+        is (barring a lost publish) in the live feed, deltas included and in their order
+        among the events: no store read and no partial text to begin with. A reader that
+        read the store first could pass a turn's end before the deltas queued for it, and
+        drop them (a fast turn would stream no text)."""
         reader = _Reader(self, after, turn_id, text)
-        batch = [f async for f in reader.backlog()]
-        if text and (partial := await self.bus.partial(self.session_id)):
-            batch += reader.deltas([partial])
-        if batch:
-            yield batch
+        if not live_from or self._sub is None:
+            batch = [f async for f in reader.backlog()]
+            if text and (partial := await self.bus.partial(self.session_id)):
+                batch += reader.deltas([partial])
+            if batch:
+                yield batch
         while True:
             if self._sub is None:  # no bus: the store is all there is, read now and then
                 await asyncio.sleep(idle_s or _POLL_S)
@@ -167,13 +201,15 @@ class _Reader:
             self.ended.add(frame.turn_id)
         return frame if self.wanted(frame) else None
 
-    async def backlog(self) -> AsyncIterator[Frame]:
-        """The stored events after the cursor."""
-        while True:
+    async def backlog(self, until: int | None = None) -> AsyncIterator[Frame]:
+        """The stored events after the cursor (up to seq `until`)."""
+        while until is None or self.cursor < until:
             page = await self.feed.store.sessions.events_after(
                 self.feed.session_id, self.cursor, _PAGE
             )
             for event in page:
+                if until is not None and event.seq > until:
+                    return
                 if frame := self.durable(event):
                     yield frame
             if len(page) < _PAGE:
@@ -194,8 +230,11 @@ class _Reader:
                         self.gone = True
                         return
                     if events and events[0].seq > self.cursor + 1:
-                        # a commit we have not been told of yet (out-of-order publish)
-                        async for frame in self.backlog():
+                        # A commit we have not been told of yet (another process published
+                        # it later than this one): only that gap from the store. Reading on
+                        # past these events could pass the turn's end before the deltas
+                        # queued behind them, which would then be dropped.
+                        async for frame in self.backlog(until=events[0].seq - 1):
                             yield frame
                     for event in events:
                         if durable := self.durable(event):

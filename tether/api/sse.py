@@ -8,13 +8,13 @@ largest single cost with a thousand live streams.)
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.responses import StreamingResponse
 
 from tether import metrics
-from tether.streaming import Frame
+from tether.streaming import Batches, Frame
 
 _KEEPALIVE = b": ping\n\n"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -32,7 +32,7 @@ def encode(frame: Frame) -> bytes:
 
 
 def response(
-    batches: AsyncGenerator[list[Frame], None],
+    batches: Batches,
     *,
     until_terminal: bool = False,
     replay: dict[str, Any] | None = None,

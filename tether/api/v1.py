@@ -203,13 +203,26 @@ async def create_turn(
     ping_s = the_node.settings.sse_ping_s
 
     async def handler() -> Response:
-        before = (await svc.get_session(tenant, session_id)).last_event_seq if stream else 0
-        turn = await svc.start_turn(tenant, session_id, _input(body.input), body.on_busy)
-        await audit(request, "turn.create", turn.id, on_busy=body.on_busy.value)
         if not stream:
+            turn = await svc.start_turn(tenant, session_id, _input(body.input), body.on_busy)
+            await audit(request, "turn.create", turn.id, on_busy=body.on_busy.value)
             return JSONResponse(views.turn(turn), status_code=202)
+        release = await stream_slot(request, tenant)  # a turn refused a stream is not queued
+        try:
+            turn, before, batches = await svc.stream_turn(
+                tenant, session_id, _input(body.input), body.on_busy, idle_s=ping_s
+            )
+        except BaseException:
+            release()
+            raise
+        try:
+            await audit(request, "turn.create", turn.id, on_busy=body.on_busy.value)
+        except BaseException:
+            release()
+            await batches.aclose()
+            raise
         replay = {"session_id": session_id, "after": before, "turn_id": turn.id}
-        return await _turn_stream(request, tenant, svc, replay, ping_s)
+        return sse.response(batches, until_terminal=True, replay=replay, on_close=release)
 
     async def replay_stream(replay: dict[str, Any]) -> Response:
         return await _turn_stream(request, tenant, svc, replay, ping_s)
