@@ -59,6 +59,8 @@ class Execution:
     # --- TurnIO ------------------------------------------------------------------------------
 
     def delta(self, message_id: str, offset: int, text: str) -> None:
+        if self.stop_requested:
+            return  # stopping: text produced now would only be dropped by every reader
         self.worker.bus.publish_delta(
             Delta(self.turn.session_id, self.turn.id, message_id, offset, text)
         )
@@ -171,7 +173,7 @@ class Worker:
         """Stop claiming; give running turns `grace_s` to finish, then cancel the rest and
         hand them back for another worker."""
         self._draining = True
-        self.bus.notify_work()  # wakes the claim loop, which sees it is draining and returns
+        self.bus.notify_work(local=True)  # wakes the claim loop: it is draining, it returns
         await self._claiming  # not cancelled: claims in flight are started, not orphaned
         running = [e.task for e in self._running.values() if e.task]
         if running and grace_s > 0:
@@ -179,7 +181,7 @@ class Worker:
             await asyncio.wait(running, timeout=grace_s)
         self._stopping.set()
         self.bus.on_stop(None)
-        self.bus.notify_work()
+        self.bus.notify_work(local=True)
         self._heartbeat.cancel()
         executions = list(self._running.values())
         for execution in executions:
@@ -228,7 +230,8 @@ class Worker:
                     # there may be more; a full batch means we are saturated. Turns that
                     # failed are skipped now, so this looks past them at once.
                     continue
-            await self.bus.wait_for_work(self.settings.poll_interval_s)
+            room = self.settings.workers - len(self._running) > 0
+            await self.bus.wait_for_work(self.settings.poll_interval_s, take=room)
 
     def _skip(self) -> list[str]:
         """Turns whose claim failed less than a poll interval ago: the next claims look past
@@ -263,7 +266,9 @@ class Worker:
     def _forget(self, execution: Execution) -> None:
         self._running.pop(execution.claim.token, None)
         self._by_turn.pop(execution.turn.id, None)
-        self.bus.notify_work()  # a slot is free, and the session's next turn may run
+        # a slot of ours is free, and the session's next turn may run: our own claim loop
+        # looks (other workers hear of new turns from whoever queues them, and poll)
+        self.bus.notify_work(local=True)
 
     def _on_stop(self, turn_id: str) -> None:
         execution = self._by_turn.get(turn_id)

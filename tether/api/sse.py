@@ -7,7 +7,6 @@ largest single cost with a thousand live streams.)
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -50,8 +49,7 @@ class Stream(StreamingResponse):
 
 
 def encode(frame: Frame) -> bytes:
-    data = json.dumps(frame.payload, separators=(",", ":"))
-    return f"id: {frame.seq}\nevent: {frame.type}\ndata: {data}\n\n".encode()
+    return frame.sse()
 
 
 def response(
