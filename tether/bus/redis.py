@@ -48,6 +48,7 @@ PARTIAL_TTL_S = 3600  # a message in flight longer than this loses its catch-up 
 DELTA_FLUSH_S = 0.02  # a session's deltas gather this long at most before they go out
 WORK_TOKENS_MAX = 100_000  # wake-ups kept while no worker takes them
 _RENEW_PARTIAL_S = PARTIAL_TTL_S / 4  # how often the catch-up text's TTL is pushed back
+SUBSCRIPTION_LINGER_S = 2.0  # a session nobody follows stays subscribed this long
 _ENDED_KEPT = 10_000  # turns remembered as ended (their late deltas are dropped)
 _RECONNECT_S = (0.05, 0.1, 0.25, 0.5, 1.0)
 _PING_S = 5.0  # a quiet subscription pings this often (under socket_timeout)
@@ -286,10 +287,9 @@ class RedisBus:
             raise errors.Unavailable("live updates are unavailable (the bus is down), retry")
         sub = Subscription(session_id)
         channel = self.names.session(session_id).encode()
-        first = not self._subs[session_id]
         self._subs[session_id].add(sub)
         try:
-            if first:
+            if channel not in self._confirmed:  # else subscribed, or lingering: no round trip
                 self._confirmed[channel] = asyncio.get_running_loop().create_future()
                 await pubsub.subscribe(channel)
             confirmed = self._confirmed.get(channel)
@@ -312,7 +312,14 @@ class RedisBus:
         if subs:
             return
         del self._subs[sub.session_id]
-        channel = self.names.session(sub.session_id).encode()
+        # Kept a moment: a session's next turn is often followed right away (no round trip).
+        loop = asyncio.get_running_loop()
+        loop.call_later(SUBSCRIPTION_LINGER_S, self._let_go, sub.session_id)
+
+    def _let_go(self, session_id: str) -> None:
+        if self._subs.get(session_id):
+            return  # followed again meanwhile
+        channel = self.names.session(session_id).encode()
         self._confirmed.pop(channel, None)
         pubsub = self._pubsub
         if pubsub is not None:
@@ -409,8 +416,11 @@ class RedisBus:
         """The data subscription: the sessions this node's readers follow."""
 
         def channels() -> list[bytes]:
-            for sid in self._subs:
-                channel = self.names.session(sid).encode()
+            wanted = {self.names.session(sid).encode() for sid in self._subs}
+            for channel in list(self._confirmed):
+                if channel not in wanted:  # lingering: not subscribed on a new connection
+                    del self._confirmed[channel]
+            for channel in wanted:
                 self._confirmed.setdefault(channel, asyncio.get_running_loop().create_future())
             # one channel at least (nobody publishes on it): a pubsub with none would not wait
             return [self.names.node.encode(), *(self.names.session(s).encode() for s in self._subs)]
@@ -491,20 +501,21 @@ class RedisBus:
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind, channel, data = message["type"], message["channel"], message["data"]
-        if kind == b"subscribe" or kind == "subscribe":
+        if kind == "subscribe":
             confirmed = self._confirmed.get(channel)
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
             return
-        if kind in ("unsubscribe", b"unsubscribe"):
+        if kind == "unsubscribe":
             if channel in self._confirmed and self._pubsub is not None:
-                # an unsubscribe raced a new reader's subscribe and won: subscribe again
-                for sub in self._subs.get(channel.rsplit(b":", 1)[1].decode(), ()):
-                    sub.lag()
+                # A reader came back after the UNSUBSCRIBE was sent: its SUBSCRIBE went after
+                # it (an UNSUBSCRIBE is only sent for a channel nobody wants at that moment),
+                # so Redis applied them in that order and the channel is subscribed. Once
+                # more does no harm, should that order ever not hold.
                 task = asyncio.get_running_loop().create_task(self._pubsub.subscribe(channel))
                 task.add_done_callback(lambda t: t.cancelled() or t.exception())
             return
-        if kind not in ("message", b"message") or not channel.startswith(self._session_channel):
+        if kind != "message" or not channel.startswith(self._session_channel):
             return
         session_id = channel[len(self._session_channel) :].decode()
         subs = self._subs.get(session_id)
@@ -523,7 +534,7 @@ class RedisBus:
             sub.put(item)
 
     def _dispatch_control(self, message: dict[str, Any]) -> None:
-        if message["type"] not in ("message", b"message"):
+        if message["type"] != "message":
             return
         channel, data = message["channel"].decode(), message["data"].decode()
         if channel == self.names.stop:
