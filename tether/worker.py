@@ -67,8 +67,10 @@ class Execution:
 
     async def commit(self, checkpoint: domain.Checkpoint) -> None:
         run_time = self.turn.run_time_s + (time.monotonic() - self.started)
+        # a stop's end goes first: a connection of its own, not a queue behind checkpoints
+        urgent = self.stop_requested and checkpoint.end is not None
         await self.worker.store.lifecycle.checkpoint(
-            self.turn, self.claim.token, checkpoint, run_time
+            self.turn, self.claim.token, checkpoint, run_time, urgent=urgent
         )
         if checkpoint.end is not None:
             metrics.TURNS_FINISHED.labels(status=checkpoint.end.status.value).inc()

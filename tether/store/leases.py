@@ -94,11 +94,13 @@ def fenced(move: machines.Move[TurnStatus]) -> Update:
     )
 
 
-async def holder_write(db: Database, turn: domain.Turn, body: Callable[[SessionWrite], T]) -> T:
+async def holder_write(
+    db: Database, turn: domain.Turn, body: Callable[[SessionWrite], T], *, urgent: bool = False
+) -> T:
     """A session write of the worker holding `turn`. The session gone (purged under it) means
     the turn is gone too: LeaseLost, so the worker abandons the turn, writing nothing."""
     try:
-        return await db.session_write(turn.session_id, body)
+        return await db.session_write(turn.session_id, body, urgent=urgent)
     except errors.NotFound as exc:
         raise errors.LeaseLost(f"turn {turn.id} is gone: its session was deleted") from exc
 
