@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from tether import domain, errors, ids, metrics, sealing
 from tether.bus import Bus, Delta
@@ -105,7 +105,7 @@ class Execution:
         try:
             if self.stop_requested:
                 raise errors.StopRequested("stopped before it started")
-            record, agent = await self.worker.agent(self.claim.agent_id)
+            record, agent = await self.worker.agent(self.claim.agent_id, self.claim.agent_version)
             transcript = await self.worker.store.sessions.transcript(turn.session_id)
             # a turn at step 0 has made no tool call yet: nothing to resume
             resume = await self.worker.store.tool_runs.resume_state(turn.id) if turn.step else None
@@ -277,10 +277,16 @@ class Worker:
         if execution is not None:
             execution.stop_now()
 
-    async def agent(self, agent_id: str) -> tuple[domain.Agent, loop.Agent]:
+    async def agent(
+        self, agent_id: str, version: datetime | None = None
+    ) -> tuple[domain.Agent, loop.Agent]:
+        """The agent, from the cache if it is current (`version`: its last change, as the
+        claim read it; else read now)."""
         cached = self._agents.get(agent_id)
-        if cached and cached[0].updated_at == await self.store.agents.version(agent_id):
-            return cached
+        if cached is not None:
+            current = version if version is not None else await self.store.agents.version(agent_id)
+            if cached[0].updated_at == current:
+                return cached
         record = await self.store.agents.by_id(agent_id)
         if cached:
             del self._agents[agent_id]
