@@ -217,8 +217,8 @@ async def test_steer_and_fork_async(server: Server) -> None:
         assert delivered.steered == steered.steer.message_ids
         assert events[-1].terminal and events[-1].turn is not None
         assert events[-1].turn.usage.model_calls == 2
+        running = await sdk.turns.create(session.id, "again")
         with pytest.raises(errors.TurnNotFinished):
-            running = await sdk.turns.create(session.id, "again")
             await sdk.sessions.fork(session.id, turn_id=running.id)
         await sdk.sessions.stop(session.id)
         fork = await sdk.sessions.fork(session.id, turn_id=steered.id, metadata={"try": 2})

@@ -4,6 +4,7 @@ exactly once whatever happens to the turn."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -329,6 +330,9 @@ async def test_steers_racing_turn_ends_are_each_delivered_once(
     chance = random.Random(14)
     outcomes: Counter[tuple[bool, str]] = Counter()
 
+    async def started(sid: str, turn_id: str) -> bool:
+        return (await svc.get_turn(tenant, sid, turn_id)).status.value != "queued"
+
     async def drive(sid: str) -> list[tuple[str, str]]:
         sent = []
         for i in range(rounds):
@@ -337,8 +341,9 @@ async def test_steers_racing_turn_ends_are_each_delivered_once(
                 # once it started, after a jitter about as long as the turn takes (not to let
                 # anything settle: to vary where the steer lands): while it streams, as it
                 # completes, or just after (then a new turn)
-                while (await svc.get_turn(tenant, sid, turn.id)).status.value == "queued":
-                    await asyncio.sleep(0.002)
+                await wait_for(
+                    functools.partial(started, sid, turn.id), 30, "its start", interval=0.002
+                )
                 await asyncio.sleep(chance.uniform(0, 0.01))
             # else at once: most likely before its claim, as extra input
             steered = await svc.steer(tenant, sid, f"steer {i}")

@@ -1,6 +1,7 @@
-"""The state machines (machines.TurnMove, InterruptMove, ToolRunMove, SteerMove) are the one definition of
-which status may follow which, and store/guards.py the one place that applies them: checked
-on the table, on the code of the store, and by applying moves to rows of SQLite `:memory:`."""
+"""The state machines (machines.TurnMove, InterruptMove, ToolRunMove, SteerMove) are the one
+definition of which status may follow which, and store/guards.py the one place that applies
+them: checked on the table, on the code of the store, and by applying moves to rows of SQLite
+`:memory:`."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select
 
-from tether import domain, errors, ids
+from tether import domain, errors, ids, views
 from tether.domain import EventType
 from tether.store import rows
 from tether.store.schema import messages, turns
@@ -99,12 +99,12 @@ def _not_finished(unfinished: domain.Turn, point: domain.Turn | None, at: domain
 
 
 def copy(sw: SessionWrite, cut: Cut) -> None:
-    """Write `cut`'s history into the new session of `sw`, after its `session.forked`."""
-    sw.event(EventType.SESSION_FORKED, None, {"forked_from": cut.origin})
-    new_ids: dict[str, str] = {}
-    for turn in cut.turns:
-        new_ids[turn.id] = ids.new("turn")
-        copied = dataclasses.replace(
+    """Write `cut`'s history into the new session of `sw`. Its log starts with
+    `session.forked`, which carries the copied turns (a reader of the log alone knows
+    them), then the copied messages."""
+    new_ids = {turn.id: ids.new("turn") for turn in cut.turns}
+    copies = [
+        dataclasses.replace(
             turn,
             id=new_ids[turn.id],
             session_id=sw.id,
@@ -112,7 +112,12 @@ def copy(sw: SessionWrite, cut: Cut) -> None:
             claim_token=None,
             lease_expires_at=None,
         )
-        sw.conn.execute(insert(turns), rows.TURN.values(copied))
+        for turn in cut.turns
+    ]
+    data = {"forked_from": cut.origin, "turns": [views.turn(t) for t in copies]}
+    sw.event(EventType.SESSION_FORKED, None, data)
+    for turn in copies:
+        sw.conn.execute(insert(turns), rows.TURN.values(turn))
         sw.turn_seq = turn.seq
     for message in cut.messages:
         sw.add_message(
