@@ -13,7 +13,6 @@ import httpx
 import pytest
 from truefoundry_gateway_sdk import AsyncTrueFoundryGateway
 from truefoundry_gateway_sdk import errors as tfy_errors
-from truefoundry_gateway_sdk.core.api_error import ApiError
 from truefoundry_gateway_sdk.agents import (
     AsyncAgentSession,
     AsyncAgentSessionClient,
@@ -23,6 +22,7 @@ from truefoundry_gateway_sdk.agents import (
     UserToolApprovalEvent,
     UserToolResponseEvent,
 )
+from truefoundry_gateway_sdk.core.api_error import ApiError
 from truefoundry_gateway_sdk.types import ApprovalAllow, UserMessage
 
 from tests.helpers import Server, running_server, scripted_agent, wait_for
