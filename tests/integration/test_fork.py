@@ -62,6 +62,8 @@ async def test_fork_after_and_before_a_turn(
     events = await api.events(after["id"])
     assert events[0]["type"] == "session.forked"
     assert events[0]["data"]["forked_from"] == after["forked_from"]
+    # the log alone says what the fork holds: its copied turns, then their messages
+    assert events[0]["data"]["turns"] == copied
     assert [e["type"] for e in events[1:]] == ["message.completed"] * 4
 
     early = await forked(client, sid, turn_id=turns[1], at="before")

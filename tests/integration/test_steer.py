@@ -299,6 +299,24 @@ async def test_rolled_back_turn_takes_its_delivered_steers_with_it(
     assert [t["id"] for t in turns] == [turn["id"]]  # delivered: no new turn for it
 
 
+async def test_a_repeated_steer_with_its_idempotency_key_is_one_steer(
+    api: Api, client: httpx.AsyncClient
+) -> None:
+    sid = await api.session(await api.agent(**SLOW_ANSWER))
+    turn = await api.turn(sid, "hello")
+    await status_is(api, sid, turn["id"], "running")
+    body = {"input": "use JWT", "on_busy": "steer"}
+    headers = {"Idempotency-Key": "steer-once"}
+    first = await client.post(f"/v1/sessions/{sid}/turns", json=body, headers=headers)
+    again = await client.post(f"/v1/sessions/{sid}/turns", json=body, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert first.json() == again.json()
+    await api.wait_turn(sid, turn["id"])
+    users = [m["content"] for m in await api.messages(sid) if m["role"] == "user"]
+    assert users == ["hello", "use JWT"]
+
+
 async def test_steer_refusals(api: Api, client: httpx.AsyncClient) -> None:
     sid = await api.session(await api.agent())
     await client.delete(f"/v1/sessions/{sid}")
