@@ -185,14 +185,19 @@ async def close_session(
     tags=["sessions"],
 )
 async def fork_session(
-    request: Request, session_id: SessionId, body: schemas.ForkRequest, svc: Svc, tenant: Writer
+    request: Request,
+    session_id: SessionId,
+    svc: Svc,
+    tenant: Writer,
+    body: schemas.ForkRequest | None = None,
 ) -> Response:
     """A new session of the same agent whose history is this one's up to the end of a
     finished turn (`at: after`, default) or its start (`before`); without `turn_id`, the last
     finished turn. The source is not changed. The fork is `idle` and usable at once (with
     `input`, its first turn is queued); its `forked_from` says where it came from and its
     event log starts with `session.forked`. 409 `turn_not_finished` if the history would
-    hold a turn still running, waiting or queued."""
+    hold a turn still running, waiting or queued. No body: at the last finished turn."""
+    body = body or schemas.ForkRequest()
 
     async def handler() -> Response:
         first = _input(body.input) if body.input is not None else None
