@@ -104,7 +104,7 @@ class Service:
         first = normalize_input(input) if input is not None else None
         if first is not None:
             await self._check_turn_limits(tenant)
-        fork_id, turn = await self.store.lifecycle.fork(
+        fork_id, turn = await self.store.forks.fork(
             tenant, session_id, turn_id, at, self.settings.zone, metadata or {}, first
         )
         if turn:

@@ -1,8 +1,8 @@
 """Forks (DESIGN §4b): a new session whose history is its source's up to a finished point.
 
-`cut` reads where the fork starts from (and refuses a point that is not finished: the copy
-must be valid for the next model call); `copy` writes that history into the new session in
-its first session write. The source is only read.
+`Forks.fork` does it in one transaction: `cut` reads where the fork starts from (and refuses a
+point that is not finished: the copy must be valid for the next model call); `copy` writes
+that history into the new session in its first session write. The source is only read.
 
 What a fork holds: the source's turns up to the point, copied (new ids, the same `seq`,
 status, input, usage and times: history, not new work), and their visible messages (new
@@ -17,15 +17,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select
 
 from tether import domain, errors, ids, views
 from tether.domain import EventType
-from tether.store import rows
+from tether.store import lifecycle, rows
+from tether.store.base import Database
 from tether.store.schema import messages, turns
-from tether.store.session_write import SessionWrite
+from tether.store.session_write import SESSION_BY_ID, SessionWrite
 
 
 @dataclass(slots=True)
@@ -123,3 +125,52 @@ def copy(sw: SessionWrite, cut: Cut) -> None:
         sw.add_message(
             dataclasses.replace(message, id=ids.new("msg"), turn_id=new_ids[message.turn_id])
         )
+
+
+class Forks:
+    def __init__(self, db: Database):
+        self.db = db
+
+    async def fork(
+        self,
+        tenant_id: str,
+        session_id: str,
+        turn_id: str | None,
+        at: domain.ForkAt,
+        zone: str,
+        metadata: dict[str, Any],
+        first_input: list[dict[str, Any]] | None,
+    ) -> tuple[str, domain.Turn | None]:
+        """A new session of the same agent whose history is the source's up to the end of
+        `turn_id` (`after`) or its start (`before`); without `turn_id`, up to the last of the
+        source's finished turns. Answers the new session's id (and its first turn, queued,
+        given `first_input`)."""
+        fork_id = ids.new_session_id(zone)
+
+        def source(conn: Connection) -> Cut:
+            # not locked: what a fork copies is finished, and what is finished never changes
+            row = conn.execute(SESSION_BY_ID, {"sid": session_id}).first()
+            if row is None or row.tenant_id != tenant_id:
+                raise errors.NotFound(f"session {session_id} not found")
+            return cut(conn, row, turn_id, at)
+
+        def new_row(found: Cut, now: datetime) -> dict[str, Any]:
+            return {
+                "id": fork_id,
+                "tenant_id": tenant_id,
+                "agent_id": found.agent_id,
+                "status": domain.SessionStatus.IDLE.value,
+                "metadata": metadata,
+                "forked_from": found.origin,
+                "created_at": now,
+                "updated_at": now,
+            }
+
+        def body(sw: SessionWrite, found: Cut) -> domain.Turn | None:
+            copy(sw, found)
+            if first_input is None:
+                return None
+            return lifecycle.queue_turn(sw, first_input, domain.OnBusy.ENQUEUE)
+
+        turn = await self.db.create_session(source, new_row, body)
+        return fork_id, turn

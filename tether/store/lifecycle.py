@@ -31,7 +31,7 @@ from sqlalchemy import (
 from tether import domain, errors, ids, machines, storable, views
 from tether.domain import EventType, TurnStatus
 from tether.machines import TurnMove
-from tether.store import forks, guards, interrupts, rows, schema, steers, tool_runs
+from tether.store import guards, interrupts, rows, schema, steers, tool_runs
 from tether.store.base import Database
 from tether.store.leases import RELEASED, Unstartable, fenced, holder_write, refused
 from tether.store.schema import (
@@ -43,7 +43,7 @@ from tether.store.schema import (
     sessions,
     turns,
 )
-from tether.store.session_write import IS_HELD, IS_UNFINISHED, SESSION_BY_ID, SessionWrite
+from tether.store.session_write import IS_HELD, IS_UNFINISHED, SessionWrite
 
 INVALID_TURN = "invalid_turn"  # reason and error code of a turn that could never be started
 # a session's turns, oldest first (statements built once: building costs more than running)
@@ -230,53 +230,6 @@ class Lifecycle:
             return domain.Steered(rows.turn(target), message_ids, joined=True)
 
         return await self.db.session_write(session_id, body, tenant_id)
-
-    # --- fork: time travel (DESIGN §4b) ----------------------------------------------------
-
-    async def fork(
-        self,
-        tenant_id: str,
-        session_id: str,
-        turn_id: str | None,
-        at: domain.ForkAt,
-        zone: str,
-        metadata: dict[str, Any],
-        first_input: list[dict[str, Any]] | None,
-    ) -> tuple[str, domain.Turn | None]:
-        """A new session of the same agent whose transcript is the source's up to the end of
-        `turn_id` (`after`) or its start (`before`); without `turn_id`, up to the last turn
-        of those that are all finished. One transaction: the source is only read. Answers
-        the new session's id (and its first turn, given `first_input`)."""
-        fork_id = ids.new_session_id(zone)
-
-        def source(conn: Connection) -> forks.Cut:
-            # not locked: the turns a fork copies are finished, and what is finished is
-            # never changed
-            row = conn.execute(SESSION_BY_ID, {"sid": session_id}).first()
-            if row is None or row.tenant_id != tenant_id:
-                raise errors.NotFound(f"session {session_id} not found")
-            return forks.cut(conn, row, turn_id, at)
-
-        def body(sw: SessionWrite, cut: forks.Cut) -> domain.Turn | None:
-            forks.copy(sw, cut)
-            if first_input is None:
-                return None
-            return queue_turn(sw, first_input, domain.OnBusy.ENQUEUE)
-
-        def values(cut: forks.Cut, now: datetime) -> dict[str, Any]:
-            return {
-                "id": fork_id,
-                "tenant_id": tenant_id,
-                "agent_id": cut.agent_id,
-                "status": domain.SessionStatus.IDLE.value,
-                "metadata": metadata,
-                "forked_from": cut.origin,
-                "created_at": now,
-                "updated_at": now,
-            }
-
-        turn = await self.db.create_session(source, values, body)
-        return fork_id, turn
 
     # --- control: stop, interrupt, rollback (DESIGN §3) ---------------------------------------
 
@@ -533,14 +486,15 @@ def stop_all(sw: SessionWrite, mode: domain.StopMode, reason: str) -> list[str]:
     become included; answers the executors to wake."""
     woken: list[str] = []
     seen: set[str] = set()
-    while unfinished := [
-        r for r in sw.conn.execute(_UNFINISHED, {"sid": sw.id}).all() if r.id not in seen
-    ]:
-        for r in unfinished:
-            seen.add(r.id)
-            if wake := stop_turn(sw, rows.turn(r), mode, reason):
-                woken.append(wake)
-    return woken
+    while True:
+        made = sw.turn_seq
+        for r in sw.conn.execute(_UNFINISHED, {"sid": sw.id}).all():
+            if r.id not in seen:
+                seen.add(r.id)
+                if wake := stop_turn(sw, rows.turn(r), mode, reason):
+                    woken.append(wake)
+        if sw.turn_seq == made:  # no steer became a turn: nothing more to stop
+            return woken
 
 
 def ended(sw: SessionWrite, row: Row[Any], interrupted: Collection[str] = ()) -> None:
