@@ -173,6 +173,13 @@ class SessionClosed(Conflict):
     code = "session_closed"
 
 
+class TurnNotFinished(Conflict):
+    """A fork must start from a finished turn: this one (or one before it) is still
+    unfinished."""
+
+    code = "turn_not_finished"
+
+
 class IdempotencyKeyInFlight(Conflict):
     """A request with this Idempotency-Key is still being processed."""
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from tether.domain import InterruptStatus, ToolRunStatus, TurnStatus
+from tether.domain import InterruptStatus, SteerStatus, ToolRunStatus, TurnStatus
 
-S = TypeVar("S", TurnStatus, InterruptStatus, ToolRunStatus)
+S = TypeVar("S", TurnStatus, InterruptStatus, ToolRunStatus, SteerStatus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +70,14 @@ class ToolRunMove:
     START = _move("start", {_STARTED, _PAUSED}, _STARTED)
     PAUSE = _move("pause", {_STARTED, _PAUSED}, _PAUSED)
     FINISH = _move("finish", {_STARTED, _PAUSED}, ToolRunStatus.FINISHED)
+
+
+class SteerMove:
+    """A steer is settled once: in the transaction of the boundary that delivers it, or of
+    the change that leaves its turn without another boundary (its end, or its stop)."""
+
+    DELIVER = _move("deliver", {SteerStatus.PENDING}, SteerStatus.DELIVERED)
+    CONVERT = _move("convert", {SteerStatus.PENDING}, SteerStatus.CONVERTED)
 
 
 def moves_of(machine: type) -> tuple[Move[Any], ...]:

@@ -86,6 +86,33 @@ class Service:
             self.bus.notify_work()
         return await self.store.sessions.get(tenant, session_id), turn
 
+    async def fork(
+        self,
+        tenant: str,
+        session_id: str,
+        *,
+        turn_id: str | None = None,
+        at: domain.ForkAt = domain.ForkAt.AFTER,
+        metadata: dict[str, Any] | None = None,
+        input: str | list[dict[str, Any]] | None = None,
+    ) -> tuple[domain.Session, domain.Turn | None]:
+        """A new session of the same agent from the source's history up to a finished turn
+        (DESIGN §4b), usable at once (with its first turn queued, given `input`). The
+        source is not changed."""
+        session_id = ids.check_session(session_id)
+        if turn_id is not None:
+            ids.check("turn", turn_id)
+        storable.check_metadata(metadata, "session", self.settings.max_metadata_bytes)
+        first = normalize_input(input) if input is not None else None
+        if first is not None:
+            await self._check_turn_limits(tenant)
+        fork_id, turn = await self.store.forks.fork(
+            tenant, session_id, turn_id, at, self.settings.zone, metadata or {}, first
+        )
+        if turn:
+            self.bus.notify_work()
+        return await self.store.sessions.get(tenant, fork_id), turn
+
     async def get_session(self, tenant: str, session_id: str) -> domain.Session:
         return await self.store.sessions.get(tenant, ids.check_session(session_id))
 
@@ -126,6 +153,10 @@ class Service:
         input: str | list[dict[str, Any]],
         on_busy: domain.OnBusy = domain.OnBusy.ENQUEUE,
     ) -> domain.Turn:
+        """A new turn, queued; `on_busy` says what to do with a turn under way (with
+        `steer` the input may join that turn instead: see `steer`)."""
+        if on_busy is domain.OnBusy.STEER:
+            return (await self.steer(tenant, session_id, input)).turn
         session_id = ids.check_session(session_id)
         await self._check_turn_limits(tenant)
         turn, to_wake = await self.store.lifecycle.create_turn(
@@ -135,6 +166,22 @@ class Service:
             self.bus.signal_stop(turn_id)
         self.bus.notify_work()
         return turn
+
+    async def steer(
+        self, tenant: str, session_id: str, input: str | list[dict[str, Any]]
+    ) -> domain.Steered:
+        """`on_busy: steer` (DESIGN §3): the input joins the turn under way, stored before
+        this answers, and is delivered at its next step boundary; on a session with nothing
+        under way it is a new turn, as with `enqueue`."""
+        session_id = ids.check_session(session_id)
+        messages = normalize_input(input)
+        session = await self.store.sessions.get(tenant, session_id)
+        if session.status is domain.SessionStatus.IDLE:
+            await self._check_turn_limits(tenant)  # it will most likely make a turn
+        steered = await self.store.lifecycle.steer(tenant, session_id, messages)
+        if steered.turn.status is domain.TurnStatus.QUEUED:
+            self.bus.notify_work()
+        return steered
 
     async def _check_turn_limits(self, tenant: str) -> None:
         running_cap = self.settings.max_running_turns_per_tenant

@@ -105,13 +105,14 @@ class Execution:
             task.cancel()
         self._progress.clear()
 
-    async def commit(self, checkpoint: domain.Checkpoint) -> None:
+    async def commit(self, checkpoint: domain.Checkpoint) -> list[domain.Message]:
         run_time = self.turn.run_time_s + (time.monotonic() - self.started)
-        await self.worker.store.lifecycle.checkpoint(
+        steered = await self.worker.store.lifecycle.checkpoint(
             self.turn, self.claim.token, checkpoint, run_time
         )
-        if checkpoint.end is not None:
+        if checkpoint.end is not None and not steered:
             metrics.TURNS_FINISHED.labels(status=checkpoint.end.status.value).inc()
+        return steered
 
     # --- the turn's path -----------------------------------------------------------------------
 

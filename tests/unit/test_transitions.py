@@ -1,6 +1,7 @@
-"""The state machines (machines.TurnMove, InterruptMove, ToolRunMove) are the one definition of
-which status may follow which, and store/guards.py the one place that applies them: checked
-on the table, on the code of the store, and by applying moves to rows of SQLite `:memory:`."""
+"""The state machines (machines.TurnMove, InterruptMove, ToolRunMove, SteerMove) are the one
+definition of which status may follow which, and store/guards.py the one place that applies
+them: checked on the table, on the code of the store, and by applying moves to rows of SQLite
+`:memory:`."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, insert, select
 
 from tether import domain, machines
-from tether.domain import InterruptStatus, ToolRunStatus, TurnStatus
+from tether.domain import InterruptStatus, SteerStatus, ToolRunStatus, TurnStatus
 from tether.store import Store, guards, open_store, sqlite
-from tether.store.schema import agents, interrupts, sessions, tool_runs, turns
+from tether.store.schema import agents, interrupts, sessions, steers, tool_runs, turns
 
-MACHINES = [machines.TurnMove, machines.InterruptMove, machines.ToolRunMove]
+MACHINES = [machines.TurnMove, machines.InterruptMove, machines.ToolRunMove, machines.SteerMove]
 STORE = Path(domain.__file__).parent / "store"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -73,7 +74,7 @@ def _is_status_column(node: ast.AST) -> bool:
         and isinstance(node.value, ast.Attribute)
         and node.value.attr == "c"
         and isinstance(node.value.value, ast.Name)
-        and node.value.value.id in ("turns", "interrupts", "tool_runs")
+        and node.value.value.id in ("turns", "interrupts", "tool_runs", "steers")
     )
 
 
@@ -222,6 +223,33 @@ def test_an_interrupt_move_changes_exactly_its_sources(
             assert _apply(conn, interrupts, move, id=iid) == (status in move.sources)
             expected = move.target if status in move.sources else status
             assert _status(conn, interrupts, id=iid) == expected
+
+
+def test_a_steer_is_settled_once() -> None:
+    table = machines.transitions(machines.SteerMove)
+    assert table[SteerStatus.PENDING] == {SteerStatus.DELIVERED, SteerStatus.CONVERTED}
+    assert not table[SteerStatus.DELIVERED] and not table[SteerStatus.CONVERTED]
+
+
+@pytest.mark.parametrize("move", machines.moves_of(machines.SteerMove), ids=lambda m: m.name)
+def test_a_steer_move_changes_exactly_its_sources(engine: Engine, move: machines.Move[Any]) -> None:
+    with engine.begin() as conn:
+        turn_id = _turn(conn, TurnStatus.RUNNING)
+        for status in SteerStatus:
+            seq = conn.execute(
+                insert(steers)
+                .values(
+                    session_id="s",
+                    turn_id=turn_id,
+                    status=status.value,
+                    messages=[],
+                    created_at=NOW,
+                )
+                .returning(steers.c.seq)
+            ).scalar_one()
+            assert _apply(conn, steers, move, seq=seq) == (status in move.sources)
+            expected = move.target if status in move.sources else status
+            assert _status(conn, steers, seq=seq) == expected
 
 
 @pytest.fixture

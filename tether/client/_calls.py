@@ -130,6 +130,22 @@ def create_session(
     return Call("POST", "/v1/sessions", _reader(models.Session), json=body, creates=True)
 
 
+def fork_session(
+    session_id: str,
+    turn_id: str | None,
+    at: str,
+    metadata: Mapping[str, Any] | None,
+    input: Any,
+) -> Call[models.Session]:
+    body: dict[str, Any] = {"at": at, "metadata": dict(metadata or {})}
+    if turn_id is not None:
+        body["turn_id"] = turn_id
+    if input is not None:
+        body["input"] = input
+    path = f"/v1/sessions/{seg(session_id)}/fork"
+    return Call("POST", path, _reader(models.Session), json=body, creates=True)
+
+
 def list_sessions(
     status: str | None, agent_id: str | None, limit: int | None
 ) -> PagedCall[models.Session]:

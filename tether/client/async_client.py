@@ -206,6 +206,24 @@ class Sessions(_Resource):
         is `NotFound` after that, and its open streams end."""
         await self._client._call(_calls.purge_session(session_id))
 
+    async def fork(
+        self,
+        session_id: str,
+        *,
+        turn_id: str | None = None,
+        at: models.ForkAt = "after",
+        metadata: Mapping[str, Any] | None = None,
+        input: Input | None = None,
+        idempotency_key: str | None = None,
+    ) -> models.Session:
+        """A new session of the same agent whose history is this one's up to the end of
+        `turn_id` (`at="after"`) or its start (`"before"`); without `turn_id`, the last
+        finished turn. The source is not changed; with `input`, the fork's first turn is
+        queued (in `session.turn`). `TurnNotFinished` if that history holds a turn still
+        running or waiting."""
+        call = _calls.fork_session(session_id, turn_id, at, metadata, input)
+        return await self._client._call(call, idempotency_key)
+
     async def stop(
         self,
         session_id: str,
@@ -280,6 +298,17 @@ class Turns(_Resource):
             idempotency_key=idempotency_key or _base.new_idempotency_key(),
         )
         return await opened(AsyncTurnStream(self._client, record))
+
+    async def steer(
+        self, session_id: str, input: Input, *, idempotency_key: str | None = None
+    ) -> models.Turn:
+        """Redirect the turn under way: `input` joins it and is delivered at its next step
+        boundary (the model's next call sees it). The answer is the turn it joined, with
+        `turn.steer.message_ids`; with nothing under way it is a new turn
+        (`turn.steer.joined` False). Same as `create(..., on_busy="steer")`."""
+        return await self._client._call(
+            _calls.create_turn(session_id, input, "steer"), idempotency_key
+        )
 
     def list(self, session_id: str, *, limit: int | None = None) -> AsyncPaginator[models.Turn]:
         """The session's turns, oldest first."""

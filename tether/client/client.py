@@ -200,6 +200,24 @@ class Sessions(_Resource):
         is `NotFound` after that, and its open streams end."""
         self._client._call(_calls.purge_session(session_id))
 
+    def fork(
+        self,
+        session_id: str,
+        *,
+        turn_id: str | None = None,
+        at: models.ForkAt = "after",
+        metadata: Mapping[str, Any] | None = None,
+        input: Input | None = None,
+        idempotency_key: str | None = None,
+    ) -> models.Session:
+        """A new session of the same agent whose history is this one's up to the end of
+        `turn_id` (`at="after"`) or its start (`"before"`); without `turn_id`, the last
+        finished turn. The source is not changed; with `input`, the fork's first turn is
+        queued (in `session.turn`). `TurnNotFinished` if that history holds a turn still
+        running or waiting."""
+        call = _calls.fork_session(session_id, turn_id, at, metadata, input)
+        return self._client._call(call, idempotency_key)
+
     def stop(
         self,
         session_id: str,
@@ -272,6 +290,15 @@ class Turns(_Resource):
             idempotency_key=idempotency_key or _base.new_idempotency_key(),
         )
         return TurnStream(self._client, record)
+
+    def steer(
+        self, session_id: str, input: Input, *, idempotency_key: str | None = None
+    ) -> models.Turn:
+        """Redirect the turn under way: `input` joins it and is delivered at its next step
+        boundary (the model's next call sees it). The answer is the turn it joined, with
+        `turn.steer.message_ids`; with nothing under way it is a new turn
+        (`turn.steer.joined` False). Same as `create(..., on_busy="steer")`."""
+        return self._client._call(_calls.create_turn(session_id, input, "steer"), idempotency_key)
 
     def list(self, session_id: str, *, limit: int | None = None) -> Paginator[models.Turn]:
         """The session's turns, oldest first."""

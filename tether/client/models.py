@@ -17,7 +17,8 @@ TurnStatus = Literal[
 ]
 SessionStatus = Literal["idle", "queued", "running", "waiting", "closed"]
 InterruptStatus = Literal["pending", "resolved", "expired", "cancelled"]
-OnBusy = Literal["enqueue", "reject", "interrupt", "rollback"]
+OnBusy = Literal["enqueue", "reject", "interrupt", "rollback", "steer"]
+ForkAt = Literal["after", "before"]
 StopMode = Literal["interrupt", "rollback"]
 StopScope = Literal["turn", "all"]
 Role = Literal["admin", "write", "read"]
@@ -117,8 +118,18 @@ class TurnError(TetherModel):
     message: str
 
 
+class Steer(TetherModel):
+    """What became of input sent with `on_busy="steer"`: `joined` the turn under way (its
+    messages join that turn's transcript at its next step boundary, with these ids), or,
+    with nothing under way, a new turn."""
+
+    message_ids: list[str]
+    joined: bool
+
+
 class Turn(TetherModel):
-    """One unit of work of a session: input -> agent loop -> output."""
+    """One unit of work of a session: input -> agent loop -> output. `steer` is set on the
+    answer to a steer."""
 
     id: str
     session_id: str
@@ -134,6 +145,7 @@ class Turn(TetherModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    steer: Steer | None = None
 
     @property
     def done(self) -> bool:
@@ -141,8 +153,18 @@ class Turn(TetherModel):
         return self.status in TERMINAL_TURN_STATUSES
 
 
+class ForkedFrom(TetherModel):
+    """Where a fork came from: its source session, the turn it was cut at (None: the source
+    had no finished turn) and whether `after` or `before` it."""
+
+    session_id: str
+    turn_id: str | None = None
+    at: ForkAt
+
+
 class Session(TetherModel):
-    """A conversation with one agent. `turn` is set on the answer of a create with `input`."""
+    """A conversation with one agent. `turn` is set on the answer of a create (or a fork)
+    with `input`; `forked_from` on a fork."""
 
     id: str
     agent_id: str
@@ -153,6 +175,7 @@ class Session(TetherModel):
     created_at: datetime
     updated_at: datetime
     closed_at: datetime | None = None
+    forked_from: ForkedFrom | None = None
     turn: Turn | None = None
 
 
@@ -277,6 +300,19 @@ class Event(TetherModel):
         if self.type != "tool.progress":
             return None
         return ToolProgress.model_validate(self.data)
+
+    @property
+    def steered(self) -> list[str] | None:
+        """The ids of the messages a `turn.steered` delivered into the turn, in order."""
+        if self.type != "turn.steered":
+            return None
+        return [str(i) for i in self.data.get("message_ids", [])]
+
+    @property
+    def forked_from(self) -> ForkedFrom | None:
+        """Where the session came from, on its `session.forked` (its first event)."""
+        value = self.data.get("forked_from") if self.type == "session.forked" else None
+        return ForkedFrom.model_validate(value) if isinstance(value, dict) else None
 
     @property
     def terminal(self) -> bool:

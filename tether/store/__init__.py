@@ -10,6 +10,7 @@ from tether import errors
 from tether.store import (
     agents,
     audit,
+    forks,
     idempotency,
     interrupts,
     keys,
@@ -30,6 +31,7 @@ class Store:
         self.agents = agents.Agents(db)
         self.sessions = sessions.Sessions(db)  # sessions, turns, transcripts, events: reads
         self.lifecycle = lifecycle.Lifecycle(db)  # every change of a turn's status
+        self.forks = forks.Forks(db)  # new sessions from another's history
         self.leases = leases.Leases(db)
         self.interrupts = interrupts.Interrupts(db)
         self.tool_runs = tool_runs.ToolRuns(db)

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, Row, Select, Table
+from sqlalchemy import Connection, Row, Select, Table, insert
 from sqlalchemy.exc import IntegrityError
 
 from tether import domain, errors
+from tether.store.schema import sessions
 from tether.store.session_write import SESSION_BY_ID, SessionWrite
 
 T = TypeVar("T")
+P = TypeVar("P")
 CommitHook = Callable[[str, list[domain.Event]], None]
 
 
@@ -122,6 +125,38 @@ class Database:
         result = await self.write(tx)
         if written and self.on_commit:
             self.on_commit(session_id, written)
+        return result
+
+    async def create_session(
+        self,
+        prepare: Callable[[Connection], P],
+        row: Callable[[P, datetime], dict[str, Any]],
+        body: Callable[[SessionWrite, P], T],
+    ) -> T:
+        """One write transaction that makes a session and fills it: `prepare` reads what it
+        needs, `row` gives the new session's row (from what was prepared, at the time of the
+        write), then `body` changes it as a session write. Its events reach `on_commit`."""
+        written: list[domain.Event] = []
+        made: list[str] = []
+
+        def tx(conn: Connection) -> T:
+            written.clear()
+            made.clear()
+            prepared = prepare(conn)
+            values = row(prepared, domain.utcnow())
+            conn.execute(insert(sessions).values(values))
+            sw = SessionWrite(
+                conn, conn.execute(SESSION_BY_ID, {"sid": values["id"]}).one(), self.dialect.insert
+            )
+            result = body(sw, prepared)
+            sw.flush()
+            written.extend(sw.events)
+            made.append(values["id"])
+            return result
+
+        result = await self.write(tx)
+        if written and self.on_commit:
+            self.on_commit(made[0], written)
         return result
 
     def violated(self, exc: IntegrityError) -> str | None:

@@ -99,9 +99,12 @@ sessions = Table(
     Column("last_event_seq", Integer, nullable=False, server_default="0"),
     Column("last_message_seq", Integer, nullable=False, server_default="0"),
     Column("last_turn_seq", Integer, nullable=False, server_default="0"),
+    # steers not yet delivered nor converted: a step's checkpoint looks for them only if any
+    Column("pending_steers", Integer, nullable=False, server_default="0"),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("closed_at", UTCDateTime),
+    Column("forked_from", Json, doc="a fork's origin: {session_id, turn_id, at}"),
     Index("ix_sessions_tenant_created", "tenant_id", "created_at", "id"),
     Index("ix_sessions_status", "status"),
 )
@@ -191,6 +194,25 @@ interrupts = Table(
     Column("v", Integer, nullable=False, server_default="1", doc="schema version: versions.py"),
     Index("ix_interrupts_session_status", "session_id", "status"),
     Index("ix_interrupts_status_expires", "status", "expires_at"),
+)
+
+# Steers (DESIGN §3): input that joined a turn, delivered at its next step boundary. A row is
+# settled once (machines.SteerMove), in the transaction that delivers it or converts it into
+# a new turn; `seq` orders the steers of a session as they were stored.
+steers = Table(
+    "steers",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), ForeignKey("sessions.id"), nullable=False),
+    Column("turn_id", String(40), ForeignKey("turns.id"), nullable=False, doc="the turn joined"),
+    Column("status", String(16), nullable=False),
+    Column("messages", Json, nullable=False, doc="[{id, role, content}]: ids fixed when stored"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("settled_at", UTCDateTime),
+    Column("became_turn_id", String(40), doc="converted: the new turn it became"),
+    Column("v", Integer, nullable=False, server_default="1", doc="schema version: versions.py"),
+    Index("ix_steers_turn_status", "turn_id", "status"),
+    Index("ix_steers_session", "session_id"),
 )
 
 api_keys = Table(
