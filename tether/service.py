@@ -15,6 +15,7 @@ from tether.bus import Bus
 from tether.config import Settings
 from tether.runtime.tools import ToolRegistry
 from tether.store import Page, Store, idempotency
+from tether.webhooks import endpoints
 
 DEFAULT_TENANT = "default"
 _STORE_POLL_S = 0.25  # how often a stop waiting for its confirmation also asks the store
@@ -61,6 +62,7 @@ class Service:
         self.bus = bus
         self.tools = tools
         self.agents = agents.Agents(store, tools, settings)  # agent definitions
+        self.webhooks = endpoints.Endpoints(store, settings)  # webhook endpoints, deliveries
 
     # --- sessions ------------------------------------------------------------------------------
 

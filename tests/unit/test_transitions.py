@@ -20,7 +20,13 @@ from tether.domain import InterruptStatus, ToolRunStatus, TurnStatus
 from tether.store import Store, guards, open_store, sqlite
 from tether.store.schema import agents, interrupts, sessions, tool_runs, turns
 
-MACHINES = [machines.TurnMove, machines.InterruptMove, machines.ToolRunMove]
+MACHINES = [
+    machines.TurnMove,
+    machines.InterruptMove,
+    machines.ToolRunMove,
+    machines.DeliveryMove,
+    machines.EndpointMove,
+]
 STORE = Path(domain.__file__).parent / "store"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -73,7 +79,8 @@ def _is_status_column(node: ast.AST) -> bool:
         and isinstance(node.value, ast.Attribute)
         and node.value.attr == "c"
         and isinstance(node.value.value, ast.Name)
-        and node.value.value.id in ("turns", "interrupts", "tool_runs")
+        and node.value.value.id
+        in ("turns", "interrupts", "tool_runs", "webhook_deliveries", "webhook_endpoints")
     )
 
 
