@@ -162,9 +162,7 @@ class Lifecycle:
             its_turns = select(turns.c.id).where(turns.c.session_id == session_id)
             ledger = schema.tool_runs
             conn.execute(delete(ledger).where(ledger.c.turn_id.in_(its_turns)))
-            deliveries, attempts = schema.webhook_deliveries, schema.webhook_attempts
-            its_deliveries = select(deliveries.c.seq).where(deliveries.c.session_id == session_id)
-            conn.execute(delete(attempts).where(attempts.c.delivery_seq.in_(its_deliveries)))
+            deliveries = schema.webhook_deliveries  # their attempts go with them (CASCADE)
             conn.execute(delete(deliveries).where(deliveries.c.session_id == session_id))
             for table in (schema.interrupts, messages, events):
                 conn.execute(delete(table).where(table.c.session_id == session_id))

@@ -48,7 +48,7 @@ _DUE = (
     )
     .order_by(webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.seq)
 )
-_HELD = (webhook_deliveries.c.seq == bindparam("seq")) & (
+_HELD = (webhook_deliveries.c.seq == bindparam("dseq")) & (
     webhook_deliveries.c.claim_token == bindparam("token")
 )
 RELEASED = {"claim_token": None, "lease_expires_at": None}
@@ -115,7 +115,7 @@ class Outbox:
 
         def tx(conn: Connection) -> bool:
             now = domain.utcnow()
-            params = {"seq": d.seq, "token": claimed.token}
+            params = {"dseq": d.seq, "token": claimed.token}
             move = outcome.move
             values: dict[str, Any] = dict(RELEASED)
             if move is DeliveryMove.BACK_OFF and not _enabled(conn, d.endpoint_id):
@@ -164,7 +164,7 @@ class Outbox:
                     guards.update(webhook_deliveries, DeliveryMove.RELEASE)
                     .where(_HELD)
                     .values(**RELEASED),
-                    {"seq": c.delivery.seq, "token": c.token},
+                    {"dseq": c.delivery.seq, "token": c.token},
                 )
 
         await self.db.write(tx)

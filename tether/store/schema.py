@@ -310,7 +310,7 @@ webhook_attempts = Table(
     Column(
         "delivery_seq",
         BigInteger().with_variant(Integer(), "sqlite"),
-        ForeignKey("webhook_deliveries.seq"),
+        ForeignKey("webhook_deliveries.seq", ondelete="CASCADE"),  # a purge races an attempt
         nullable=False,
     ),
     Column("n", Integer, nullable=False),

@@ -86,6 +86,7 @@ def upgrade() -> None:
             ["delivery_seq"],
             ["webhook_deliveries.seq"],
             name="fk_webhook_attempts_delivery_seq_webhook_deliveries",
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("delivery_seq", "n", name="pk_webhook_attempts"),
     )
