@@ -59,6 +59,10 @@ from tether.client.models import (
     TurnError,
     TurnRef,
     Usage,
+    Webhook,
+    WebhookAttempt,
+    WebhookCreated,
+    WebhookDelivery,
 )
 
 __all__ = [
@@ -110,4 +114,8 @@ __all__ = [
     "Unprocessable",
     "Usage",
     "ValidationError",
+    "Webhook",
+    "WebhookAttempt",
+    "WebhookCreated",
+    "WebhookDelivery",
 ]
