@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description="longest wait between retries (doubling, jittered)"
     )
     webhook_concurrency: int = Field(
-        default=16,
+        default=32,
         ge=0,
         description="webhook deliveries in flight at once in a process that runs workers; 0: "
         "this process delivers none",
