@@ -15,13 +15,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select
+from sqlalchemy import Connection, String, bindparam, func, insert, select
 
 from tether import domain, machines
 from tether.machines import DeliveryMove, EndpointMove
 from tether.store import guards
 from tether.store.base import Database
-from tether.store.schema import webhook_attempts, webhook_deliveries, webhook_endpoints
+from tether.store.schema import (
+    UTCDateTime,
+    webhook_attempts,
+    webhook_deliveries,
+    webhook_endpoints,
+)
 from tether.store.webhooks import delivery, drop_pending
 from tether.webhooks import records
 from tether.webhooks.records import DeliveryStatus, EndpointStatus
@@ -47,11 +52,44 @@ _DUE = (
         webhook_deliveries.c.seq == _HEAD,
     )
     .order_by(webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.seq)
+    .limit(bindparam("n"))
 )
 _HELD = (webhook_deliveries.c.seq == bindparam("dseq")) & (
     webhook_deliveries.c.claim_token == bindparam("token")
 )
 RELEASED = {"claim_token": None, "lease_expires_at": None}
+# The statements of a delivery's round trip, built once (building costs more than running).
+_CLAIM = (
+    guards.update(webhook_deliveries, DeliveryMove.CLAIM)
+    .where(webhook_deliveries.c.seq.in_(bindparam("seqs", expanding=True)))
+    .values(claim_token=bindparam("token"), lease_expires_at=bindparam("lease", type_=UTCDateTime))
+    .returning(*webhook_deliveries.c)
+)
+_TARGETS = select(
+    webhook_endpoints.c.id,
+    webhook_endpoints.c.url,
+    webhook_endpoints.c.secret_sealed,
+    webhook_endpoints.c.status,
+).where(webhook_endpoints.c.id.in_(bindparam("ids", expanding=True)))
+_ENDPOINT_STATUS = select(webhook_endpoints.c.status).where(
+    webhook_endpoints.c.id == bindparam("eid")
+)
+_FINISH = {
+    move: guards.update(webhook_deliveries, move)
+    .where(_HELD)
+    .values(
+        **RELEASED,
+        attempts=webhook_deliveries.c.attempts + bindparam("tried"),
+        next_attempt_at=func.coalesce(
+            bindparam("next", type_=UTCDateTime), webhook_deliveries.c.next_attempt_at
+        ),
+        error=bindparam("error", type_=String),
+        finished_at=bindparam("finished", type_=UTCDateTime),
+    )
+    .returning(webhook_deliveries.c.attempts)
+    for move in (DeliveryMove.DELIVER, DeliveryMove.BACK_OFF, DeliveryMove.GIVE_UP)
+}
+_ADD_ATTEMPT = insert(webhook_attempts)
 
 
 @dataclass(slots=True)
@@ -77,28 +115,17 @@ class Outbox:
 
         def tx(conn: Connection) -> list[records.Claimed]:
             now = domain.utcnow()
-            seqs = conn.execute(self._due.limit(limit), {"now": now}).scalars().all()
+            seqs = conn.execute(self._due, {"now": now, "n": limit}).scalars().all()
             if not seqs:
                 return []
-            taken = conn.execute(
-                guards.update(webhook_deliveries, DeliveryMove.CLAIM)
-                .where(webhook_deliveries.c.seq.in_(seqs))
-                .values(claim_token=token, lease_expires_at=now + timedelta(seconds=lease_s))
-                .returning(*webhook_deliveries.c)
-            ).all()
-            wanted = {row.endpoint_id for row in taken}
+            lease = now + timedelta(seconds=lease_s)
+            taken = conn.execute(_CLAIM, {"seqs": seqs, "token": token, "lease": lease}).all()
+            wanted = sorted({row.endpoint_id for row in taken})
             targets = {
                 row.id: records.Target(
                     row.url, row.secret_sealed, row.status == EndpointStatus.ENABLED
                 )
-                for row in conn.execute(
-                    select(
-                        webhook_endpoints.c.id,
-                        webhook_endpoints.c.url,
-                        webhook_endpoints.c.secret_sealed,
-                        webhook_endpoints.c.status,
-                    ).where(webhook_endpoints.c.id.in_(wanted))
-                )
+                for row in conn.execute(_TARGETS, {"ids": wanted})
             }
             claimed = [
                 records.Claimed(delivery(row), targets[row.endpoint_id], token) for row in taken
@@ -188,9 +215,7 @@ class Outbox:
 
 
 def _enabled(conn: Connection, endpoint_id: str) -> bool:
-    status = conn.execute(
-        select(webhook_endpoints.c.status).where(webhook_endpoints.c.id == endpoint_id)
-    ).scalar()
+    status = conn.execute(_ENDPOINT_STATUS, {"eid": endpoint_id}).scalar()
     return bool(status == EndpointStatus.ENABLED)
 
 

@@ -22,6 +22,7 @@ from tether.webhooks.records import DeliveryStatus, EndpointStatus, WebhookEvent
 
 _ENABLED = {EndpointStatus.ENABLED}
 _LIVE = {EndpointStatus.ENABLED, EndpointStatus.DISABLED}  # not deleted: the API shows them
+_ENQUEUE = insert(webhook_deliveries)
 # Read in the session write of the (rare) changes a webhook reports, never on a step.
 _SUBSCRIBERS = select(webhook_endpoints.c.id, webhook_endpoints.c.events).where(
     webhook_endpoints.c.tenant_id == bindparam("tenant"),
@@ -42,7 +43,7 @@ def enqueue(sw: SessionWrite, event: WebhookEvent, data: dict[str, Any]) -> None
     body = {"type": event.value, "timestamp": views.iso(sw.now), "data": data}
     text = json.dumps(body, separators=(",", ":"))  # ASCII: any store keeps it as it is
     sw.conn.execute(
-        insert(webhook_deliveries),
+        _ENQUEUE,
         [
             {
                 "id": ids.new("dlv"),
