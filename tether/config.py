@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = Field(
         default=3600.0, gt=0, description="longest wait between retries (doubling, jittered)"
     )
+    webhook_keep_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="finished webhook deliveries (and their attempts) are kept this long",
+    )
     webhook_concurrency: int = Field(
         default=32,
         ge=0,

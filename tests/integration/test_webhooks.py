@@ -437,3 +437,19 @@ async def test_endpoints_are_tenant_configuration(tmp_path: Path, receiver: Rece
             await aapi.wait_turn(asid, (await aapi.turn(asid))["id"])
             await wait_for(lambda: receiver.delivered(), 20, "acme's delivery")
             assert {r.session_id for r in receiver.delivered()} == {asid}
+
+
+async def test_finished_deliveries_are_kept_for_a_while_only(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    async with hooked(tmp_path, webhook_keep_s=0.5, reaper_interval_s=0.1) as (_, c):
+        api = Api(c)
+        hook = await _endpoint(c, receiver.url)
+        sid = await api.session(await api.agent(reply="hi"))
+        await api.wait_turn(sid, (await api.turn(sid))["id"])
+        await wait_for(lambda: receiver.delivered(), 20, "the delivery")
+
+        async def pruned() -> bool:
+            return await _deliveries(c, hook["id"]) == []
+
+        await wait_for(pruned, 20, "the delivered one pruned")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, String, bindparam, func, insert, select
+from sqlalchemy import Connection, String, bindparam, delete, func, insert, select
 
 from tether import domain, machines
 from tether.machines import DeliveryMove, EndpointMove
@@ -32,6 +32,7 @@ from tether.webhooks import records
 from tether.webhooks.records import DeliveryStatus, EndpointStatus
 
 _UNFINISHED = {DeliveryStatus.PENDING, DeliveryStatus.SENDING}
+_FINISHED = {DeliveryStatus.DELIVERED, DeliveryStatus.FAILED}
 _earlier = webhook_deliveries.alias("earlier")
 # the first unfinished delivery of the row's endpoint and session
 _HEAD = (
@@ -212,6 +213,27 @@ class Outbox:
         if count:
             self.db.outbox_written()
         return count
+
+    async def prune(self, before: datetime, limit: int) -> int:
+        """Delete up to `limit` deliveries that finished before `before`, with their attempts:
+        the log is kept for a while, not for ever."""
+        finished = (
+            select(webhook_deliveries.c.seq)
+            .where(
+                guards.status_in(webhook_deliveries.c.status, _FINISHED),
+                webhook_deliveries.c.finished_at < before,
+            )
+            .limit(limit)
+            .scalar_subquery()
+        )
+        gone: int = await self.db.write(
+            lambda conn: (
+                conn.execute(
+                    delete(webhook_deliveries).where(webhook_deliveries.c.seq.in_(finished))
+                ).rowcount
+            )
+        )
+        return gone
 
 
 def _enabled(conn: Connection, endpoint_id: str) -> bool:

@@ -302,6 +302,7 @@ webhook_deliveries = Table(
     Index("ix_webhook_deliveries_status_lease", "status", "lease_expires_at"),
     Index("ix_webhook_deliveries_order", "endpoint_id", "session_id", "seq"),
     Index("ix_webhook_deliveries_session", "session_id"),
+    Index("ix_webhook_deliveries_status_finished", "status", "finished_at"),
 )
 
 webhook_attempts = Table(

@@ -37,6 +37,7 @@ from tether.webhooks import records
 log = logging.getLogger(__name__)
 RESPONSE_PREFIX = 512  # bytes of a receiver's answer kept in the log: enough to debug with
 USER_AGENT = f"Tether-Webhooks/{tether.__version__}"
+PRUNE_BATCH = 1000  # finished deliveries deleted per sweep past their keeping time
 
 
 def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
@@ -129,7 +130,10 @@ class Dispatcher:
             if time.monotonic() - swept >= self.settings.reaper_interval_s:
                 swept = time.monotonic()
                 with _logged("webhook lease recovery failed"):
-                    await self.store.outbox.recover(domain.utcnow())
+                    now = domain.utcnow()
+                    await self.store.outbox.recover(now)
+                    keep = timedelta(seconds=self.settings.webhook_keep_s)
+                    await self.store.outbox.prune(now - keep, PRUNE_BATCH)
             free = self.settings.webhook_concurrency - len(self._sending)
             if free > 0:
                 with _logged("webhook claim failed"):
@@ -202,6 +206,9 @@ class Dispatcher:
             error = exc.message
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except Exception as exc:  # a bug here must not leave the delivery to its lease forever
+            log.exception("webhook delivery %s: the attempt failed", d.id)
+            error = f"internal error: {type(exc).__name__}"
         duration_ms = (time.monotonic() - started) * 1000
         attempt = records.Attempt(at, status, error, duration_ms, answer, self.id)
         if status is not None and 200 <= status < 300:

@@ -70,6 +70,7 @@ def upgrade() -> None:
         ("ix_webhook_deliveries_status_lease", ["status", "lease_expires_at"]),
         ("ix_webhook_deliveries_order", ["endpoint_id", "session_id", "seq"]),
         ("ix_webhook_deliveries_session", ["session_id"]),
+        ("ix_webhook_deliveries_status_finished", ["status", "finished_at"]),
     ):
         op.create_index(name, "webhook_deliveries", columns)
     op.create_table(
