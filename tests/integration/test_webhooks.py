@@ -396,6 +396,12 @@ async def test_invalid_endpoints_are_refused(tmp_path: Path) -> None:
         made = await _endpoint(c, "https://receiver.example/hook", ["interrupt.expired"])
         r = await c.patch(f"/v1/webhooks/{made['id']}", json={"url": "http://[::1]/x"})
         assert r.status_code == 422 and r.json()["error"]["code"] == "destination_not_allowed"
+        for nothing in ({"url": None}, {"events": None}, {"status": "deleted"}, {"secret": "x"}):
+            r = await c.patch(f"/v1/webhooks/{made['id']}", json=nothing)
+            assert r.status_code == 422, (nothing, r.text)
+        assert (await c.get(f"/v1/webhooks/{made['id']}")).json() == {
+            k: v for k, v in made.items() if k != "secret"
+        }
         assert (await c.get("/v1/webhooks/whk_01arz3ndektsv4rrffq69g5fav")).status_code == 404
         assert (await c.get("/v1/webhooks/nope")).status_code == 400
         assert server.node.dispatcher is not None

@@ -87,6 +87,9 @@ class Endpoints:
         """`changes`: any of url, events, description, status (`enabled`, `disabled`)."""
         ids.check("whk", endpoint_id)
         fields = {k: v for k, v in changes.items() if k in ("url", "events", "description")}
+        required = [k for k in ("url", "events") if k in fields and fields[k] is None]
+        if required:
+            raise errors.InvalidWebhook(f"{', '.join(required)} cannot be null")
         if "url" in fields:
             self.guard.check(fields["url"])
         if "events" in fields:
