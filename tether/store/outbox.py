@@ -3,8 +3,9 @@ turns, in order per (endpoint, session), then delivered, backed off, given up or
 each a move of `machines.DeliveryMove`, fenced by the claim's token.
 
 Order: a delivery is claimed only when it is the first unfinished one (pending or sending) of
-its endpoint and session. So two are never in flight for one session and endpoint, and a
-later one never goes before an earlier one is delivered or has finally failed.
+its endpoint and session, and none of them is in flight. So two are never in flight for one
+session and endpoint, and a later one never goes before an earlier one is delivered or has
+finally failed.
 """
 
 from __future__ import annotations
@@ -45,12 +46,26 @@ _HEAD = (
     .correlate(webhook_deliveries)
     .scalar_subquery()
 )
+_in_flight = webhook_deliveries.alias("in_flight")
+# one of the row's endpoint and session is being sent (a failed earlier one sent again by
+# hand is the head while a later one may be in flight: it waits for it)
+_SENDING = (
+    select(_in_flight.c.seq)
+    .where(
+        _in_flight.c.endpoint_id == webhook_deliveries.c.endpoint_id,
+        _in_flight.c.session_id == webhook_deliveries.c.session_id,
+        guards.status_in(_in_flight.c.status, {DeliveryStatus.SENDING}),
+    )
+    .correlate(webhook_deliveries)
+    .exists()
+)
 _DUE = (
     select(webhook_deliveries.c.seq)
     .where(
         guards.guard(webhook_deliveries.c.status, DeliveryMove.CLAIM),
         webhook_deliveries.c.next_attempt_at <= bindparam("now"),
         webhook_deliveries.c.seq == _HEAD,
+        ~_SENDING,
     )
     .order_by(webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.seq)
     .limit(bindparam("n"))
