@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 
 from tests.helpers import Server, running_server, wait_for
 from tether import ids
@@ -54,7 +55,11 @@ def required_role(method: str, path: str) -> Role:
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(tmp_path, auth="required", webhook_concurrency=0) as srv:
+    # cluster mode seals webhook secrets only with a secret key of the operator's
+    key = Fernet.generate_key().decode()
+    async with running_server(
+        tmp_path, auth="required", webhook_concurrency=0, secret_key=key
+    ) as srv:
         yield srv
 
 
