@@ -16,6 +16,7 @@ from tether.config import Settings
 from tether.runtime import mcp_servers
 from tether.runtime.tools import ToolRegistry
 from tether.store import Page, Store, idempotency
+from tether.webhooks import endpoints
 
 DEFAULT_TENANT = "default"
 _STORE_POLL_S = 0.25  # how often a stop waiting for its confirmation also asks the store
@@ -63,6 +64,7 @@ class Service:
         self.bus = bus
         self.tools = tools
         self.agents = agents.Agents(store, tools, settings, mcp)  # agent definitions
+        self.webhooks = endpoints.Endpoints(store, settings)  # webhook endpoints, deliveries
 
     # --- sessions ------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 import tether
 from tether import logs
-from tether.api import admin, console, errors, health, tenant, v1
+from tether.api import admin, console, errors, health, tenant, v1, webhooks
 from tether.api.compat import (
     agent_threads,
     common,
@@ -61,6 +61,7 @@ def create_app(
     app.include_router(v1.router)
     app.include_router(tenant.router)
     app.include_router(admin.router)
+    app.include_router(webhooks.router)
     app.include_router(gumloop.router, include_in_schema=False)  # its contract: docs/compat
     app.include_router(factory.router, include_in_schema=False)
     app.include_router(truefoundry.router)

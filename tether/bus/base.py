@@ -113,6 +113,14 @@ class Bus(Protocol):
 
     async def wait_for_work(self, max_wait_s: float) -> None: ...
 
+    def notify_webhooks(self) -> None:
+        """Webhook deliveries became due (committed, retried by hand, handed back)."""
+        ...
+
+    async def wait_for_webhooks(self, max_wait_s: float) -> None:
+        """Until `notify_webhooks` (here or, in cluster mode, anywhere), or `max_wait_s`."""
+        ...
+
     def signal_stop(self, turn_id: str) -> None:
         """A stop was written for this turn: wake its executor."""
         ...

@@ -83,6 +83,7 @@ class RedisBus:
         self._outbox_empty.set()
         self._partial_of: dict[str, str] = {}  # session -> message id whose text we keep
         self._work = asyncio.Event()
+        self._webhooks = asyncio.Event()
         self._stop_callback: Callable[[str], None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._connected = asyncio.Event()
@@ -112,6 +113,10 @@ class RedisBus:
     def notify_work(self) -> None:
         self._work.set()  # our own workers at once; the others through Redis
         self._enqueue("work", None)
+
+    def notify_webhooks(self) -> None:
+        self._webhooks.set()  # our own dispatcher at once; the others through Redis
+        self._enqueue("webhooks", None)
 
     def signal_stop(self, turn_id: str) -> None:
         if self._stop_callback:
@@ -164,7 +169,7 @@ class RedisBus:
             pipe.publish(k.session(sid), _encode_delta(pending))
             pending = None
 
-        work = False
+        work = webhooks = False
         for kind, item in batch:
             if kind == "delta":
                 if (
@@ -192,11 +197,15 @@ class RedisBus:
                 pipe.publish(k.session(session_id), _encode_events(events))
             elif kind == "stop":
                 pipe.publish(k.stop, item)
+            elif kind == "webhooks":
+                webhooks = True
             else:
                 work = True
         flush_delta()
         if work:
             pipe.publish(k.work, "")
+        if webhooks:
+            pipe.publish(k.webhooks, "")
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -266,6 +275,12 @@ class RedisBus:
                 await self._work.wait()
         self._work.clear()
 
+    async def wait_for_webhooks(self, max_wait_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max_wait_s):
+                await self._webhooks.wait()
+        self._webhooks.clear()
+
     def on_stop(self, callback: Callable[[str], None] | None) -> None:
         self._stop_callback = callback
 
@@ -274,9 +289,9 @@ class RedisBus:
         while True:
             pubsub = self._redis.pubsub()
             try:
-                channels = [self.names.work, self.names.stop]
+                channels = [self.names.work, self.names.stop, self.names.webhooks]
                 channels += [self.names.session(sid) for sid in self._subs]
-                for channel in channels[2:]:
+                for channel in channels[3:]:
                     self._confirmed.setdefault(channel, asyncio.get_running_loop().create_future())
                 await pubsub.subscribe(*channels)
                 self._pubsub = pubsub
@@ -307,12 +322,14 @@ class RedisBus:
                     for sub in subs:
                         sub.lag()  # whatever was published meanwhile is lost to them
                 self._work.set()  # workers poll the store meanwhile
+                self._webhooks.set()
                 await asyncio.sleep(_RECONNECT_S[min(failures, len(_RECONNECT_S) - 1)])
                 failures += 1
 
     def _on_connected(self) -> None:
         self._connected.set()
         self._work.set()  # a wake-up may have been lost while we were away
+        self._webhooks.set()
         for subs in self._subs.values():
             for sub in subs:
                 sub.lag()
@@ -335,6 +352,8 @@ class RedisBus:
             return
         if channel == self.names.work:
             self._work.set()
+        elif channel == self.names.webhooks:
+            self._webhooks.set()
         elif channel == self.names.stop:
             if self._stop_callback:
                 self._stop_callback(data)

@@ -76,6 +76,10 @@ from tether.client.models import (
     TurnError,
     TurnRef,
     Usage,
+    Webhook,
+    WebhookAttempt,
+    WebhookCreated,
+    WebhookDelivery,
 )
 
 __all__ = [
@@ -144,4 +148,8 @@ __all__ = [
     "UnstorableInput",
     "Usage",
     "ValidationError",
+    "Webhook",
+    "WebhookAttempt",
+    "WebhookCreated",
+    "WebhookDelivery",
 ]

@@ -56,6 +56,7 @@ class AsyncTether:
         self.events = Events(self)
         self.keys = Keys(self)
         self.audit = Audit(self)
+        self.webhooks = Webhooks(self)
 
     @classmethod
     def from_env(cls, **options: Any) -> AsyncTether:
@@ -423,3 +424,54 @@ class Audit(_Resource):
     def list(self, *, limit: int | None = None) -> AsyncPaginator[models.AuditEntry]:
         """Mutations, newest first."""
         return self._client._pages(_calls.list_audit(limit))
+
+
+class Webhooks(_Resource):
+    """Webhook endpoints of your tenant and their deliveries (admins)."""
+
+    async def create(
+        self,
+        url: str,
+        events: list[models.WebhookEvent] | None = None,
+        *,
+        description: str | None = None,
+    ) -> models.WebhookCreated:
+        """A new endpoint told of `events` (default `["*"]`: all); its signing secret
+        (`secret`) is in this answer only."""
+        return await self._client._call(
+            _calls.create_webhook(url, list(events or ["*"]), description)
+        )
+
+    def list(self, *, limit: int | None = None) -> AsyncPaginator[models.Webhook]:
+        """Every endpoint, never with secrets."""
+        return self._client._pages(_calls.list_webhooks(limit))
+
+    async def get(self, webhook_id: str) -> models.Webhook:
+        """One endpoint."""
+        return await self._client._call(_calls.get_webhook(webhook_id))
+
+    async def update(self, webhook_id: str, **changes: Any) -> models.Webhook:
+        """Change `url`, `events`, `description`, or `status` (`"enabled"`, `"disabled"`)."""
+        return await self._client._call(_calls.update_webhook(webhook_id, changes))
+
+    async def delete(self, webhook_id: str) -> None:
+        """Delete an endpoint: its pending deliveries fail."""
+        await self._client._call(_calls.delete_webhook(webhook_id))
+
+    async def rotate_secret(self, webhook_id: str) -> models.WebhookCreated:
+        """A new signing secret (`secret`, in this answer only) for every attempt from now."""
+        return await self._client._call(_calls.rotate_webhook_secret(webhook_id))
+
+    def deliveries(
+        self,
+        webhook_id: str,
+        *,
+        status: models.DeliveryStatus | None = None,
+        limit: int | None = None,
+    ) -> AsyncPaginator[models.WebhookDelivery]:
+        """The endpoint's deliveries, newest first, each with its attempts."""
+        return self._client._pages(_calls.list_deliveries(webhook_id, status, limit))
+
+    async def retry(self, webhook_id: str, delivery_id: str) -> models.WebhookDelivery:
+        """Send a failed delivery again, with the same `webhook-id`."""
+        return await self._client._call(_calls.retry_delivery(webhook_id, delivery_id))

@@ -56,6 +56,7 @@ class Tether:
         self.events = Events(self)
         self.keys = Keys(self)
         self.audit = Audit(self)
+        self.webhooks = Webhooks(self)
 
     @classmethod
     def from_env(cls, **options: Any) -> Tether:
@@ -410,3 +411,52 @@ class Audit(_Resource):
     def list(self, *, limit: int | None = None) -> Paginator[models.AuditEntry]:
         """Mutations, newest first."""
         return self._client._pages(_calls.list_audit(limit))
+
+
+class Webhooks(_Resource):
+    """Webhook endpoints of your tenant and their deliveries (admins)."""
+
+    def create(
+        self,
+        url: str,
+        events: list[models.WebhookEvent] | None = None,
+        *,
+        description: str | None = None,
+    ) -> models.WebhookCreated:
+        """A new endpoint told of `events` (default `["*"]`: all); its signing secret
+        (`secret`) is in this answer only."""
+        return self._client._call(_calls.create_webhook(url, list(events or ["*"]), description))
+
+    def list(self, *, limit: int | None = None) -> Paginator[models.Webhook]:
+        """Every endpoint, never with secrets."""
+        return self._client._pages(_calls.list_webhooks(limit))
+
+    def get(self, webhook_id: str) -> models.Webhook:
+        """One endpoint."""
+        return self._client._call(_calls.get_webhook(webhook_id))
+
+    def update(self, webhook_id: str, **changes: Any) -> models.Webhook:
+        """Change `url`, `events`, `description`, or `status` (`"enabled"`, `"disabled"`)."""
+        return self._client._call(_calls.update_webhook(webhook_id, changes))
+
+    def delete(self, webhook_id: str) -> None:
+        """Delete an endpoint: its pending deliveries fail."""
+        self._client._call(_calls.delete_webhook(webhook_id))
+
+    def rotate_secret(self, webhook_id: str) -> models.WebhookCreated:
+        """A new signing secret (`secret`, in this answer only) for every attempt from now."""
+        return self._client._call(_calls.rotate_webhook_secret(webhook_id))
+
+    def deliveries(
+        self,
+        webhook_id: str,
+        *,
+        status: models.DeliveryStatus | None = None,
+        limit: int | None = None,
+    ) -> Paginator[models.WebhookDelivery]:
+        """The endpoint's deliveries, newest first, each with its attempts."""
+        return self._client._pages(_calls.list_deliveries(webhook_id, status, limit))
+
+    def retry(self, webhook_id: str, delivery_id: str) -> models.WebhookDelivery:
+        """Send a failed delivery again, with the same `webhook-id`."""
+        return self._client._call(_calls.retry_delivery(webhook_id, delivery_id))

@@ -22,6 +22,16 @@ ForkAt = Literal["after", "before"]
 StopMode = Literal["interrupt", "rollback"]
 StopScope = Literal["turn", "all"]
 Role = Literal["admin", "write", "read"]
+WebhookEvent = Literal[
+    "turn.completed",
+    "turn.failed",
+    "turn.cancelled",
+    "turn.waiting",
+    "interrupt.expired",
+    "session.closed",
+    "*",
+]
+DeliveryStatus = Literal["pending", "sending", "delivered", "failed"]
 
 TERMINAL_TURN_STATUSES = frozenset({"completed", "failed", "cancelled"})
 TERMINAL_EVENT_TYPES = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
@@ -370,3 +380,52 @@ class AuditEntry(TetherModel):
     request_id: str | None = None
     details: dict[str, Any] | None = None
     created_at: datetime
+
+
+# --- webhooks (admins) --------------------------------------------------------------------------
+
+
+class Webhook(TetherModel):
+    """An endpoint told of the tenant's events, never with its signing secret. `status` is
+    `disabled` after a PATCH or when the receiver answered 410 (`disabled_reason: gone`)."""
+
+    id: str
+    url: str
+    events: list[str]
+    description: str | None = None
+    status: Literal["enabled", "disabled"]
+    disabled_reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookCreated(Webhook):
+    """A new endpoint (or a rotated secret): `secret` (`whsec_…`), in this answer only."""
+
+    secret: str
+
+
+class WebhookAttempt(TetherModel):
+    """One try of a delivery: the receiver's status code, or why there was none."""
+
+    at: datetime
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float
+    response: str | None = None
+
+
+class WebhookDelivery(TetherModel):
+    """One event for one endpoint; `id` is the `webhook-id` of every attempt."""
+
+    id: str
+    endpoint_id: str
+    session_id: str
+    type: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+    log: list[WebhookAttempt] = Field(default_factory=list)

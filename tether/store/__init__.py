@@ -16,10 +16,12 @@ from tether.store import (
     keys,
     leases,
     lifecycle,
+    outbox,
     sessions,
     tool_runs,
+    webhooks,
 )
-from tether.store.base import CommitHook, Database, Dialect, Page
+from tether.store.base import CommitHook, Database, Dialect, OutboxHook, Page
 from tether.store.leases import Claim, LeaseState, Unstartable
 
 __all__ = ["Claim", "CommitHook", "LeaseState", "Page", "Store", "Unstartable", "open_store"]
@@ -38,6 +40,8 @@ class Store:
         self.keys = keys.ApiKeys(db)
         self.audit = audit.AuditLog(db)
         self.idempotency = idempotency.IdempotencyKeys(db)
+        self.webhooks = webhooks.Webhooks(db)  # endpoints, and their deliveries' log
+        self.outbox = outbox.Outbox(db)  # the deliveries as dispatchers claim and send them
 
     @property
     def exclusive(self) -> bool:
@@ -53,7 +57,12 @@ class Store:
 
 
 async def open_store(
-    url: str, *, on_commit: CommitHook | None = None, pool_size: int = 10, serve: bool = False
+    url: str,
+    *,
+    on_commit: CommitHook | None = None,
+    on_outbox: OutboxHook | None = None,
+    pool_size: int = 10,
+    serve: bool = False,
 ) -> Store:
     """Connect, apply migrations, and return the Store for `url`. `serve`: this process serves
     the store (API or workers), not a one-off command; an embedded store admits one such."""
@@ -71,4 +80,4 @@ async def open_store(
         raise errors.InvalidRequest(
             f"unsupported store URL {url!r}: sqlite:///path or postgresql://user@host/db"
         )
-    return Store(Database(dialect, on_commit))
+    return Store(Database(dialect, on_commit, on_outbox))

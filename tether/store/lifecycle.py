@@ -31,7 +31,7 @@ from sqlalchemy import (
 from tether import domain, errors, ids, machines, storable, views
 from tether.domain import EventType, TurnStatus
 from tether.machines import TurnMove
-from tether.store import guards, interrupts, rows, schema, steers, tool_runs
+from tether.store import guards, interrupts, rows, schema, steers, tool_runs, webhooks
 from tether.store.base import Database
 from tether.store.leases import RELEASED, Unstartable, fenced, holder_write, refused
 from tether.store.schema import (
@@ -44,6 +44,7 @@ from tether.store.schema import (
     turns,
 )
 from tether.store.session_write import IS_HELD, IS_UNFINISHED, SessionWrite
+from tether.webhooks.records import WebhookEvent
 
 INVALID_TURN = "invalid_turn"  # reason and error code of a turn that could never be started
 # a session's turns, oldest first (statements built once: building costs more than running)
@@ -138,6 +139,7 @@ class Lifecycle:
             sw.closed = True
             for row in sw.conn.execute(_QUEUED, {"sid": sw.id}).all():
                 stop_turn(sw, rows.turn(row), domain.StopMode.INTERRUPT, "session_closed")
+            webhooks.enqueue_closed(sw)
 
         await self.db.session_write(session_id, body, tenant_id)
 
@@ -160,6 +162,8 @@ class Lifecycle:
             its_turns = select(turns.c.id).where(turns.c.session_id == session_id)
             ledger = schema.tool_runs
             conn.execute(delete(ledger).where(ledger.c.turn_id.in_(its_turns)))
+            deliveries = schema.webhook_deliveries  # their attempts go with them (CASCADE)
+            conn.execute(delete(deliveries).where(deliveries.c.session_id == session_id))
             for table in (schema.interrupts, schema.steers, messages, events):
                 conn.execute(delete(table).where(table.c.session_id == session_id))
             conn.execute(delete(turns).where(turns.c.session_id == session_id))
@@ -320,7 +324,16 @@ class Lifecycle:
             if cp.waits:
                 assert row is not None
                 tool_runs.pause(sw, turn.id, cp.asks)
-                interrupts.create(sw, rows.turn(row), cp.asks)
+                waiting = rows.turn(row)
+                asked = interrupts.create(sw, waiting, cp.asks)
+                webhooks.enqueue(
+                    sw,
+                    WebhookEvent.TURN_WAITING,
+                    {
+                        "turn": views.turn(waiting),
+                        "interrupts": [views.interrupt(i) for i in asked],
+                    },
+                )
             elif row is not None:
                 if row.reason is None and row.status == TurnStatus.CANCELLED:
                     row = _with_stop_reason(sw, row)  # a requested stop ends on its terms
@@ -514,7 +527,9 @@ def ended(sw: SessionWrite, row: Row[Any], interrupted: Collection[str] = ()) ->
     data: dict[str, Any] = {"turn": views.turn(turn)}
     if rolled_back:
         data["rolled_back"] = True
-    sw.event(domain.TERMINAL_EVENT[turn.status], turn.id, data)
+    ending = domain.TERMINAL_EVENT[turn.status]
+    sw.event(ending, turn.id, data)
+    webhooks.enqueue(sw, WebhookEvent(ending.value), data)  # turn.completed|failed|cancelled
     _convert_steers(sw, turn.id)
 
 
@@ -601,6 +616,7 @@ def _expire(sw: SessionWrite, *, interrupt_id: str, now: datetime) -> None:
     expired = interrupts.expire(sw, interrupt_id, now)
     if expired is None:
         return  # answered meanwhile
+    webhooks.enqueue(sw, WebhookEvent.INTERRUPT_EXPIRED, {"interrupt": views.interrupt(expired)})
     if expired.on_expire != "fail":
         _resume_if_settled(sw, expired.turn_id)
         return

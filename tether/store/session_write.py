@@ -53,6 +53,8 @@ class SessionWrite:
         self.events: list[domain.Event] = []
         self.pending_messages: list[domain.Message] = []  # inserted at flush
         self.rolled_back: set[str] = set()  # turns whose messages leave the transcript
+        self.outbox = 0  # webhook deliveries written (store/webhooks.py): wake dispatchers
+        self.after_flush: list[Callable[[], None]] = []  # what needs the session as it ends
 
     @property
     def event_seq(self) -> int:
@@ -142,3 +144,5 @@ class SessionWrite:
                 "updated_at": self.now,
             },
         )
+        for then in self.after_flush:
+            then()
