@@ -17,6 +17,27 @@ from tests import helpers, infra
 from tests.helpers import Api, Server, running_server
 
 CLUSTER = os.environ.get("TETHER_TEST_BACKEND", "sqlite") == "cluster"
+
+
+def _one_ssl_context() -> None:
+    """httpx builds an SSL context for every client it makes, loading certifi's CA bundle
+    (~35 ms of CPU); tests make thousands of clients, all speaking plain HTTP to loopback.
+    Clients that verify by default share one context here (an SSLContext is meant to be
+    shared); one given its own `verify` keeps it."""
+    from httpx._transports import default
+
+    shared = httpx.create_ssl_context()
+    create = default.create_ssl_context
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is True and cert is None and trust_env:
+            return shared
+        return create(verify=verify, cert=cert, trust_env=trust_env)
+
+    default.create_ssl_context = create_ssl_context  # type: ignore[assignment]
+
+
+_one_ssl_context()
 _TEMPLATE = "tether_template"
 _numbers = itertools.count()
 
@@ -51,11 +72,27 @@ def cluster_servers() -> Iterator[tuple[infra.PostgresServer, infra.RedisServer]
         pg.close()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated once for this run, copied into each test's data dir."""
+    from tether.store import open_store
+
+    path = tmp_path_factory.mktemp("template") / "tether.db"
+
+    async def make_template() -> None:
+        store = await open_store(f"sqlite:///{path}")
+        await store.close()
+
+    asyncio.run(make_template())
+    return path
+
+
 @pytest.fixture(autouse=True)
 def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """This test's store and bus: nothing in embedded mode; a fresh database and Redis prefix
-    of its own in cluster mode."""
+    """This test's store and bus: a copy of a migrated SQLite database in embedded mode; a
+    fresh database and Redis prefix of its own in cluster mode."""
     if not CLUSTER:
+        helpers.SQLITE_TEMPLATE = request.getfixturevalue("sqlite_template")
         yield {}
         return
     pg, redis = request.getfixturevalue("cluster_servers")

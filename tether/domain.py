@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -44,6 +45,14 @@ class InterruptStatus(enum.StrEnum):
     RESOLVED = "resolved"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+
+
+class SteerStatus(enum.StrEnum):
+    """A steer (DESIGN §3): input for a turn, waiting for its next step boundary."""
+
+    PENDING = "pending"  # stored: the turn it joined has not reached a boundary yet
+    DELIVERED = "delivered"  # appended to that turn's transcript at a boundary
+    CONVERTED = "converted"  # the turn ended (or began stopping) first: a new queued turn
 
 
 class ToolRunStatus(enum.StrEnum):
@@ -88,11 +97,19 @@ class OnBusy(enum.StrEnum):
     REJECT = "reject"
     INTERRUPT = "interrupt"  # stop the active turn (mode interrupt), then run the new one
     ROLLBACK = "rollback"  # stop the active turn (mode rollback), then run the new one
+    STEER = "steer"  # join the active turn: delivered at its next step boundary
 
 
 class StopMode(enum.StrEnum):
     INTERRUPT = "interrupt"  # keep what happened; partial text marked interrupted
     ROLLBACK = "rollback"  # remove the turn's messages from the transcript
+
+
+class ForkAt(enum.StrEnum):
+    """Where a fork cuts its source's transcript (DESIGN §4b), relative to a turn."""
+
+    AFTER = "after"  # up to the end of the turn
+    BEFORE = "before"  # up to its start
 
 
 class StopScope(enum.StrEnum):
@@ -107,6 +124,7 @@ class EventType(enum.StrEnum):
     MESSAGE_COMPLETED = "message.completed"
     TOOL_STARTED = "tool.started"
     TOOL_COMPLETED = "tool.completed"
+    TOOL_PROGRESS = "tool.progress"  # a running tool's progress report (MCP progress)
     INTERRUPT_CREATED = "interrupt.created"
     INTERRUPT_RESOLVED = "interrupt.resolved"
     INTERRUPT_EXPIRED = "interrupt.expired"
@@ -115,6 +133,8 @@ class EventType(enum.StrEnum):
     TURN_FAILED = "turn.failed"
     TURN_CANCELLED = "turn.cancelled"
     SESSION_UPDATED = "session.updated"
+    TURN_STEERED = "turn.steered"  # steers joined the turn's transcript at a step boundary
+    SESSION_FORKED = "session.forked"  # the first event of a fork: where it came from
     # Live only, never stored (the session's log is gone with it): streams of a purged
     # session end on it.
     SESSION_DELETED = "session.deleted"
@@ -225,6 +245,68 @@ class ToolSpec(BaseModel):
     )
 
 
+MCP_SERVER_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")  # an HTTP token (RFC 9110)
+
+
+class McpServerSpec(BaseModel):
+    """An MCP server an agent uses (DESIGN §10). A bare `name` refers to a server the operator
+    declared (`TETHER_MCP_SERVERS`); with a `url`, it is the tenant's own streamable HTTP
+    server. `headers` are write-only, like `model.api_key`: sealed before they are stored
+    (into `headers_sealed`), never dumped."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    name: str = Field(pattern=MCP_SERVER_NAME_PATTERN)
+    transport: Literal["http"] | None = Field(
+        default=None, description="'http' (streamable HTTP) for a server of your own"
+    )
+    url: str | None = Field(default=None, max_length=2048)
+    headers: dict[str, SecretStr] | None = Field(
+        default=None,
+        exclude=True,
+        max_length=32,
+        description="sent with every request (write-only: stored encrypted, never returned); "
+        "values may reference the server's environment variables the operator allows, ${NAME}",
+    )
+    headers_sealed: SkipJsonSchema[str | None] = Field(default=None, exclude=True)
+
+    @field_validator("headers_sealed")
+    @classmethod
+    def _stored_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not (info.context or {}).get("stored"):
+            raise ValueError("headers_sealed is not a field agents may set: give headers")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, SecretStr] | None) -> dict[str, SecretStr] | None:
+        for name, secret in (value or {}).items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name[:128]!r} is not a valid HTTP header name")
+            text = secret.get_secret_value()
+            if len(text) > 8192 or any(c in text for c in "\r\n\0"):
+                raise ValueError(f"the value of header {name!r} is too long or holds a line break")
+        return value
+
+    @model_validator(mode="after")
+    def _transport(self) -> McpServerSpec:
+        if self.url is not None and self.transport is None:
+            self.transport = "http"
+        if self.transport == "http" and self.url is None:
+            raise ValueError(f"MCP server {self.name!r}: transport 'http' needs a url")
+        if self.url is None and self.headers is not None:
+            raise ValueError(
+                f"MCP server {self.name!r}: headers are for a server of your own (with a url); "
+                "a server the operator declared comes with its own"
+            )
+        return self
+
+    @property
+    def declared(self) -> bool:
+        """A server the operator declared, named only."""
+        return self.url is None
+
+
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 
@@ -235,7 +317,12 @@ class AgentSpec(BaseModel):
     name: str = Field(min_length=1, max_length=128, pattern=AGENT_NAME_PATTERN)
     instructions: str = ""
     model: ModelSpec = Field(default_factory=ModelSpec)
-    tools: list[ToolSpec] = Field(default_factory=list)
+    tools: list[ToolSpec] = Field(
+        default_factory=list,
+        description="Python tools by name, MCP tools as `<server>.<tool>` or a pattern "
+        "(`gh.*`), each with its policy",
+    )
+    mcp_servers: list[McpServerSpec] = Field(default_factory=list, max_length=32)
     max_steps: int = Field(default=20, ge=1, le=10_000)
     turn_timeout_s: float = Field(default=600, gt=0, le=7 * 24 * 3600)
     interrupt_ttl_s: float | None = Field(default=None, gt=0)
@@ -248,6 +335,10 @@ class AgentSpec(BaseModel):
         data = self.model_dump(mode="json")
         if self.model.api_key_sealed is not None:
             data["model"]["api_key_sealed"] = self.model.api_key_sealed
+        for server, dumped in zip(self.mcp_servers, data["mcp_servers"], strict=True):
+            assert server.headers is None, "seal the MCP server's headers before storing them"
+            if server.headers_sealed is not None:
+                dumped["headers_sealed"] = server.headers_sealed
         return data
 
     @classmethod
@@ -342,6 +433,8 @@ class Session:
     created_at: datetime
     updated_at: datetime
     closed_at: datetime | None
+    # a fork's origin: {session_id, turn_id, at} (DESIGN §4b); None for other sessions
+    forked_from: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -497,6 +590,20 @@ class Checkpoint:
     asks: list[InterruptRequest] = field(default_factory=list)  # the interrupts to create
     end: TurnEnd | None = None
     interrupted: list[str] = field(default_factory=list)  # calls in flight when it stopped
+    # A step boundary (DESIGN §3): the transcript is valid for a model call and the loop may
+    # make another. Pending steers join the transcript here, and a completing checkpoint
+    # with steers pending commits as a step instead: the loop goes on.
+    boundary: bool = False
+
+
+@dataclass(slots=True)
+class Steered:
+    """What a steer request became: the turn it joined (or the new turn it made, `joined`
+    False) and the ids its messages have (or will have) in the transcript."""
+
+    turn: Turn
+    message_ids: list[str]
+    joined: bool
 
 
 @dataclass(slots=True)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -15,9 +16,11 @@ from tether import domain, errors, gate
 from tether.auth import Keys
 from tether.bus import Bus, LocalBus
 from tether.config import Settings
+from tether.runtime import mcp_servers
 from tether.runtime.tools import ToolRegistry, builtin_registry, load_tools
 from tether.service import DEFAULT_TENANT, Service
 from tether.store import Store, open_store
+from tether.webhooks.dispatcher import Dispatcher
 from tether.worker import Reaper, Worker
 
 log = logging.getLogger("tether")
@@ -76,6 +79,8 @@ class Node:
         self.tools = tools or builtin_registry()
         if settings.tools:
             load_tools(settings.tools, self.tools)
+        # the operator's MCP servers file: read once, refused here if unusable
+        self.mcp = mcp_servers.from_settings(settings)
         self.bus: Bus
         self.store: Store
         self.service: Service
@@ -84,6 +89,7 @@ class Node:
         self.stream_watch: gate.StreamWatch
         self.worker: Worker | None = None
         self.reaper: Reaper | None = None
+        self.dispatcher: Dispatcher | None = None  # webhook deliveries, where workers run
         self.streams: Counter[str] = Counter()  # open SSE connections per tenant
         self._opened = contextlib.AsyncExitStack()  # what start opened, closed in reverse
 
@@ -106,11 +112,12 @@ class Node:
         self.store = await open_store(
             settings.resolved_store_url,
             on_commit=self.bus.publish_events,
+            on_outbox=self.bus.notify_webhooks,
             pool_size=settings.store_pool_size,
             serve=True,
         )
         opened.push_async_callback(self.store.close)
-        self.service = Service(self.store, self.bus, self.tools, settings)
+        self.service = Service(self.store, self.bus, self.tools, settings, self.mcp)
         self.keys = Keys(self.store)
         self.gate = gate.Gate(settings, self.keys)
         self.stream_watch = gate.StreamWatch(self.gate)
@@ -118,6 +125,7 @@ class Node:
         if self.store.exclusive:
             # the store's only server: every lease in it belongs to a dead process
             await self.store.leases.expire_all()
+            await self.store.outbox.recover(before=datetime.max.replace(tzinfo=UTC))
         if self.api:
             await check_exposure(settings, self.keys)
             if settings.demo_agent:
@@ -132,10 +140,14 @@ class Node:
             await self.reaper.reap_once()
             await self.reaper.start()
             opened.push_async_callback(self.reaper.stop)
-            self.worker = Worker(self.store, self.bus, self.tools, settings)
+            self.worker = Worker(self.store, self.bus, self.tools, settings, self.mcp)
             await self.worker.start()
             # whichever worker the node holds when it stops (a test may swap it)
             opened.push_async_callback(self._stop_worker)
+        if settings.workers > 0 and settings.webhook_concurrency > 0:
+            self.dispatcher = Dispatcher(self.store, self.bus, settings)
+            await self.dispatcher.start()
+            opened.push_async_callback(self.dispatcher.stop)
 
     async def stop(self) -> None:
         await self._opened.aclose()

@@ -13,8 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tether import agents, domain, errors, ids, storable, streaming
 from tether.bus import Bus, EndWatch
 from tether.config import Settings
+from tether.runtime import mcp_servers
 from tether.runtime.tools import ToolRegistry
 from tether.store import Page, Store, idempotency
+from tether.webhooks import endpoints
 
 DEFAULT_TENANT = "default"
 _STORE_POLL_S = 0.25  # how often a stop waiting for its confirmation also asks the store
@@ -55,12 +57,14 @@ class Service:
         bus: Bus,
         tools: ToolRegistry,
         settings: Settings,
+        mcp: mcp_servers.Servers | None = None,
     ):
         self.settings = settings
         self.store = store
         self.bus = bus
         self.tools = tools
-        self.agents = agents.Agents(store, tools, settings)  # agent definitions
+        self.agents = agents.Agents(store, tools, settings, mcp)  # agent definitions
+        self.webhooks = endpoints.Endpoints(store, settings)  # webhook endpoints, deliveries
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -83,6 +87,33 @@ class Service:
         if turn:
             self.bus.notify_work()
         return await self.store.sessions.get(tenant, session_id), turn
+
+    async def fork(
+        self,
+        tenant: str,
+        session_id: str,
+        *,
+        turn_id: str | None = None,
+        at: domain.ForkAt = domain.ForkAt.AFTER,
+        metadata: dict[str, Any] | None = None,
+        input: str | list[dict[str, Any]] | None = None,
+    ) -> tuple[domain.Session, domain.Turn | None]:
+        """A new session of the same agent from the source's history up to a finished turn
+        (DESIGN §4b), usable at once (with its first turn queued, given `input`). The
+        source is not changed."""
+        session_id = ids.check_session(session_id)
+        if turn_id is not None:
+            ids.check("turn", turn_id)
+        storable.check_metadata(metadata, "session", self.settings.max_metadata_bytes)
+        first = normalize_input(input) if input is not None else None
+        if first is not None:
+            await self._check_turn_limits(tenant)
+        fork_id, turn = await self.store.forks.fork(
+            tenant, session_id, turn_id, at, self.settings.zone, metadata or {}, first
+        )
+        if turn:
+            self.bus.notify_work()
+        return await self.store.sessions.get(tenant, fork_id), turn
 
     async def get_session(self, tenant: str, session_id: str) -> domain.Session:
         return await self.store.sessions.get(tenant, ids.check_session(session_id))
@@ -124,6 +155,10 @@ class Service:
         input: str | list[dict[str, Any]],
         on_busy: domain.OnBusy = domain.OnBusy.ENQUEUE,
     ) -> domain.Turn:
+        """A new turn, queued; `on_busy` says what to do with a turn under way (with
+        `steer` the input may join that turn instead: see `steer`)."""
+        if on_busy is domain.OnBusy.STEER:
+            return (await self.steer(tenant, session_id, input)).turn
         session_id = ids.check_session(session_id)
         await self._check_turn_limits(tenant)
         turn, to_wake = await self.store.lifecycle.create_turn(
@@ -160,6 +195,22 @@ class Service:
             raise
         frames = feed.frames(before, turn_id=turn.id, idle_s=idle_s, live_from=True)
         return turn, before, streaming.Following(feed, frames)
+
+    async def steer(
+        self, tenant: str, session_id: str, input: str | list[dict[str, Any]]
+    ) -> domain.Steered:
+        """`on_busy: steer` (DESIGN §3): the input joins the turn under way, stored before
+        this answers, and is delivered at its next step boundary; on a session with nothing
+        under way it is a new turn, as with `enqueue`."""
+        session_id = ids.check_session(session_id)
+        messages = normalize_input(input)
+        session = await self.store.sessions.get(tenant, session_id)
+        if session.status is domain.SessionStatus.IDLE:
+            await self._check_turn_limits(tenant)  # it will most likely make a turn
+        steered = await self.store.lifecycle.steer(tenant, session_id, messages)
+        if steered.turn.status is domain.TurnStatus.QUEUED:
+            self.bus.notify_work()
+        return steered
 
     async def _check_turn_limits(self, tenant: str) -> None:
         running_cap = self.settings.max_running_turns_per_tenant

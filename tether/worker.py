@@ -19,13 +19,17 @@ from tether import domain, errors, ids, metrics, sealing
 from tether.bus import Bus, Delta
 from tether.config import Settings
 from tether.domain import TurnStatus
-from tether.runtime import loop, providers
+from tether.runtime import loop, mcp_client, mcp_servers, providers, toolbox
 from tether.runtime.tools import ToolRegistry
 from tether.store import Claim, Store, Unstartable
 
 log = logging.getLogger(__name__)
 IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
 CLAIM_BATCH = 16  # turns claimed per store round trip; small, so claiming interleaves
+# A tool's progress reports are written at most this often per call (the latest one wins):
+# a server reporting every millisecond must not fill the session's event log.
+PROGRESS_INTERVAL_S = 0.25
+PROGRESS_MESSAGE_CHARS = 1000
 
 
 STOPPED = domain.TurnEnd(TurnStatus.CANCELLED)  # on the requested stop's terms
@@ -45,6 +49,8 @@ class Execution:
         self.stop_requested = False
         self.lease_lost = False
         self.entered = False  # the task is inside run(), where cancellation is handled
+        self._progress: dict[str, tuple[domain.ToolCall, dict[str, object]]] = {}  # by call
+        self._progress_writers: dict[str, asyncio.Task[None]] = {}
 
     def stop_now(self) -> None:
         """A stop was written: cancel the loop wherever it is (model stream, tools)."""
@@ -65,15 +71,52 @@ class Execution:
             Delta(self.turn.session_id, self.turn.id, message_id, offset, text)
         )
 
-    async def commit(self, checkpoint: domain.Checkpoint) -> None:
+    def tool_progress(
+        self, call: domain.ToolCall, progress: float, total: float | None, message: str | None
+    ) -> None:
+        """Written by a task of its own, so the tool (and an MCP connection's reader) never
+        waits for the store; the latest report of a call replaces one not yet written."""
+        if message is not None:
+            message = message[:PROGRESS_MESSAGE_CHARS]
+        self._progress[call.id] = (call, {"progress": progress, "total": total, "message": message})
+        if call.id not in self._progress_writers:
+            self._progress_writers[call.id] = asyncio.create_task(
+                self._write_progress(call.id), name=f"{self.turn.id}:progress"
+            )
+
+    async def _write_progress(self, call_id: str) -> None:
+        try:
+            while (pending := self._progress.pop(call_id, None)) is not None:
+                call, data = pending
+                try:
+                    written = await self.worker.store.tool_runs.progress(
+                        self.turn, self.claim.token, call, data
+                    )
+                except Exception as exc:  # best effort: a report lost is no failure
+                    log.debug("turn %s: progress not written: %s", self.turn.id, exc)
+                    written = False
+                if not written:  # the call is over, or the turn is no longer ours
+                    self._progress.pop(call_id, None)
+                    return
+                await asyncio.sleep(PROGRESS_INTERVAL_S)
+        finally:
+            self._progress_writers.pop(call_id, None)
+
+    def _stop_progress(self) -> None:
+        for task in self._progress_writers.values():
+            task.cancel()
+        self._progress.clear()
+
+    async def commit(self, checkpoint: domain.Checkpoint) -> list[domain.Message]:
         run_time = self.turn.run_time_s + (time.monotonic() - self.started)
         # a stop's end goes first: a connection of its own, not a queue behind checkpoints
         urgent = self.stop_requested and checkpoint.end is not None
-        await self.worker.store.lifecycle.checkpoint(
+        steered = await self.worker.store.lifecycle.checkpoint(
             self.turn, self.claim.token, checkpoint, run_time, urgent=urgent
         )
-        if checkpoint.end is not None:
+        if checkpoint.end is not None and not steered:
             metrics.TURNS_FINISHED.labels(status=checkpoint.end.status.value).inc()
+        return steered
 
     # --- the turn's path -----------------------------------------------------------------------
 
@@ -83,6 +126,7 @@ class Execution:
         self.entered = True
         try:
             end = await self._loop()
+            self._stop_progress()
             if end is not None:
                 await self._end(end)
         except errors.LeaseLost:
@@ -97,6 +141,8 @@ class Execution:
             if self.worker.stopping and not self.lease_lost:
                 await self.worker.hand_back(self)
             raise
+        finally:
+            self._stop_progress()
 
     async def _loop(self) -> domain.TurnEnd | None:
         """The loop, from the turn's checkpoint; the end to write if the loop did not end or
@@ -150,12 +196,20 @@ class Worker:
         bus: Bus,
         tools: ToolRegistry,
         settings: Settings,
+        mcp: mcp_servers.Servers | None = None,
     ):
         self.store = store
         self.bus = bus
         self.tools = tools
         self.settings = settings
         self.sealer = sealing.Sealer(settings)
+        self.mcp = mcp or mcp_servers.from_settings(settings)
+        # the MCP connections of this process: reused across turns, closed on stop
+        self.hub = mcp_client.McpHub(
+            connect_timeout_s=settings.mcp_connect_timeout_s,
+            max_connections=settings.mcp_max_connections,
+            guard=self.mcp.guard,
+        )
         self.id = f"{socket.gethostname()}:{os.getpid()}:{ids.new_ulid()[-8:]}"
         self._running: dict[str, Execution] = {}  # by claim token
         self._by_turn: dict[str, Execution] = {}
@@ -194,6 +248,7 @@ class Worker:
         )
         for _, agent in self._agents.values():
             await agent.model.aclose()
+        await self.hub.aclose()
 
     @property
     def busy(self) -> int:
@@ -293,9 +348,36 @@ class Worker:
             await cached[1].model.aclose()
         # refuses (a turn failure, nothing sent) what the operator's settings no longer allow
         model = providers.model_for(record.spec.model, self.settings, self.sealer, record.tenant_id)
-        runnable = loop.Agent(record.spec, model, self.tools)
+        tools = toolbox.Toolbox(
+            record.spec,
+            self.tools,
+            servers=self._mcp_servers(record),
+            hub=self.hub,
+            scope=record.tenant_id,
+        )
+        runnable = loop.Agent(record.spec, model, tools)
         self._agents[agent_id] = (record, runnable)
         return record, runnable
+
+    def _mcp_servers(self, record: domain.Agent) -> dict[str, mcp_client.Server | Exception]:
+        """The agent's MCP servers as this process can reach them now; an exception says why
+        one cannot be used (its calls then get that as their error result)."""
+        servers: dict[str, mcp_client.Server | Exception] = {}
+        for spec in record.spec.mcp_servers:
+            try:
+                headers = None
+                if spec.headers_sealed is not None:
+                    opened = self.sealer.open(record.tenant_id, spec.headers_sealed)
+                    headers = mcp_servers.unseal_headers(opened)
+                servers[spec.name] = self.mcp.resolve(spec, headers)
+            except errors.ProviderKeyUnavailable:
+                servers[spec.name] = mcp_servers.McpConfigError(
+                    "its headers cannot be opened with this server's secret key (was "
+                    "TETHER_SECRET_KEY changed?); set them again with PATCH"
+                )
+            except (mcp_servers.McpConfigError, errors.DestinationNotAllowed) as exc:
+                servers[spec.name] = exc
+        return servers
 
     async def hand_back(self, execution: Execution) -> None:
         """Shutting down: the turn goes back to the queue for another worker."""

@@ -3,6 +3,7 @@ against a real server process, `--json` output, exit codes, one-line errors."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -23,6 +24,8 @@ from typer.testing import CliRunner
 from tests.acceptance.procs import ServerProcess, wait_until
 from tests.helpers import free_port, scripted_agent
 from tether import cli
+from tether.client import Tether
+from tether.commands import chat
 
 # A reply streamed slowly enough to press Ctrl-C in the middle of it, short enough to finish.
 SLOW_REPLY = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu "
@@ -57,10 +60,10 @@ def _get(server: ServerProcess, path: str, **params: Any) -> Any:
     return r.json()
 
 
-def _chat(server: ServerProcess, agent: str) -> tuple[pexpect.spawn, str]:
+def _chat(server: ServerProcess, agent: str, *options: str) -> tuple[pexpect.spawn, str]:
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "tether", "chat", "--agent", agent],
+        ["-m", "tether", "chat", "--agent", agent, *options],
         env=_env(server.url),
         encoding="utf-8",
         dimensions=(24, 80),
@@ -146,6 +149,71 @@ def test_ctrl_c_in_chat_stops_the_turn_on_the_server(server: ServerProcess) -> N
     child.expect_exact("you> ")
     *_, last = _ended(server, sid, 4)
     assert last["status"] == "completed"
+    _quit(child)
+
+
+class _Terminal(io.StringIO):
+    """A chat's stdout where Ctrl-C is pressed the moment a given text reaches the screen, as
+    a person reacting to it does: SIGINT right after the write that showed it."""
+
+    def __init__(self, press_at: str):
+        super().__init__()
+        self.press_at = press_at
+        self.pressed = False
+
+    def flush(self) -> None:
+        super().flush()
+        if not self.pressed and self.press_at in self.getvalue():
+            self.pressed = True
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_as_text_reaches_the_screen_shows_that_text_once(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C right as a piece of the reply is printed (the label, the first word, a later
+    one), so between printing it and counting it as printed: the line ends with exactly the
+    kept partial text, nothing twice."""
+    # long enough (4 s) that it cannot end before the stop, even on a loaded machine
+    _agent(server, scripted_agent("slow", reply=SLOW_REPLY, tokens=200, token_delay_ms=20))
+    with Tether(server.url) as tether:
+        for press_at in ("agent> ", "alpha", "gamma"):
+            sid = tether.sessions.create("slow").id
+            screen = _Terminal(press_at)
+            with monkeypatch.context() as patch:
+                patch.setattr(sys, "stdout", screen)
+                try:
+                    chat.Chat(tether, sid).turn("hello")
+                except KeyboardInterrupt:
+                    pytest.fail("Ctrl-C escaped the chat")
+            [*_, partial] = tether.sessions.messages(sid).to_list()
+            assert screen.pressed, press_at
+            assert (partial.role, partial.status) == ("assistant", "interrupted")
+            line = screen.getvalue().splitlines()[0]
+            assert line.startswith("agent> "), line
+            assert line.endswith("⏹"), line
+            shown = line.removeprefix("agent> ").removesuffix("⏹").strip()
+            assert shown == (partial.content or "").strip(), press_at
+
+
+def test_chat_with_on_busy_steer_joins_the_turn_under_way(server: ServerProcess) -> None:
+    """A message typed while the session runs a turn from elsewhere joins that turn: the
+    chat follows it, shows the steer's delivery and the reply that answers it."""
+    _agent(server, scripted_agent("steady", reply="echo", tokens=60, token_delay_ms=30))
+    child, sid = _chat(server, "steady", "--on-busy", "steer")
+    r = httpx.post(f"{server.url}/v1/sessions/{sid}/turns", json={"input": "elsewhere"})
+    tid = r.json()["id"]
+    wait_until(
+        lambda: _get(server, f"/v1/sessions/{sid}/turns/{tid}")["status"] == "running",
+        20,
+        "the other turn running",
+    )
+    child.sendline("use JWT")
+    child.expect_exact("steered")
+    child.expect_exact("use JWT use JWT")
+    child.expect_exact("you> ")
+    [turn] = _ended(server, sid, 1)
+    assert turn["id"] == tid and turn["usage"]["model_calls"] == 2
     _quit(child)
 
 
@@ -245,6 +313,15 @@ def test_reads_print_json_and_errors_are_one_line_with_an_exit_code(
     assert read("agents", "show", "demo")["name"] == "demo"
     assert read("interrupts", "ls", sid) == []
     assert read("sessions", "stop", sid)["turn"] is None
+    [turn] = shown["turns"]
+    fork = read("sessions", "fork", sid, "--turn", turn["id"], "--metadata", '{"try": 2}')
+    assert fork["forked_from"] == {"session_id": sid, "turn_id": turn["id"], "at": "after"}
+    assert fork["metadata"] == {"try": 2}
+    plain = _invoke("sessions", "fork", sid, "--before", "--input", "again", env=env)
+    assert plain.exit_code == 0, plain.output
+    before = read("sessions", "show", plain.stdout.strip())
+    assert before["session"]["forked_from"]["at"] == "before"
+    assert before["turns"][0]["input"] == [{"role": "user", "content": "again"}]
 
     tail = pexpect.spawn(
         sys.executable,
@@ -266,6 +343,8 @@ def test_reads_print_json_and_errors_are_one_line_with_an_exit_code(
         (("interrupts", "approve", "int_01arz3ndektsv4rrffq69g5fav"), 5, "not found"),
         (("interrupts", "approve", "int_x", "--arguments", "[1]"), 2, "JSON object"),
         (("sessions", "ls", "--status", "busy"), 2, "--status must be one of"),
+        (("sessions", "fork", sid, "--metadata", "[1]"), 2, "--metadata must be a JSON object"),
+        (("chat", "--on-busy", "later"), 2, "--on-busy must be one of"),
     ]:
         out = _invoke(*args, env=env)
         assert out.exit_code == code, (args, out.output)
@@ -281,6 +360,117 @@ def test_reads_print_json_and_errors_are_one_line_with_an_exit_code(
     wait_until(lambda: _invoke("sessions", "ls", env=env).exit_code == 4, 20, "auth to be on")
     _one_line_error(_run("sessions", "ls", env={**env, "TETHER_API_KEY": "tth_a_b"}), 4, "API key")
     assert _invoke("sessions", "ls", env={**env, "TETHER_API_KEY": key}).exit_code == 0
+
+
+def _waiting(server: ServerProcess, agent: str) -> tuple[str, str]:
+    """A session whose turn waits for an approval: (session id, interrupt id)."""
+    sid = httpx.post(
+        f"{server.url}/v1/sessions", json={"agent_id": agent, "input": "go"}, timeout=10
+    ).json()["id"]
+    [pending] = wait_until(
+        lambda: _get(server, f"/v1/sessions/{sid}/interrupts", status="pending")["data"],
+        20,
+        "the approval",
+    )
+    return sid, pending["id"]
+
+
+def test_whoami_the_interrupts_inbox_and_rm(server: ServerProcess) -> None:
+    """`whoami` in open mode and with keys; `interrupts ls` without a session lists all the
+    tenant's pending ones, the one expiring soonest first; `sessions rm` closes, and with
+    --purge erases after asking (a script must say --yes; admins only)."""
+    env = _env(server.url)
+
+    def run(*args: str, **extra: str) -> Any:
+        out = _invoke(*args, env={**env, **extra})
+        assert out.exit_code == 0, (args, out.output)
+        return out
+
+    me = json.loads(run("whoami", "--json").stdout)
+    assert (me["tenant_id"], me["role"], me["auth"], me["key_id"]) == (
+        "default",
+        "admin",
+        False,
+        None,
+    )
+    assert "role    admin" in run("whoami").stdout
+
+    for name, ttl in (("never", None), ("soon", 60)):
+        tools = [{"name": "sleep", "policy": "approve"}]
+        agent = scripted_agent(name, steps=APPROVE_STEPS, tools=tools)
+        _agent(server, {**agent, "interrupt_ttl_s": ttl})
+    never_sid, never = _waiting(server, "never")
+    soon_sid, soon = _waiting(server, "soon")
+    inbox = json.loads(run("interrupts", "ls", "--json").stdout)
+    assert [i["id"] for i in inbox] == [soon, never]
+    lines = run("interrupts", "ls").stdout.splitlines()
+    assert lines[0].startswith(f"{soon}  approval  pending  expires in ")
+    assert lines[1].strip() == f'{soon_sid}: sleep({{"seconds": 0}})'
+    assert lines[2] == f"{never}  approval  pending  never expires"
+    for args in ((never_sid,), ("--session", never_sid)):
+        assert [i["id"] for i in json.loads(run("interrupts", "ls", *args, "--json").stdout)] == [
+            never
+        ]
+    twice = _invoke("interrupts", "ls", never_sid, "--session", soon_sid, env=env)
+    assert (twice.exit_code, twice.stdout) == (2, "")
+
+    closed = json.loads(run("sessions", "rm", soon_sid, "--json").stdout)
+    assert closed["closed_at"] is not None  # its waiting turn still waits: status `waiting`
+    assert "closed (still readable" in run("sessions", "rm", soon_sid).stdout
+    unasked = _invoke("sessions", "rm", soon_sid, "--purge", env=env)  # no terminal: no prompt
+    assert unasked.exit_code == 2
+    assert "--yes" in unasked.stderr
+    asked = pexpect.spawn(
+        sys.executable,
+        ["-m", "tether", "sessions", "rm", soon_sid, "--purge"],
+        env=env,
+        encoding="utf-8",
+        timeout=30,
+    )
+    asked.expect_exact("for good? [y/N]: ")
+    asked.sendline("n")
+    asked.expect_exact("not purged")
+    asked.expect(pexpect.EOF)
+    asked.close()
+    assert asked.exitstatus == 1
+    assert _get(server, f"/v1/sessions/{soon_sid}")["closed_at"], "still there"
+    asked = pexpect.spawn(
+        sys.executable,
+        ["-m", "tether", "sessions", "rm", soon_sid, "--purge"],
+        env=env,
+        encoding="utf-8",
+        timeout=30,
+    )
+    asked.expect_exact("for good? [y/N]: ")
+    asked.sendline("y")
+    asked.expect_exact(f"{soon_sid} purged")
+    asked.expect(pexpect.EOF)
+    asked.close()
+    assert asked.exitstatus == 0
+    assert _invoke("sessions", "show", soon_sid, env=env).exit_code == 5
+    assert [i["id"] for i in json.loads(run("interrupts", "ls", "--json").stdout)] == [never]
+
+    # with keys: who each one is; only an admin's may purge
+    made = httpx.post(f"{server.url}/v1/keys", json={"role": "admin"}, timeout=10).json()
+    admin = {"TETHER_API_KEY": made["key"]}
+    write_key = httpx.post(
+        f"{server.url}/v1/keys",
+        json={"role": "write"},
+        headers={"Authorization": f"Bearer {made['key']}"},
+        timeout=10,
+    ).json()
+    writer = {"TETHER_API_KEY": write_key["key"]}
+    wait_until(lambda: _invoke("whoami", env=env).exit_code == 4, 20, "auth to be on")
+    me = json.loads(run("whoami", "--json", **writer).stdout)
+    assert (me["role"], me["auth"], me["key_id"]) == ("write", True, write_key["id"])
+    assert write_key["id"] in run("whoami", **writer).stdout
+    refused = _invoke("sessions", "rm", never_sid, "--purge", "--yes", env={**env, **writer})
+    assert refused.exit_code == 4, refused.output
+    purged = json.loads(
+        run("sessions", "rm", never_sid, "--purge", "--yes", "--json", **admin).stdout
+    )
+    assert purged == {"id": never_sid, "purged": True}
+    assert json.loads(run("interrupts", "ls", "--json", **admin).stdout) == []
 
 
 @pytest.mark.embedded

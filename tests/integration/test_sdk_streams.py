@@ -218,3 +218,127 @@ async def test_sync_stream_resumes_after_cuts(
     for turn_id, events in await asyncio.to_thread(converse):
         _check_turn(events, await api.events(sid), turn_id)
     assert proxy.cuts > 0
+
+
+def _slow_agent(name: str) -> dict[str, Any]:
+    """A streamed reply of many small deltas, in flight when a stop comes; long enough (10 s)
+    that it cannot end before the stop on a loaded machine."""
+    return scripted_agent(name, reply="one two three four five six ", tokens=5000, token_delay_ms=2)
+
+
+def _assert_kept_text_whole(
+    events: list[Event], stored: list[dict[str, Any]], turn_id: str
+) -> None:
+    _check_turn(events, stored, turn_id)
+    ends = [e["type"] for e in stored if e["turn_id"] == turn_id and e["type"].startswith("turn.")]
+    assert ends[-1] == "turn.cancelled", ends
+
+
+async def test_a_stop_while_text_streams_keeps_the_text_whole(
+    server: Server, api: Api, proxy: CuttingProxy
+) -> None:
+    """Turns stopped mid-reply while their text streams through a proxy that cuts connections
+    at random: either the reader closes its stream at a random point, stops the turn and
+    follows it (`follow()`, as `tether chat` does on Ctrl-C), or it stops the turn and reads
+    on. Either way the text handed out is the kept partial text, with nothing twice and
+    nothing missing, and every durable event of the turn comes exactly once."""
+    rng = random.Random(SEED + 3)
+    proxy.chance = lambda: Cut("down", rng.randint(0, 3000)) if rng.random() < 0.4 else None
+    await api.c.post("/v1/agents", json=_slow_agent("slow"))
+    sid = await api.session("slow")
+    async with AsyncTether(
+        proxy.url,
+        max_retries=10,
+        max_reconnects=30,
+        stream_timeout=10,
+        http_client=_one_connection_per_request(),
+    ) as sdk:
+        for i in range(8):
+            enough = rng.randint(1, 80)  # chars of text before the stop
+            events: list[Event] = []
+            stream = await sdk.turns.create(sid, f"turn {i}", stream=True)
+            async with stream:
+                async for event in stream:
+                    events.append(event)
+                    if sum(len(e.delta or "") for e in events) >= enough:
+                        break
+                assert stream.turn_id is not None
+                result = await sdk.turns.cancel(sid, stream.turn_id, wait=10)
+                assert result.confirmed
+                if i % 2:  # read on: the deltas in flight, then the turn's end
+                    events += [e async for e in stream]
+            if i % 2 == 0:
+                events += [e async for e in await stream.follow()]
+            _assert_kept_text_whole(events, await api.events(sid), stream.turn_id)
+    assert proxy.cuts > 0
+
+
+async def test_a_stop_while_text_streams_keeps_the_text_whole_sync(
+    server: Server, api: Api, proxy: CuttingProxy
+) -> None:
+    """The same with the sync client: close at a random point, stop, `follow()`."""
+    rng = random.Random(SEED + 4)
+    proxy.chance = lambda: Cut("down", rng.randint(0, 3000)) if rng.random() < 0.4 else None
+    await api.c.post("/v1/agents", json=_slow_agent("slow"))
+    sid = await api.session("slow")
+    enough = [rng.randint(1, 80) for _ in range(4)]
+
+    def converse() -> list[tuple[str, list[Event]]]:
+        done = []
+        with Tether(proxy.url, max_retries=10, max_reconnects=30, stream_timeout=10) as sdk:
+            for i, chars in enumerate(enough):
+                events: list[Event] = []
+                with sdk.turns.create(sid, f"turn {i}", stream=True) as stream:
+                    for event in stream:
+                        events.append(event)
+                        if sum(len(e.delta or "") for e in events) >= chars:
+                            break
+                assert stream.turn_id is not None
+                assert sdk.turns.cancel(sid, stream.turn_id, wait=10).confirmed
+                events += list(stream.follow())
+                done.append((stream.turn_id, events))
+        return done
+
+    for turn_id, events in await asyncio.to_thread(converse):
+        _assert_kept_text_whole(events, await api.events(sid), turn_id)
+
+
+async def test_a_reader_stopping_on_a_tail_gets_the_completion_from_follow(
+    server: Server, api: Api, proxy: CuttingProxy
+) -> None:
+    """The create's answers are cut until the turn's first message has completed, so the
+    stream gives its text as one tail just before its `message.completed` (the two come from
+    one frame). The reader stops on that text, stops the turn (a tool still runs) and
+    follows it: the completion comes from `follow()`, once, and no text twice."""
+    steps = [
+        {"text": "Looking it up.", "tool_calls": [{"name": "sleep", "arguments": {"seconds": 30}}]}
+    ]
+    await api.c.post("/v1/agents", json=scripted_agent("slowtool", steps=steps, reply="done"))
+    sid = await api.session("slowtool")
+    away = True
+    proxy.chance = lambda: Cut("down", 0) if away else None
+    async with AsyncTether(
+        proxy.url, max_reconnects=30, http_client=_one_connection_per_request()
+    ) as sdk:
+        opening = asyncio.create_task(sdk.turns.create(sid, "go", stream=True))
+
+        async def tool_running() -> bool:
+            return any(e["type"] == "tool.started" for e in await api.events(sid))
+
+        await wait_for(tool_running, 20, "the tool to start")
+        away = False
+        stream = await opening
+        events: list[Event] = []
+        async with stream:
+            async for event in stream:
+                events.append(event)
+                if event.delta:
+                    break
+        assert events[-1].delta == "Looking it up.", "the whole message, as one tail"
+        assert stream.turn_id is not None
+        assert (await sdk.turns.cancel(sid, stream.turn_id, wait=10)).confirmed
+        rest = await stream.follow()
+        events += [e async for e in rest]
+        assert [m.content for m in rest.messages if m.role == "assistant"] == ["Looking it up."]
+    _assert_kept_text_whole(events, await api.events(sid), stream.turn_id)
+    assert proxy.cuts > 0

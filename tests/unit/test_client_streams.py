@@ -54,8 +54,16 @@ def text_of(events: list[models.Event]) -> str:
     return "".join(e.delta or "" for e in events)
 
 
-def feed_all(cursor: _streams.Cursor, frames: list[models.Event]) -> list[models.Event]:
-    return [out for frame in frames for out in cursor.feed(frame)]
+def feed_all(
+    cursor: _streams.Cursor | _streams.TurnRecord, frames: list[models.Event]
+) -> list[models.Event]:
+    """What a stream hands out for `frames`, read to the end."""
+    out = []
+    for frame in frames:
+        for event in cursor.take(frame):
+            cursor.passed(event)
+            out.append(event)
+    return out
 
 
 def test_durable_events_seen_before_a_reconnect_are_not_yielded_again() -> None:
@@ -80,7 +88,7 @@ def test_a_delta_past_the_text_seen_means_text_went_missing() -> None:
     cursor = _streams.Cursor()
     feed_all(cursor, [delta(2, 0, "Hel")])
     with pytest.raises(_streams.Gap):
-        cursor.feed(delta(2, 5, "world"))
+        cursor.take(delta(2, 5, "world"))
     # the reconnect brings the text so far from 0: nothing is lost
     assert text_of(feed_all(cursor, [delta(2, 0, "Hello world")])) == "lo world"
 
@@ -92,6 +100,41 @@ def test_a_message_that_completed_while_away_gets_its_tail_once() -> None:
     assert text_of(seen) == "Hello world"
     assert [e.type for e in seen] == ["message.delta", "message.delta", "message.completed"]
     assert seen[1].data["offset"] == 5
+
+
+def test_a_reader_that_stops_between_a_tail_and_its_completion_gets_the_completion_next() -> None:
+    """A frame can make two events: the tail of a message that completed while the stream was
+    away, then the completion. A reader that stops after the tail (a break, Ctrl-C) has not
+    been given the completion: the stream that follows must give it, and no text twice."""
+    record = _streams.TurnRecord(SID, _streams.Cursor(turn_id=TURN))
+    seen = feed_all(record, [durable(2, "turn.started"), delta(2, 0, "Hello")])
+    tail, completion = record.take(completed(3, "Hello world"))
+    record.passed(tail)  # handed out; the reader stops there
+    seen.append(tail)
+    rest = record.rest()
+    assert rest.cursor.after == 2, "resumes before the completion it never gave"
+    # the next stream replays from after=2: the completion, and a stale delta of the message
+    seen += feed_all(rest, [completion, delta(3, 0, "Hello world")])
+    assert text_of(seen) == "Hello world"
+    assert [e.type for e in seen] == [
+        "turn.started",
+        "message.delta",
+        "message.delta",
+        "message.completed",
+    ]
+    assert rest.final_text() == "Hello world"
+
+
+def test_text_taken_but_never_handed_out_comes_again() -> None:
+    """A delta taken from a frame and not handed out (the reader was interrupted before it
+    got it) is not counted: the text comes again, from where the reader is."""
+    cursor = _streams.Cursor()
+    seen = feed_all(cursor, [delta(2, 0, "Hel")])
+    cursor.take(delta(2, 3, "lo"))  # never passed
+    follower = cursor.copy()
+    seen += feed_all(follower, [delta(2, 0, "Hello"), completed(3, "Hello!")])
+    assert text_of(seen) == "Hello!"
+    assert [e.data["offset"] for e in seen if e.delta] == [0, 3, 5]
 
 
 def test_a_message_never_streamed_comes_whole_before_its_completion() -> None:
@@ -118,20 +161,20 @@ def test_a_turn_filter_drops_other_turns_but_moves_the_resume_point() -> None:
 def test_a_turn_record_learns_its_turn_and_ends_on_the_terminal_event() -> None:
     record = _streams.TurnRecord(SID, _streams.Cursor(), body={}, idempotency_key="k")
     assert record.request().method == "POST"
-    record.feed(durable(1, "turn.queued"))
+    feed_all(record, [durable(1, "turn.queued")])
     assert record.turn_id == TURN
     assert record.request().method == "GET"
     assert record.request().headers["Last-Event-ID"] == "1"
-    record.feed(completed(2, "done"))
+    feed_all(record, [completed(2, "done")])
     assert not record.over
-    record.feed(durable(3, "turn.cancelled"))
+    feed_all(record, [durable(3, "turn.cancelled")])
     assert record.over
     assert record.final_text() == "done"
 
 
 def test_a_waiting_marker_ends_the_stream_only_if_the_turn_still_waits() -> None:
     record = _streams.TurnRecord(SID, _streams.Cursor(turn_id=TURN))
-    record.feed(durable(4, "interrupt.created", turn_waiting=True))
+    feed_all(record, [durable(4, "interrupt.created", turn_waiting=True)])
     assert record.waiting_seen
     turn: dict[str, Any] = {
         "id": TURN,
@@ -147,7 +190,7 @@ def test_a_waiting_marker_ends_the_stream_only_if_the_turn_still_waits() -> None
     }
     record.still_waiting(models.Turn.model_validate(turn))
     assert not record.over
-    record.feed(durable(9, "interrupt.created", turn_waiting=True))
+    feed_all(record, [durable(9, "interrupt.created", turn_waiting=True)])
     record.still_waiting(models.Turn.model_validate({**turn, "status": "waiting"}))
     assert record.over
 

@@ -10,8 +10,16 @@ from starlette.types import Receive, Scope, Send
 
 import tether
 from tether import logs
-from tether.api import admin, console, errors, health, sse, tenant, v1
-from tether.api.compat import agent_threads, common, factory, gumloop, truefoundry, truefoundry_edge
+from tether.api import admin, console, errors, health, sse, tenant, v1, webhooks
+from tether.api.compat import (
+    agent_threads,
+    common,
+    factory,
+    gumloop,
+    truefoundry,
+    truefoundry_drafts,
+    truefoundry_edge,
+)
 from tether.api.input_guard import InputGuard
 from tether.api.limits import BodyLimit
 from tether.api.request_id import RequestId
@@ -63,9 +71,11 @@ def create_app(
     app.include_router(v1.router)
     app.include_router(tenant.router)
     app.include_router(admin.router)
+    app.include_router(webhooks.router)
     app.include_router(gumloop.router, include_in_schema=False)  # its contract: docs/compat
     app.include_router(factory.router, include_in_schema=False)
     app.include_router(truefoundry.router)
+    app.include_router(truefoundry_drafts.router)
     app.include_router(agent_threads.router)
     console.install(app)
     app.add_middleware(EndRevokedStreams)

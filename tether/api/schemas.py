@@ -7,7 +7,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether import domain
+from tether import domain, ids
 
 T = TypeVar("T")
 
@@ -36,6 +36,20 @@ class TurnCreate(_In):
     stream: bool = Field(default=False, description="answer with the turn's SSE stream")
 
 
+class ForkRequest(_In):
+    turn_id: str | None = Field(
+        default=None,
+        pattern=ids.pattern("turn"),
+        description="the turn to fork at (default: the last finished one)",
+    )
+    at: domain.ForkAt = Field(
+        default=domain.ForkAt.AFTER,
+        description="`after`: the history up to the end of the turn; `before`: up to its start",
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict, description="the fork's metadata")
+    input: Input | None = Field(default=None, description="optional first turn of the fork")
+
+
 class StopRequest(_In):
     mode: domain.StopMode = domain.StopMode.INTERRUPT
     scope: domain.StopScope = domain.StopScope.TURN
@@ -62,6 +76,7 @@ class AgentPatch(_In):
     instructions: str | None = None
     model: domain.ModelSpec | None = None
     tools: list[domain.ToolSpec] | None = None
+    mcp_servers: list[domain.McpServerSpec] | None = None
     max_steps: int | None = None
     turn_timeout_s: float | None = None
     interrupt_ttl_s: float | None = None
@@ -70,11 +85,17 @@ class AgentPatch(_In):
 
     def changes(self) -> dict[str, Any]:
         """The fields given, as JSON. A write-only api_key is never dumped, so it is carried
-        over by hand, null included (which removes the stored one)."""
+        over by hand, null included (which removes the stored one); so are MCP servers'
+        headers."""
         changes = self.model_dump(mode="json", exclude_unset=True)
         if self.model is not None and "api_key" in self.model.model_fields_set:
             key = self.model.api_key
             changes["model"]["api_key"] = key.get_secret_value() if key is not None else None
+        for server, dumped in zip(
+            self.mcp_servers or [], changes.get("mcp_servers") or [], strict=True
+        ):
+            if server.headers is not None:
+                dumped["headers"] = {k: v.get_secret_value() for k, v in server.headers.items()}
         return changes
 
 
@@ -90,6 +111,12 @@ class TurnRefOut(BaseModel):
     status: domain.TurnStatus
 
 
+class ForkedFromOut(BaseModel):
+    session_id: str
+    turn_id: str | None = Field(description="null: the source had no finished turn")
+    at: domain.ForkAt
+
+
 class SessionOut(BaseModel):
     id: str
     agent_id: str
@@ -100,6 +127,9 @@ class SessionOut(BaseModel):
     created_at: str
     updated_at: str
     closed_at: str | None
+    forked_from: ForkedFromOut | None = Field(
+        default=None, description="a fork's origin (DESIGN §4b); null for other sessions"
+    )
 
 
 class ErrorInfo(BaseModel):
@@ -122,6 +152,18 @@ class TurnOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+
+class SteerOut(BaseModel):
+    message_ids: list[str] = Field(description="the ids the transcript shows its messages with")
+    joined: bool = Field(
+        description="true: it joined this turn, delivered at its next step boundary; "
+        "false: the session had nothing under way, this is a new turn"
+    )
+
+
+class TurnAccepted(TurnOut):
+    steer: SteerOut | None = Field(default=None, description='with `on_busy: "steer"`')
 
 
 class SessionCreated(SessionOut):

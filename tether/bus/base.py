@@ -237,6 +237,14 @@ class Bus(Protocol):
         """The bus heard that this turn ended (its late deltas are dropped)."""
         ...
 
+    def notify_webhooks(self) -> None:
+        """Webhook deliveries became due (committed, retried by hand, handed back)."""
+        ...
+
+    async def wait_for_webhooks(self, max_wait_s: float) -> None:
+        """Until `notify_webhooks` (here or, in cluster mode, anywhere), or `max_wait_s`."""
+        ...
+
     def signal_stop(self, turn_id: str) -> None:
         """A stop was written for this turn: wake its executor."""
         ...

@@ -17,6 +17,11 @@ class Names:
         return f"{self.prefix}:work"
 
     @property
+    def webhooks(self) -> str:
+        """Channel: webhook deliveries became due (dispatchers wake and claim)."""
+        return f"{self.prefix}:webhooks"
+
+    @property
     def stop(self) -> str:
         """Channel: a stop was written for a turn (payload: the turn id)."""
         return f"{self.prefix}:stop"

@@ -29,6 +29,7 @@ class LocalBus:
         self._subs: defaultdict[str, set[Subscription]] = defaultdict(set)
         self._partials: dict[str, tuple[Delta, list[str]]] = {}
         self._work = asyncio.Event()
+        self._webhooks = asyncio.Event()
         self._stop_callback: Callable[[str], None] | None = None
         self._end_watches: defaultdict[str, set[EndWatch]] = defaultdict(set)
 
@@ -99,6 +100,15 @@ class LocalBus:
             async with asyncio.timeout(max_wait_s):
                 await self._work.wait()
         self._work.clear()
+
+    def notify_webhooks(self) -> None:
+        self._webhooks.set()
+
+    async def wait_for_webhooks(self, max_wait_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max_wait_s):
+                await self._webhooks.wait()
+        self._webhooks.clear()
 
     def signal_stop(self, turn_id: str) -> None:
         if self._stop_callback:

@@ -134,6 +134,7 @@ class RedisBus:
         self._partial_of: dict[str, tuple[str, float]] = {}  # session -> (message, renew at)
         self._work = asyncio.Event()
         self._want_work = asyncio.Event()  # a worker with room waits: take a token
+        self._webhooks = asyncio.Event()
         self._stop_callback: Callable[[str], None] | None = None
         self._end_watches: defaultdict[str, set[EndWatch]] = defaultdict(set)
         self._ended: OrderedDict[str, None] = OrderedDict()
@@ -202,6 +203,10 @@ class RedisBus:
         if not local:
             self._enqueue("work", None)  # and one worker anywhere
 
+    def notify_webhooks(self) -> None:
+        self._webhooks.set()  # our own dispatcher at once; the others through Redis
+        self._enqueue("webhooks", None)
+
     def signal_stop(self, turn_id: str) -> None:
         if self._stop_callback:
             self._stop_callback(turn_id)
@@ -250,6 +255,7 @@ class RedisBus:
         k = self.names
         now = time.monotonic()
         work = 0
+        webhooks = False
         for kind, item in batch:
             if kind == "delta":
                 delta = item.delta()
@@ -272,11 +278,15 @@ class RedisBus:
                     self._partial_of.pop(session_id, None)
                     pipe.delete(k.partial_meta(session_id), k.partial_text(session_id))
                 pipe.publish(k.session(session_id), _encode_events(events))
+            elif kind == "webhooks":
+                webhooks = True
             else:
                 work += 1
         if work:
             pipe.rpush(k.work, *[b""] * work)
             pipe.ltrim(k.work, -WORK_TOKENS_MAX, -1)
+        if webhooks:
+            pipe.publish(k.webhooks, "")
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -381,6 +391,12 @@ class RedisBus:
                 self._want_work.clear()
                 self._work.set()
 
+    async def wait_for_webhooks(self, max_wait_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max_wait_s):
+                await self._webhooks.wait()
+        self._webhooks.clear()
+
     def on_stop(self, callback: Callable[[str], None] | None) -> None:
         self._stop_callback = callback
 
@@ -443,10 +459,15 @@ class RedisBus:
         await self._keep_listening("data", channels, self._dispatch, connected, lost)
 
     async def _listen_control(self) -> None:
-        """The control subscription: stops and ends, on a connection of their own."""
+        """The control subscription: stops, ends and webhook wake-ups, on a connection of
+        their own."""
 
         def channels() -> list[bytes]:
-            return [self.names.stop.encode(), self.names.ends.encode()]
+            return [
+                self.names.stop.encode(),
+                self.names.ends.encode(),
+                self.names.webhooks.encode(),
+            ]
 
         def lost() -> None:
             self._control_connected.clear()
@@ -454,6 +475,7 @@ class RedisBus:
         def connected(_: aioredis.client.PubSub) -> None:
             self._control_connected.set()
             self._work.set()  # a wake-up may have been lost while we were away
+            self._webhooks.set()
 
         await self._keep_listening("control", channels, self._dispatch_control, connected, lost)
 
@@ -497,6 +519,7 @@ class RedisBus:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 self._work.set()  # workers poll the store meanwhile
+                self._webhooks.set()
                 await asyncio.sleep(_RECONNECT_S[min(failures, len(_RECONNECT_S) - 1)])
                 failures += 1
 
@@ -544,6 +567,8 @@ class RedisBus:
         elif channel == self.names.ends:
             session_id, turn_id, type = data.split(" ")
             self._heard_end(session_id, turn_id, type)
+        elif channel == self.names.webhooks:
+            self._webhooks.set()
 
     async def close(self) -> None:
         # what is still in the outbox goes out first (a worker's last events, a stop)

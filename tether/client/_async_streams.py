@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 import httpx
 import httpx_sse
 
-from tether.client import _calls, _streams, errors, models
+from tether.client import _base, _calls, _streams, errors, models
 
 if TYPE_CHECKING:
     from tether.client.async_client import AsyncTether
@@ -40,8 +40,11 @@ class AsyncEventStream:
     def _request(self) -> _streams.Request:
         return _streams.events_request(self.session_id, self._cursor)
 
-    def _feed(self, event: models.Event) -> list[models.Event]:
-        return self._cursor.feed(event)
+    def _take(self, event: models.Event) -> list[models.Event]:
+        return self._cursor.take(event)
+
+    def _passed(self, event: models.Event) -> None:
+        self._cursor.passed(event)
 
     async def _settle(self) -> None:
         """Called after each frame's events are yielded."""
@@ -53,11 +56,15 @@ class AsyncEventStream:
     async def _open(self) -> httpx.Response:
         request = self._request()
         http = self._client._http
+        headers, content = dict(request.headers), None
+        if request.json is not None:
+            content, content_type = _base.json_body(request.json)
+            headers.update(content_type)
         sent = http.build_request(
             request.method,
             request.path,
-            headers=request.headers,
-            json=request.json,
+            headers=headers,
+            content=content,
             timeout=self._client._config.stream_http_timeout(),
         )
         response = await http.send(sent, stream=True)
@@ -88,8 +95,10 @@ class AsyncEventStream:
                     async for sse in httpx_sse.EventSource(response).aiter_sse():
                         if not sse.data:
                             continue
-                        for event in self._feed(_streams.parse(sse.data)):
+                        for event in self._take(_streams.parse(sse.data)):
                             failures = 0
+                            # counted as given before it is: a reader that stops here has it
+                            self._passed(event)
                             yield event
                         await self._settle()
                         if self._over:
@@ -141,8 +150,11 @@ class AsyncTurnStream(AsyncEventStream):
     def _request(self) -> _streams.Request:
         return self._record.request()
 
-    def _feed(self, event: models.Event) -> list[models.Event]:
-        return self._record.feed(event)
+    def _take(self, event: models.Event) -> list[models.Event]:
+        return self._record.take(event)
+
+    def _passed(self, event: models.Event) -> None:
+        self._record.passed(event)
 
     async def _settle(self) -> None:
         if self._record.waiting_seen and self._record.turn_id:

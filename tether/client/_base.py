@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import uuid
@@ -63,12 +64,25 @@ def new_idempotency_key() -> str:
     return f"sdk-{uuid.uuid4().hex}"
 
 
+def json_body(value: Any) -> tuple[bytes, dict[str, str]]:
+    """`value` as a JSON request body, and its content type. What JSON cannot hold (NaN,
+    Infinity, a lone surrogate in a string) is sent all the same, for the server to refuse
+    with the error that says what and where (`InvalidNumber`, `InvalidText`), as for any other
+    input it cannot store, rather than a bare ValueError here."""
+    try:
+        body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate: as an escape (\ud800), which JSON allows
+        body = json.dumps(value, separators=(",", ":")).encode()
+    return body, {"Content-Type": "application/json"}
+
+
 def request_args(config: Config, call: _calls.Call[Any], key: str | None) -> dict[str, Any]:
     """httpx.request(...) arguments for `call`."""
     headers = {"Idempotency-Key": key} if key else {}
     args: dict[str, Any] = {"params": dict(call.params), "headers": headers}
     if call.json is not None:
-        args["json"] = call.json
+        args["content"], content_type = json_body(call.json)
+        headers.update(content_type)
     if call.timeout is not None:
         args["timeout"] = httpx.Timeout(config.timeout, read=call.timeout)
     return args

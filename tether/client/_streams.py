@@ -8,6 +8,11 @@ delta, and a delta that would leave a hole (one went missing) makes the stream r
 server then sends the message's text so far from offset 0. A message that completed while the
 stream was away gets its missing tail as one last delta before its `message.completed`. So the
 text yielded for a message is its final text: no gap, no duplicate.
+
+The cursor moves as each event is handed out (`passed`), not as its frame arrives: a frame
+may make two events (a message's tail, then its completion), and a reader that stops between
+them (a `break`, Ctrl-C, a stop) must get the second from the next stream (`follow()`), not
+lose it.
 """
 
 from __future__ import annotations
@@ -44,27 +49,38 @@ class Cursor:
     def copy(self) -> Cursor:
         return Cursor(self.after, self.turn_id, dict(self.sent), set(self.completed))
 
-    def feed(self, event: models.Event) -> list[models.Event]:
-        """The events to yield for one frame received (none, it, or a filled-in delta
-        and it)."""
+    def take(self, event: models.Event) -> list[models.Event]:
+        """The events to yield for one frame received (none, it, or a filled-in delta and
+        it). Each is to be `passed` as it is handed out; a frame with nothing to yield moves
+        the cursor past it at once."""
         if not event.durable:
             return self._delta(event)
         if event.seq <= self.after:
             return []  # seen before the connection dropped
-        self.after = event.seq
         if self.turn_id is not None and event.turn_id != self.turn_id:
+            self.after = event.seq
             return []
-        out = []
         message = event.message if event.type == "message.completed" else None
         if message is not None and message.role == "assistant":
             text = message.content or ""
             done = self.sent.get(message.id, 0)
             if done < len(text):  # streamed while we were away: the tail, once
-                out.append(_delta(event, message.id, done, text[done:]))
-            self.sent[message.id] = max(done, len(text))
+                return [_delta(event, message.id, done, text[done:]), event]
+        return [event]
+
+    def passed(self, event: models.Event) -> None:
+        """`event` (from `take`) is handed out: the stream now stands after it."""
+        if not event.durable:
+            message_id = str(event.data["message_id"])
+            end = int(event.data["offset"]) + len(event.delta or "")
+            self.sent[message_id] = max(self.sent.get(message_id, 0), end)
+            return
+        self.after = max(self.after, event.seq)
+        message = event.message if event.type == "message.completed" else None
+        if message is not None and message.role == "assistant":
+            done = self.sent.get(message.id, 0)
+            self.sent[message.id] = max(done, len(message.content or ""))
             self.completed.add(message.id)
-        out.append(event)
-        return out
 
     def _delta(self, event: models.Event) -> list[models.Event]:
         if self.turn_id is not None and event.turn_id != self.turn_id:
@@ -79,7 +95,6 @@ class Cursor:
             return []
         if offset > done:
             raise Gap(f"text of {message_id} resumes at {offset}, {done} chars seen")
-        self.sent[message_id] = offset + len(text)
         return [_delta(event, message_id, done, text[done - offset :])]
 
 
@@ -156,16 +171,14 @@ class TurnRecord:
             raise errors.TetherClientError("the turn is not known yet: nothing to follow")
         return TurnRecord(self.session_id, self.cursor.copy(), turn=self.turn)
 
-    def feed(self, event: models.Event) -> list[models.Event]:
+    def take(self, event: models.Event) -> list[models.Event]:
         if self.cursor.turn_id is None and event.durable and event.turn_id:
             # the create's own stream carries this turn's events only: its first names it
             self.cursor.turn_id = event.turn_id
-        out = self.cursor.feed(event)
-        for item in out:
-            self._note(item)
-        return out
+        return self.cursor.take(event)
 
-    def _note(self, event: models.Event) -> None:
+    def passed(self, event: models.Event) -> None:
+        self.cursor.passed(event)
         if (turn := event.turn) is not None:
             self.turn = turn
         if (message := event.message) is not None:

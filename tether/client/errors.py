@@ -86,6 +86,10 @@ class InterruptNotPending(Conflict):
     """409 `interrupt_not_pending`: the interrupt was already answered, expired or cancelled."""
 
 
+class TurnNotFinished(Conflict):
+    """409 `turn_not_finished`: a fork must start from a finished turn."""
+
+
 class IdempotencyKeyInFlight(Conflict):
     """409 `idempotency_key_in_flight`: the first request with this key is still running."""
 
@@ -108,6 +112,57 @@ class ValidationError(Unprocessable):
 
 class InvalidAgent(Unprocessable):
     """422 `invalid_agent`: the agent definition is refused."""
+
+
+class InvalidModelParams(InvalidAgent):
+    """422 `invalid_model_params`: the model's `params` are not ones its provider accepts."""
+
+
+class ProviderNotAllowed(InvalidAgent):
+    """422 `provider_not_allowed` (and the codes below): the server's operator does not allow
+    this model provider setting."""
+
+
+class ProviderKeyEnvNotAllowed(ProviderNotAllowed):
+    """422 `provider_key_env_not_allowed`: `model.api_key_env` is not a variable agents may
+    name (the operator lists them); give your own `model.api_key` instead."""
+
+
+class ProviderBaseUrlNotAllowed(ProviderNotAllowed):
+    """422 `provider_base_url_not_allowed`: a key held by the server may not go to this
+    `model.base_url`; give your own `model.api_key` to use another host."""
+
+
+class SecretKeyMissing(ProviderNotAllowed):
+    """422 `secret_key_missing`: this server cannot store your own `model.api_key` (its
+    operator configured no secret key); name a server-held key with `model.api_key_env`."""
+
+
+class DestinationNotAllowed(Unprocessable):
+    """422 `destination_not_allowed`: Tether may not send requests to this URL (a loopback
+    or private address, credentials in it, not http(s), …)."""
+
+
+class UnstorableInput(Unprocessable):
+    """422: the input holds something that cannot be stored and read back as valid JSON;
+    `details` says where (`{"in": "body", "path": "$.metadata.k"}`). One of the four below."""
+
+
+class InvalidText(UnstorableInput):
+    """422 `invalid_text`: text with U+0000 (NUL) or a lone surrogate (not valid Unicode)."""
+
+
+class NestingTooDeep(UnstorableInput):
+    """422 `nesting_too_deep`: JSON nested deeper than the server stores."""
+
+
+class InvalidNumber(UnstorableInput):
+    """422 `invalid_number`: NaN or Infinity, which are not JSON numbers."""
+
+
+class MetadataTooLarge(UnstorableInput):
+    """422 `metadata_too_large`: `metadata` over the server's size limit (`details` has the
+    `size` and the `limit`, in bytes of JSON)."""
 
 
 class IdempotencyKeyReused(Unprocessable):
@@ -147,10 +202,22 @@ _BY_CODE: dict[str, type[APIError]] = {
     "session_busy": SessionBusy,
     "session_closed": SessionClosed,
     "interrupt_not_pending": InterruptNotPending,
+    "turn_not_finished": TurnNotFinished,
     "idempotency_key_in_flight": IdempotencyKeyInFlight,
     "already_exists": AlreadyExists,
     "validation_error": ValidationError,
     "invalid_agent": InvalidAgent,
+    "invalid_model_params": InvalidModelParams,
+    "provider_not_allowed": ProviderNotAllowed,
+    "provider_key_env_not_allowed": ProviderKeyEnvNotAllowed,
+    "provider_base_url_not_allowed": ProviderBaseUrlNotAllowed,
+    "secret_key_missing": SecretKeyMissing,
+    "destination_not_allowed": DestinationNotAllowed,
+    "unstorable_input": UnstorableInput,
+    "invalid_text": InvalidText,
+    "nesting_too_deep": NestingTooDeep,
+    "invalid_number": InvalidNumber,
+    "metadata_too_large": MetadataTooLarge,
     "idempotency_key_reused": IdempotencyKeyReused,
     "arguments_not_editable": ArgumentsNotEditable,
 }

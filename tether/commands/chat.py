@@ -7,14 +7,20 @@ inline, then followed to its end.
 
 The text printed for a message is kept in step with the message's final text by offset, so a
 dropped connection, a Ctrl-C between two writes, or a reconnect never shows text twice or
-leaves a hole.
+leaves a hole. Ctrl-C is held back while a piece of text is printed and counted: pressed as the
+text reaches the screen (which is when a person reacts to it), it would otherwise land between
+the two, and the stop would print that piece again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -33,6 +39,13 @@ class Quit(Exception):
 def chat(
     agent: Annotated[str, typer.Option(help="agent id or name for a new session")] = "demo",
     session: Annotated[str | None, typer.Option(help="continue this session")] = None,
+    on_busy: Annotated[
+        str,
+        typer.Option(
+            help="what a message does when the session is busy (a turn from elsewhere): "
+            "enqueue, reject, interrupt, rollback, or steer (join that turn)"
+        ),
+    ] = "enqueue",
     url: Url = DEFAULT,
     api_key: ApiKey = None,
 ) -> None:
@@ -41,21 +54,23 @@ def chat(
     Ctrl-C while a reply streams interrupts that turn (its partial reply is kept) and gives
     the prompt back; Ctrl-C or Ctrl-D at the prompt quits. Approvals and questions are asked
     inline."""
+    busy = common.choice("--on-busy", on_busy, models.OnBusy)
     with contextlib.suppress(ImportError):  # not on every platform
         import readline  # noqa: F401  (line editing and history for input())
     with common.client(url, api_key) as tether:
         sid = tether.sessions.get(session).id if session else tether.sessions.create(agent).id
         common.out.print(f"[dim]session {sid} (Ctrl-C stops a reply; Ctrl-D quits)[/]")
         try:
-            Chat(tether, sid).run(resume=session is not None)
+            Chat(tether, sid, busy).run(resume=session is not None)
         except Quit as left:
             common.out.print(f"[yellow]{common.esc(left)}[/]", soft_wrap=True)
 
 
 class Chat:
-    def __init__(self, tether: Tether, session_id: str):
+    def __init__(self, tether: Tether, session_id: str, on_busy: models.OnBusy = "enqueue"):
         self.tether = tether
         self.sid = session_id
+        self.on_busy: models.OnBusy = on_busy
         self.stream: TurnStream | None = None  # the turn being shown
         self.printed: dict[str, int] = {}  # message id -> chars of it on the screen
         self.at_line_start = True
@@ -85,7 +100,8 @@ class Chat:
     def turn(self, text: str) -> None:
         self.stream, self.label_due = None, True
         try:
-            self.follow(self.tether.turns.create(self.sid, text, stream=True))
+            stream = self.tether.turns.create(self.sid, text, on_busy=self.on_busy, stream=True)
+            self.follow(stream)
         except KeyboardInterrupt:
             self.stop()
 
@@ -133,6 +149,8 @@ class Chat:
             self.note(f"  ↳ {event.data.get('name')}({arguments}) …")
         elif event.type == "tool.completed":
             self.note(f"  ↳ {event.data.get('name')}: {event.data.get('outcome')}")
+        elif event.type == "turn.steered":
+            self.note("  ↳ steered: new input joined the turn")
 
     def text(self, event: Event) -> None:
         data = event.data
@@ -143,12 +161,13 @@ class Chat:
         if offset > done or offset + len(text) <= done:
             return  # after a hole (its message's completion fills it), or already shown
         fresh = text[done - offset :]
-        if self.label_due:
-            self.end_line()
-            self.write("agent> ")
-            self.label_due = False
-        self.write(fresh)
-        self.printed[message_id] = offset + len(text)
+        with ctrl_c_held():  # on the screen and counted, or neither
+            if self.label_due:
+                self.end_line()
+                self.write("agent> ")
+                self.label_due = False
+            self.write(fresh)
+            self.printed[message_id] = offset + len(text)
 
     def note(self, line: str) -> None:
         self.say(f"[dim]{common.esc(line)}[/]")
@@ -287,3 +306,27 @@ class Chat:
     def end_line(self) -> None:
         if not self.at_line_start:
             self.write("\n")
+
+
+@contextlib.contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """Ctrl-C (SIGINT) pressed during the block takes effect as the block ends, so that the
+    block is done whole or not at all. Only the main thread gets signals; elsewhere the block
+    just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        pressed.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    if previous is None:  # set outside Python: the closest we can put back
+        previous = signal.default_int_handler
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pressed:
+            signal.raise_signal(signal.SIGINT)  # now, to whoever handled it before

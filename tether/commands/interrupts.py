@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -19,7 +20,15 @@ Reason = Annotated[str | None, typer.Option(help="why, told to the model")]
 
 @app.command("ls")
 def ls(
-    session_id: Annotated[str, typer.Argument(help="the session's id")],
+    session_id: Annotated[
+        str | None,
+        typer.Argument(
+            help="a session's id (without one: all of your sessions')", show_default=False
+        ),
+    ] = None,
+    session: Annotated[
+        str | None, typer.Option("--session", help="the same, as an option", show_default=False)
+    ] = None,
     status: Annotated[
         str, typer.Option(help="pending, resolved, expired, cancelled, or all")
     ] = "pending",
@@ -27,17 +36,50 @@ def ls(
     url: Url = DEFAULT,
     api_key: ApiKey = None,
 ) -> None:
-    """A session's interrupts (by default those awaiting an answer)."""
+    """Interrupts awaiting an answer (--status for others): a session's, oldest first, or
+    without one those of all of your sessions (the approvals inbox), the one expiring soonest
+    first."""
+    if session_id is not None and session is not None and session_id != session:
+        common.fail("name the session once: as an argument or with --session", Exit.USAGE)
+    sid = session_id if session_id is not None else session
     wanted = None if status == "all" else common.choice("--status", status, models.InterruptStatus)
     with common.client(url, api_key) as tether:
-        items = list(tether.interrupts.list(session_id, status=wanted))
+        items = list(tether.interrupts.list(sid, status=wanted))
     if as_json:
         common.print_json(items)
         return
-    grid = common.Grid("id", "type", "tool", "status", "request", ids=["id"])
+    now = datetime.now(UTC)
     for i in items:
-        grid.add_row(i.id, i.type, i.tool_name or "", i.status, common.compact(i.request, 40))
-    grid.print()
+        # two lines each: whole ids fit in 80 columns, and what is asked gets a line of its own
+        common.out.print(f"{i.id}  {i.type}  {i.status}  {_expiry(i, now)}".rstrip())
+        asked = f"{i.session_id}: {_asked(i)}" if sid is None else _asked(i)
+        common.out.print(f"  {common.esc(asked)}", soft_wrap=True, style="dim")
+
+
+def _asked(interrupt: models.Interrupt) -> str:
+    """What the interrupt asks, in a line: the tool call to approve, or the question."""
+    request = interrupt.request
+    if interrupt.type == "approval":
+        return f"{interrupt.tool_name}({common.compact(request.get('arguments', {}), 160)})"
+    if interrupt.type == "question" and isinstance(request.get("question"), str):
+        return common.compact(request["question"], 200).strip('"')
+    return common.compact(request, 200)
+
+
+def _expiry(interrupt: models.Interrupt, now: datetime) -> str:
+    if not interrupt.pending:
+        return ""
+    if interrupt.expires_at is None:
+        return "never expires"
+    left = int((interrupt.expires_at - now).total_seconds())
+    if left <= 0:
+        return "expiring"
+    days, rest = divmod(left, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s")]
+    shown = [f"{n}{unit}" for n, unit in parts if n][:2]  # the two largest: 2h 5m, 4m 59s
+    return "expires in " + " ".join(shown)
 
 
 def _answered(interrupt: models.Interrupt, as_json: bool) -> None:

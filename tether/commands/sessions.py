@@ -1,8 +1,9 @@
-"""`tether sessions ls|show|tail|stop`."""
+"""`tether sessions ls|show|tail|stop|fork|rm`."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 from typing import Annotated
 
@@ -12,7 +13,9 @@ from tether.client import Event, models
 from tether.commands import common
 from tether.commands.common import DEFAULT, ApiKey, AsJson, Exit, Url
 
-app = typer.Typer(help="Sessions: list, show, follow, stop.", no_args_is_help=True)
+app = typer.Typer(
+    help="Sessions: list, show, follow, stop, fork, close or erase.", no_args_is_help=True
+)
 
 
 @app.command("ls")
@@ -66,6 +69,9 @@ def show(
     out = common.out
     out.print(f"[bold]session[/] {session.id}  [bold]{session.status}[/]")
     out.print(f"agent {session.agent_id}  created {common.when(session.created_at)}")
+    if origin := session.forked_from:
+        at = f"{origin.at} {origin.turn_id}" if origin.turn_id else "with no finished turn"
+        out.print(f"forked from {origin.session_id} ({at})", markup=False)
     if session.metadata:
         out.print(f"metadata {common.compact(session.metadata)}", markup=False)
     if turns:
@@ -177,3 +183,85 @@ def stop(
         common.out.print(f"{result.turn.id} still cancelling: the stop stays in force")
     if not result.confirmed:
         raise typer.Exit(Exit.NOT_CONFIRMED)
+
+
+@app.command("rm")
+def rm(
+    session_id: Annotated[str, typer.Argument(help="the session's id")],
+    purge: Annotated[
+        bool, typer.Option("--purge", help="erase it and all of it for good (admin keys)")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="--purge without asking")] = False,
+    as_json: AsJson = False,
+    url: Url = DEFAULT,
+    api_key: ApiKey = None,
+) -> None:
+    """Close a session: no new turns, queued ones cancelled; it stays readable. With --purge
+    (admin keys), erase it for good instead: its turns are stopped, then it and its turns,
+    transcript, events and interrupts are deleted. --purge asks first, unless --yes."""
+    if purge:
+        if not yes:
+            _confirm_purge(session_id)
+        with common.client(url, api_key) as tether:
+            tether.sessions.purge(session_id)
+        if as_json:
+            common.print_json({"id": session_id, "purged": True})
+        else:
+            common.out.print(f"{session_id} purged")
+        return
+    with common.client(url, api_key) as tether:
+        closed = tether.sessions.close(session_id)
+    if as_json:
+        common.print_json(closed)
+    else:
+        common.out.print(f"{closed.id} closed (still readable; --purge erases it for good)")
+
+
+def _confirm_purge(session_id: str) -> None:
+    if not sys.stdin.isatty():
+        common.fail(
+            f"--purge erases {session_id} for good: confirm with --yes (no terminal to ask on)",
+            Exit.USAGE,
+        )
+    question = f"Erase session {session_id} and all of it (transcript, events) for good?"
+    if not typer.confirm(question, default=False):
+        common.fail("not purged", Exit.ERROR)
+
+
+@app.command("fork")
+def fork(
+    session_id: Annotated[str, typer.Argument(help="the session to fork")],
+    turn: Annotated[
+        str | None, typer.Option(help="fork at this turn (default: the last finished one)")
+    ] = None,
+    before: Annotated[
+        bool, typer.Option("--before", help="up to the turn's start, not its end")
+    ] = False,
+    metadata: Annotated[str | None, typer.Option(help="the fork's metadata, a JSON object")] = None,
+    input: Annotated[str | None, typer.Option(help="the fork's first turn")] = None,
+    as_json: AsJson = False,
+    url: Url = DEFAULT,
+    api_key: ApiKey = None,
+) -> None:
+    """A new session from this one's history up to a finished turn; the source is not
+    changed. Prints the new session's id (continue it with `tether chat --session ID`)."""
+    meta = None
+    if metadata is not None:
+        try:
+            meta = json.loads(metadata)
+        except ValueError:
+            common.fail("--metadata must be a JSON object", Exit.USAGE)
+        if not isinstance(meta, dict):
+            common.fail("--metadata must be a JSON object", Exit.USAGE)
+    with common.client(url, api_key) as tether:
+        made = tether.sessions.fork(
+            session_id,
+            turn_id=turn,
+            at="before" if before else "after",
+            metadata=meta,
+            input=input,
+        )
+    if as_json:
+        common.print_json(made)
+    else:
+        common.out.print(made.id, markup=False, highlight=False)

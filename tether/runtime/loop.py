@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 from tether import domain, errors, ids
 from tether.runtime import model as m
-from tether.runtime.tools import ToolArgumentsError, ToolContext, ToolRegistry
+from tether.runtime.toolbox import Toolbox
+from tether.runtime.tools import ToolArgumentsError, ToolContext, ToolError
 
 # How long cancelled tools get to clean up before the turn ends without them.
 TOOL_CANCEL_GRACE_S = 0.5
@@ -31,15 +32,22 @@ class TurnIO(Protocol):
     def delta(self, message_id: str, offset: int, text: str) -> None:
         """A live text delta: streamed, not stored."""
 
-    async def commit(self, checkpoint: domain.Checkpoint) -> None:
-        """Make one step durable (with the turn's pause or end, if it has one)."""
+    async def commit(self, checkpoint: domain.Checkpoint) -> list[domain.Message]:
+        """Make one step durable (with the turn's pause or end, if it has one). At a step
+        boundary, answers the steers' messages that joined the transcript with it: then a
+        final answer did not end the turn."""
+
+    def tool_progress(
+        self, call: domain.ToolCall, progress: float, total: float | None, message: str | None
+    ) -> None:
+        """A running tool's progress report: written apart, best effort; returns at once."""
 
 
 @dataclass(slots=True)
 class Agent:
     spec: domain.AgentSpec
     model: m.Model
-    tools: ToolRegistry
+    tools: Toolbox
 
 
 class RunState(enum.Enum):
@@ -133,23 +141,19 @@ async def run_turn(
     resume = resume or domain.ResumeState()
     step = turn.step
     progress.usage = domain.Usage(**turn.usage.as_dict())
-    offered = [
-        tool.spec()
-        for name in dict.fromkeys(t.name for t in agent.spec.tools)  # each tool once
-        if (entry := tool_spec(agent, name))
-        and entry.policy is not domain.ToolPolicy.DENY
-        and (tool := agent.tools.get(name))
-    ]
 
-    async def commit(checkpoint: domain.Checkpoint) -> None:
-        await io.commit(checkpoint)
+    async def commit(checkpoint: domain.Checkpoint) -> list[domain.Message]:
+        steered = await io.commit(checkpoint)
         progress.reset()
+        return steered
 
+    max_steps = agent.spec.max_steps
     while True:
         turn_messages = [msg for msg in transcript if msg.turn_id == turn.id]
         pending = pending_tool_calls(turn_messages)
-        if step >= agent.spec.max_steps:
+        if step >= max_steps:
             raise errors.MaxStepsExceeded(f"no final answer after {step} steps")
+        await agent.tools.refresh()  # MCP servers' tools: cached, unless they changed
         if pending:
             runs = await _tool_step(io, agent, turn, pending, progress, resume)
             results = [r.result for r in runs if r.result is not None]
@@ -159,18 +163,29 @@ async def run_turn(
                     domain.Checkpoint(progress.usage, results=results, waits=True, asks=asks)
                 )
                 return
-            await commit(domain.Checkpoint(progress.usage, step_done=True, results=results))
-            transcript.extend(r.message for r in results)
             step += 1
+            done = domain.Checkpoint(
+                progress.usage, step_done=True, results=results, boundary=step < max_steps
+            )
+            steered = await commit(done)
+            transcript.extend(r.message for r in results)
+            transcript.extend(steered)
             resume = domain.ResumeState()  # what was asked before concerns the calls just done
             continue
 
+        offered = agent.tools.offered()
         message = await _model_step(io, turn, transcript, agent, offered, progress)
         transcript.append(message)
         step += 1
         end = None if message.tool_calls else domain.TurnEnd(domain.TurnStatus.COMPLETED)
-        await commit(domain.Checkpoint(progress.usage, True, messages=[message], end=end))
-        if end is not None:
+        # A boundary where the transcript is valid for a model call (no call left without a
+        # result) and another model call may be made: steers join the turn here.
+        boundary = end is not None and step < max_steps
+        steered = await commit(
+            domain.Checkpoint(progress.usage, True, messages=[message], end=end, boundary=boundary)
+        )
+        transcript.extend(steered)
+        if end is not None and not steered:
             return
 
 
@@ -232,7 +247,7 @@ async def _tool_step(
     runnable = [r for r in runs if r.state is RunState.WAITING]
     if runnable:
         await io.commit(domain.Checkpoint(progress.usage, started=[r.call for r in runnable]))
-        await _run_tools(agent, turn, runnable, resume)
+        await _run_tools(io, agent, turn, runnable, resume)
     return runs
 
 
@@ -241,10 +256,19 @@ def _gate(agent: Agent, turn: domain.Turn, run: ToolRun, resume: domain.ResumeSt
     interrupt to create, unless one is pending), or leaves it WAITING, with the arguments to
     run it with."""
     call = run.call
-    spec = tool_spec(agent, call.name)
+    spec = agent.tools.entry(call.name)
     tool = agent.tools.get(call.name)
     if tool is None or spec is None:
-        _settle(turn, run, f"Error: no tool named {call.name!r} is available.", "error")
+        if call.id in resume.started:  # it may have run before a crash, when it was there
+            _settle(
+                turn,
+                run,
+                "Outcome unknown: the tool may have run before a crash; it "
+                f"is not available now. {agent.tools.missing(call.name)}",
+                "unknown",
+            )
+        else:
+            _settle(turn, run, agent.tools.missing(call.name), "error")
         return
     if spec.policy is domain.ToolPolicy.DENY:
         _settle(turn, run, f"Error: tool {call.name!r} is not allowed to run.", "error")
@@ -325,17 +349,17 @@ def _settle(turn: domain.Turn, run: ToolRun, content: str, outcome: str) -> None
 def _interrupt(
     agent: Agent, call: domain.ToolCall, type: str, request: dict[str, Any]
 ) -> domain.InterruptRequest:
-    spec = tool_spec(agent, call.name)
+    spec = agent.tools.entry(call.name)
     ttl = (spec.interrupt_ttl_s if spec else None) or agent.spec.interrupt_ttl_s
     return domain.InterruptRequest(type, call.id, call.name, request, ttl, agent.spec.on_expire)
 
 
 async def _run_tools(
-    agent: Agent, turn: domain.Turn, runs: list[ToolRun], resume: domain.ResumeState
+    io: TurnIO, agent: Agent, turn: domain.Turn, runs: list[ToolRun], resume: domain.ResumeState
 ) -> None:
     """Run tool calls in parallel. If the batch is cancelled, each tool is cancelled and given
     a short grace period; those that do not finish are abandoned."""
-    tasks = [asyncio.create_task(_run_tool(agent, turn, run, resume)) for run in runs]
+    tasks = [asyncio.create_task(_run_tool(io, agent, turn, run, resume)) for run in runs]
     try:
         # asyncio.wait, not gather: a cancelled gather waits for its children to finish
         await asyncio.wait(tasks)
@@ -350,7 +374,7 @@ async def _run_tools(
 
 
 async def _run_tool(
-    agent: Agent, turn: domain.Turn, run: ToolRun, resume: domain.ResumeState
+    io: TurnIO, agent: Agent, turn: domain.Turn, run: ToolRun, resume: domain.ResumeState
 ) -> None:
     """Run one tool call; any failure becomes a tool result the model can read."""
     call = run.call
@@ -358,7 +382,18 @@ async def _run_tool(
     assert tool is not None
     assert run.arguments is not None
     run.state = RunState.RUNNING
-    ctx = ToolContext(turn.session_id, turn.id, call.id, resume.interrupts.get(call.id, []))
+
+    def report(progress: float, total: float | None, message: str | None) -> None:
+        io.tool_progress(call, progress, total, message)
+
+    ctx = ToolContext(
+        turn.session_id,
+        turn.id,
+        call.id,
+        resume.interrupts.get(call.id, []),
+        report=report,
+        tenant_id=turn.tenant_id,
+    )
     outcome = "completed"
     try:
         content = await tool.call(run.arguments, ctx)
@@ -370,17 +405,8 @@ async def _run_tool(
         content, outcome = f"Not answered: {exc.message}.", "expired"
     except ToolArgumentsError as exc:
         content, outcome = f"Error: invalid arguments for {call.name}: {exc}", "error"
+    except ToolError as exc:  # the tool's own error result (an MCP server's, say)
+        content, outcome = str(exc), "error"
     except Exception as exc:  # a tool's bug is the model's information, not a crash
         content, outcome = f"Error: {type(exc).__name__}: {exc}", "error"
     _settle(turn, run, content, outcome)
-
-
-_STRICTNESS = [domain.ToolPolicy.AUTO, domain.ToolPolicy.APPROVE, domain.ToolPolicy.DENY]
-
-
-def tool_spec(agent: Agent, tool_name: str) -> domain.ToolSpec | None:
-    """The agent's entry for a tool. Duplicate entries are refused when agents are made, but
-    one stored before that rule may have them: then the strictest policy holds, so an
-    approval is never skipped."""
-    entries = [t for t in agent.spec.tools if t.name == tool_name]
-    return max(entries, key=lambda t: _STRICTNESS.index(t.policy), default=None)

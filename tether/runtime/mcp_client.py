@@ -32,14 +32,18 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx2
-import mcp
 import mcp_types
-from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
+
+from tether import destinations
+
+# The `mcp` SDK (about a second of CPU to import) is imported where a connection is made or
+# its errors are read: a process whose agents use no MCP server, or a CLI command, never
+# pays for it.
+if TYPE_CHECKING:
+    import mcp
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +67,13 @@ class StdioServer:
 
 @dataclass(frozen=True)
 class HttpServer:
-    """A streamable HTTP server; headers carry its credentials (never shown)."""
+    """A streamable HTTP server; headers carry its credentials (never shown). `guarded`: a
+    tenant's own server, reached only through the destination guard (DESIGN §8)."""
 
     name: str
     url: str
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    guarded: bool = False
 
 
 Server = StdioServer | HttpServer
@@ -185,10 +191,12 @@ class _Connection:
         server: Server,
         http_client: Callable[[HttpServer], httpx2.AsyncClient],
         stderr: TextIO,
+        on_tools_changed: Callable[[], None] = lambda: None,
     ):
         self.server = server
         self._http_client = http_client
         self._stderr = stderr
+        self._on_tools_changed = on_tools_changed
         self.client: mcp.Client | None = None
         self.call: _Call | None = None
         self.failure: BaseException | None = None
@@ -219,6 +227,8 @@ class _Connection:
 
     def _transport(self) -> Any:
         if isinstance(self.server, StdioServer):
+            from mcp.client.stdio import StdioServerParameters, stdio_client
+
             params = StdioServerParameters(
                 command=self.server.command,
                 args=list(self.server.args),
@@ -229,10 +239,13 @@ class _Connection:
         return _http_transport(self.server.url, self._http_client(self.server))
 
     async def _run(self) -> None:
+        import mcp
+
         try:
             async with mcp.Client(
                 self._transport(),
                 elicitation_callback=self._elicit,
+                message_handler=self._notified,
                 client_info=mcp_types.Implementation(name="tether", version="1"),
                 cache=None,
             ) as client:
@@ -248,6 +261,11 @@ class _Connection:
         finally:
             self.gone.set()
             self.ready.set()
+
+    async def _notified(self, message: Any) -> None:
+        """A server's notification: a changed tool list is discovered again at the next use."""
+        if isinstance(message, mcp_types.ToolListChangedNotification):
+            self._on_tools_changed()
 
     async def _elicit(
         self, context: Any, params: mcp_types.ElicitRequestParams
@@ -283,12 +301,16 @@ class _Connection:
 async def _http_transport(url: str, client: httpx2.AsyncClient) -> AsyncIterator[Any]:
     """The SDK's streamable HTTP transport on our client, which we close (the SDK closes only
     clients it made)."""
+    from mcp.client.streamable_http import streamable_http_client
+
     async with client, streamable_http_client(url, http_client=client) as streams:
         yield streams
 
 
 def _why(exc: BaseException) -> str:
     """The innermost, most telling message of an exception (group)."""
+    import mcp
+
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     if isinstance(exc, mcp.MCPError):
@@ -375,7 +397,16 @@ class _Pool:
 
 
 def _default_http_client(server: HttpServer) -> httpx2.AsyncClient:
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
     return create_mcp_http_client(headers=dict(server.headers))
+
+
+def _timeout() -> httpx2.Timeout:
+    """The SDK's own: a response stream may stay open for a long while."""
+    from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
+
+    return httpx2.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT)
 
 
 class McpHub:
@@ -389,8 +420,12 @@ class McpHub:
         idle_timeout_s: float = 300.0,
         http_client: Callable[[HttpServer], httpx2.AsyncClient] = _default_http_client,
         stderr: TextIO | None = None,
+        guard: destinations.Guard | None = None,
     ):
+        """`http_client` makes the clients of the operator's HTTP servers; a tenant's own
+        (`guarded`) are reached only through `guard` (private addresses refused by default)."""
         self.connect_timeout_s = connect_timeout_s
+        self._guard = guard or destinations.Guard()
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self._sweeper: asyncio.Task[None] | None = None
@@ -404,16 +439,27 @@ class McpHub:
             raise McpUnavailable("the MCP client is shut down")
         key = (scope, server)
         if (pool := self._pools.get(key)) is None:
-
-            async def open_connection() -> _Connection:
-                conn = _Connection(server, self._http_client, self._stderr)
-                await conn.open(self.connect_timeout_s)
-                return conn
-
-            pool = self._pools[key] = _Pool(open_connection, self.max_connections)
+            pool = self._pools[key] = self._new_pool(server)
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.create_task(self._sweep(), name="mcp-idle-sweeper")
         return pool
+
+    def _new_pool(self, server: Server) -> _Pool:
+        def forget_tools() -> None:  # the server's tools changed: discovered again when asked
+            pool.tools = None
+
+        async def open_connection() -> _Connection:
+            conn = _Connection(server, self._client_for, self._stderr, forget_tools)
+            await conn.open(self.connect_timeout_s)
+            return conn
+
+        pool = _Pool(open_connection, self.max_connections)
+        return pool
+
+    def _client_for(self, server: HttpServer) -> httpx2.AsyncClient:
+        if server.guarded:
+            return self._guard.httpx2_client(headers=dict(server.headers), timeout=_timeout())
+        return self._http_client(server)
 
     async def _sweep(self) -> None:
         """Stop servers nobody called for `idle_timeout_s`: a stdio server is a process, and
@@ -431,6 +477,8 @@ class McpHub:
     async def tools(self, server: Server, scope: str = "") -> list[ToolInfo]:
         """The server's tools (discovered once per connection life, then remembered).
         Raises McpUnavailable if the server cannot be reached."""
+        import mcp
+
         pool = self._pool(server, scope)
         if pool.tools is not None:
             return pool.tools
@@ -485,6 +533,9 @@ class McpHub:
         request = asyncio.create_task(
             conn.client.call_tool(tool, arguments, progress_callback=report)
         )
+        # a request the call stopped waiting for (a pause, a stop, a dead server) may still
+        # end in an error: it is no one's to raise
+        request.add_done_callback(_retrieve)
         try:
             return await _outcome(server, conn, call, request)
         finally:
@@ -502,6 +553,11 @@ class McpHub:
                 await self._sweeper
         pools, self._pools = list(self._pools.values()), {}
         await asyncio.gather(*(p.close() for p in pools))
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class _Gone(Exception):
@@ -525,6 +581,8 @@ async def _until_gone(conn: _Connection, awaitable: Awaitable[Any]) -> Any:
 async def _outcome(
     server: Server, conn: _Connection, call: _Call, request: asyncio.Task[Any]
 ) -> CallResult:
+    import mcp
+
     gone = asyncio.create_task(conn.gone.wait())
     aborted = asyncio.create_task(call.aborted.wait())
     try:

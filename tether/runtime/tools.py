@@ -15,6 +15,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from tether import domain, errors
 
+# progress, total (None: unknown), message; returns at once (the report is written apart)
+ReportProgress = Callable[[float, float | None, str | None], None]
+
+
+def _no_progress(progress: float, total: float | None, message: str | None) -> None:
+    return None
+
 
 @dataclass(slots=True)
 class ToolContext:
@@ -22,13 +29,22 @@ class ToolContext:
 
     `ask` and `interrupt` pause the turn until someone answers; the worker is released
     meanwhile. On resume the tool is called again from the start and each `ask` returns, in
-    order, the answer it got: a tool should ask before it does anything it must not repeat."""
+    order, the answer it got: a tool should ask before it does anything it must not repeat.
+    `progress` reports how far the tool got (a `tool.progress` event; best effort)."""
 
     session_id: str
     turn_id: str
     tool_call_id: str
     answers: list[domain.Interrupt] = field(default_factory=list)  # this call's, in order
+    report: ReportProgress = _no_progress
+    tenant_id: str = ""
     _asked: int = 0
+
+    def progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """How far the tool got (`total` None: unknown). Returns at once."""
+        self.report(progress, total, message)
 
     async def ask(self, request: dict[str, Any]) -> Any:
         """Ask a question; returns the answer (any JSON)."""
@@ -49,6 +65,10 @@ class ToolContext:
 
 class ToolArgumentsError(ValueError):
     """The model called a tool with arguments that do not match its schema."""
+
+
+class ToolError(Exception):
+    """A tool's own error result: its message is what the model reads (outcome `error`)."""
 
 
 @dataclass(slots=True)

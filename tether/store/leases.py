@@ -21,7 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from tether import domain, errors, machines, views
 from tether.domain import EventType, TurnStatus, utcnow
 from tether.machines import TurnMove
-from tether.store import guards, rows
+from tether.store import guards, rows, steers
 from tether.store.base import Database
 from tether.store.schema import UTCDateTime, agents, messages, sessions, turns
 from tether.store.session_write import IS_HELD, SESSION_BUSY, SessionWrite
@@ -264,6 +264,11 @@ def _claim_one(
     turn = rows.turn(row)
     if turn.step == 0 and not sw.conn.execute(_HAS_MESSAGES, {"tid": turn.id}).first():
         for item in turn.input:
-            sw.new_message(turn.id, item["role"], item["content"])
+            # a steer's message keeps the id its 202 gave out
+            sw.new_message(turn.id, item["role"], item["content"], message_id=item.get("id"))
     sw.event(EventType.TURN_STARTED, turn.id, {"attempt": turn.attempt})
+    if turn.step == 0:
+        # no step made yet: its transcript is its input, a boundary where steers are extra
+        # input (later, one at the end of each step)
+        steers.deliver(sw, turn.id, steers.pending(sw, turn.id))
     return Claim(turn, agent_id, token, agent_version)

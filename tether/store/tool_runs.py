@@ -14,14 +14,15 @@ import functools
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Insert, bindparam, select
+from sqlalchemy import Connection, Insert, and_, bindparam, select
 
 from tether import domain, machines, versions
 from tether.domain import EventType, ToolOutcome
 from tether.machines import ToolRunMove
 from tether.store import guards, rows
 from tether.store.base import Database
-from tether.store.schema import interrupts, messages, tool_runs
+from tether.store.leases import holder_write
+from tether.store.schema import interrupts, messages, tool_runs, turns
 from tether.store.session_write import SessionWrite
 
 _CLOSED = {
@@ -124,9 +125,44 @@ def close(sw: SessionWrite, turn_id: str, interrupted: Collection[str] = ()) -> 
     record_results(sw, turn_id, closed)
 
 
+# a call still running, of a turn still held (running) by the token
+_RUNNING_CALL = (
+    select(tool_runs.c.status)
+    .join(turns, turns.c.id == tool_runs.c.turn_id)
+    .where(
+        and_(
+            turns.c.id == bindparam("tid"),
+            turns.c.claim_token == bindparam("token"),
+            guards.status_in(turns.c.status, {domain.TurnStatus.RUNNING}),
+            tool_runs.c.tool_call_id == bindparam("cid"),
+            guards.status_in(tool_runs.c.status, {domain.ToolRunStatus.STARTED}),
+            tool_runs.c.v == versions.RESUME_VERSION,
+        )
+    )
+)
+
+
 class ToolRuns:
     def __init__(self, db: Database):
         self.db = db
+
+    async def progress(
+        self, turn: domain.Turn, token: str, call: domain.ToolCall, data: dict[str, Any]
+    ) -> bool:
+        """A running call's progress report, as a `tool.progress` event. Written only while
+        the call is `started` under a turn `token` holds: a report that comes after the
+        call's result (or the turn's stop) is dropped, so none ever follows `tool.completed`.
+        Answers whether it was written."""
+
+        def body(sw: SessionWrite) -> bool:
+            params = {"tid": turn.id, "token": token, "cid": call.id}
+            if sw.conn.execute(_RUNNING_CALL, params).first() is None:
+                return False
+            event = {"tool_call_id": call.id, "name": call.name, **data}
+            sw.event(EventType.TOOL_PROGRESS, turn.id, event)
+            return True
+
+        return await holder_write(self.db, turn, body)
 
     async def resume_state(self, turn_id: str) -> domain.ResumeState:
         """What the turn's earlier attempts left: its interrupts by call, in order, and the
