@@ -252,21 +252,38 @@ async def create_turn(
     ping_s = the_node.settings.sse_ping_s
 
     async def handler() -> Response:
-        before = (await svc.get_session(tenant, session_id)).last_event_seq if stream else 0
-        answer: dict[str, Any]
         if body.on_busy is domain.OnBusy.STEER:
+            # it joins a turn under way (already streaming), or queues one: followed from the
+            # session's position before it
+            before = (await svc.get_session(tenant, session_id)).last_event_seq if stream else 0
             steered = await svc.steer(tenant, session_id, _input(body.input))
-            turn, answer = steered.turn, views.steered(steered)
+            turn = steered.turn
             action = "turn.steer" if steered.joined else "turn.create"
             await audit(request, action, turn.id, on_busy="steer", messages=steered.message_ids)
-        else:
-            turn = await svc.start_turn(tenant, session_id, _input(body.input), body.on_busy)
-            answer = views.turn(turn)
-            await audit(request, "turn.create", turn.id, on_busy=body.on_busy.value)
+            if not stream:
+                return JSONResponse(views.steered(steered), status_code=202)
+            replay = {"session_id": session_id, "after": before, "turn_id": turn.id}
+            return await _turn_stream(request, tenant, svc, replay, ping_s)
         if not stream:
-            return JSONResponse(answer, status_code=202)
+            turn = await svc.start_turn(tenant, session_id, _input(body.input), body.on_busy)
+            await audit(request, "turn.create", turn.id, on_busy=body.on_busy.value)
+            return JSONResponse(views.turn(turn), status_code=202)
+        release = await stream_slot(request, tenant)  # a turn refused a stream is not queued
+        try:
+            turn, before, batches = await svc.stream_turn(
+                tenant, session_id, _input(body.input), body.on_busy, idle_s=ping_s
+            )
+        except BaseException:
+            release()
+            raise
+        try:
+            await audit(request, "turn.create", turn.id, on_busy=body.on_busy.value)
+        except BaseException:
+            release()
+            await batches.aclose()
+            raise
         replay = {"session_id": session_id, "after": before, "turn_id": turn.id}
-        return await _turn_stream(request, tenant, svc, replay, ping_s)
+        return sse.response(batches, until_terminal=True, replay=replay, on_close=release)
 
     async def replay_stream(replay: dict[str, Any]) -> Response:
         return await _turn_stream(request, tenant, svc, replay, ping_s)

@@ -112,10 +112,12 @@ class Database:
         tenant_id: str | None = None,
         *,
         skip_locked: bool = False,
+        urgent: bool = False,
     ) -> T:
         """A write transaction on one session, its row read (and locked, where the dialect
         locks) first; its events reach `on_commit` after commit. NotFound if the session does
-        not exist in `tenant_id` (or, with `skip_locked`, another writer holds it)."""
+        not exist in `tenant_id` (or, with `skip_locked`, another writer holds it). `urgent`:
+        a stop's, on connections of their own (the dialect's), not behind a burst of others."""
         query = self._session_row_skip_locked if skip_locked else self.session_row
         written: list[domain.Event] = []
         outbox = 0
@@ -133,7 +135,7 @@ class Database:
             outbox = sw.outbox
             return result
 
-        result = await self.write(tx)
+        result = await self.write(tx, urgent=urgent)
         if written and self.on_commit:
             self.on_commit(session_id, written)
         if outbox:

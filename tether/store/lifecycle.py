@@ -272,17 +272,24 @@ class Lifecycle:
                 target = rows.turn(row)
             return target, to_wake, sw.event_seq
 
-        return await self.db.session_write(session_id, body, tenant_id)
+        return await self.db.session_write(session_id, body, tenant_id, urgent=True)
 
     # --- the holder's side: a step, a pause, an end (DESIGN §5) -----------------------------
 
     async def checkpoint(
-        self, turn: domain.Turn, token: str, checkpoint: domain.Checkpoint, run_time_s: float
+        self,
+        turn: domain.Turn,
+        token: str,
+        checkpoint: domain.Checkpoint,
+        run_time_s: float,
+        *,
+        urgent: bool = False,
     ) -> list[domain.Message]:
         """Commit one step of a turn held under `token`, all or nothing: its messages, the
         calls it starts and the results of those that ran, its usage and step counter, the
         events describing them, and the turn's pause or end. StopRequested if a stop was
-        written meanwhile, LeaseLost if the token no longer holds the turn.
+        written meanwhile, LeaseLost if the token no longer holds the turn. `urgent`: the end
+        of a stopped turn, which must not wait behind other turns' checkpoints.
 
         At a step boundary the steers pending for the turn join its transcript, and are
         answered (the loop's next model call must see them): then a final answer does not
@@ -342,7 +349,7 @@ class Lifecycle:
                 return steers.deliver(sw, turn.id, pending)
             return []
 
-        return await holder_write(self.db, turn, body)
+        return await holder_write(self.db, turn, body, urgent=urgent)
 
     async def unstartable(self, failed: Unstartable, max_attempts: int) -> TurnStatus | None:
         """Count a failed start of a queued turn as one of its attempts (DESIGN §2); at

@@ -33,6 +33,8 @@ SESSION_TURNS = select(turns.c.id, turns.c.status, turns.c.seq).where(
 SESSION_BUSY = select(turns.c.id).where(turns.c.session_id == bindparam("sid"), IS_ACTIVE).limit(1)
 UPDATE_SESSION = update(sessions).where(sessions.c.id == bindparam("sid"))  # SET from params
 SESSION_BY_ID = select(sessions).where(sessions.c.id == bindparam("sid"))
+INSERT_MESSAGES = insert(messages)
+INSERT_EVENTS = insert(events)
 
 
 class SessionWrite:
@@ -119,7 +121,7 @@ class SessionWrite:
             )
         if self.pending_messages:
             self.conn.execute(
-                insert(messages),
+                INSERT_MESSAGES,
                 [
                     {**rows.MESSAGE.values(m), "hidden": m.turn_id in self.rolled_back}
                     for m in self.pending_messages
@@ -127,7 +129,7 @@ class SessionWrite:
             )
         if self.events:
             self.conn.execute(
-                insert(events),
+                INSERT_EVENTS,
                 [rows.EVENT.values(e) for e in self.events],
             )
         self.conn.execute(
