@@ -107,10 +107,15 @@ async def test_fork_without_a_turn_takes_the_last_finished_one(
     empty = await forked(client, busy, input="start over")
     assert empty["forked_from"] == {"session_id": busy, "turn_id": None, "at": "after"}
     assert empty["turn"]["status"] == "queued"  # its first turn, from `input`
-    done = await api.wait_turn(empty["id"], empty["turn"]["id"])
-    assert done["status"] == "completed"
+
+    async def fork_turn_started() -> bool:
+        turn = await api.get_turn(empty["id"], empty["turn"]["id"])
+        return turn["status"] in ("running", "completed")
+
+    await wait_for(fork_turn_started, 10, "the fork's first turn running")
     assert content(await api.messages(empty["id"]))[0] == ("user", "start over")
-    await client.post(f"/v1/sessions/{busy}/interrupt", json={})
+    for session in (busy, empty["id"]):  # both echo for 10 s: stopped, not waited for
+        await client.post(f"/v1/sessions/{session}/interrupt", json={})
 
 
 async def test_fork_from_a_stopped_turn_is_valid_for_the_next_call(
