@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
+from cryptography.fernet import Fernet
 
 from tests import helpers
 from tests.acceptance.procs import ServerProcess
@@ -29,7 +30,12 @@ async def test_keys_never_reach_the_log(tmp_path: Path) -> None:
     secrets = [key, key.split("_", 2)[2], bad.split("_", 2)[2], "c2VjcmV0OnBhc3N3b3Jk"]
     receiver = Receiver().__enter__()  # a webhook delivery goes out at debug level too
     server = await asyncio.to_thread(
-        ServerProcess(data, log_level="debug", webhook_allow_private="true").start
+        ServerProcess(
+            data,
+            log_level="debug",
+            webhook_allow_private="true",
+            secret_key=Fernet.generate_key().decode(),  # cluster mode seals with it
+        ).start
     )
     try:
         ws = f"ws://127.0.0.1:{server.port}/compat/agent-threads/ws"
