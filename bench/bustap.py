@@ -9,8 +9,9 @@ one subscriber connection gets a channel's messages in the order Redis received 
 "after" is Redis's own order, whichever process published.
 
 The messages are read in the wire format of tether/bus/redis.py (`{"k": "e", "events": [...]}`
-and `{"k": "d", "t": turn, "x": text, ...}`). Anything else is counted as `undecodable`, and a
-stop whose terminal event was never seen makes its figure unsound rather than 0.
+and `d <turn> <message> <offset> <length>` + the delta's SSE JSON). Anything else is counted
+as `undecodable`, and a stop whose terminal event was never seen makes its figure unsound
+rather than 0.
 """
 
 from __future__ import annotations
@@ -68,14 +69,19 @@ def after_end(log: list[Published]) -> AfterEnd:
 
 
 def decode(data: str, at: float) -> Published | None:
-    """A message of tether's Redis bus; None when it is not in the format we know."""
+    """A message of tether's Redis bus; None when it is not in the format we know: events as
+    `{"k": "e", "events": [...]}`, a delta as `d <turn> <message> <offset> <length>` then, on
+    the next line, its SSE frame's JSON past `{"seq":N,` (tether/bus/redis.py)."""
     try:
+        if data.startswith("d "):
+            head, _, wire = data.partition("\n")
+            _, turn, _message, _offset, _length = head.split(" ")
+            text = json.loads("{" + wire)["data"]["delta"]
+            return Published(at, delta_turn=turn, delta_tokens=str(text).count(" "))
         raw = json.loads(data)
         if raw["k"] == "e":
             events = [(str(e["type"]), e.get("turn_id")) for e in raw["events"]]
             return Published(at, events=events)
-        if raw["k"] == "d":
-            return Published(at, delta_turn=str(raw["t"]), delta_tokens=str(raw["x"]).count(" "))
     except (ValueError, KeyError, TypeError):
         pass
     return None

@@ -75,11 +75,16 @@ class Deployment:
 
 @contextmanager
 def deployment(
-    setup: Infra, workers: int, concurrency: int = WORKER_CONCURRENCY
+    setup: Infra,
+    workers: int,
+    concurrency: int = WORKER_CONCURRENCY,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[Deployment]:
-    """An API node and `workers` worker processes on a fresh database."""
+    """An API node and `workers` worker processes on a fresh database; `settings`: more
+    TETHER_<NAME> variables for all of them."""
     store, prefix = setup.fresh_database()
-    env = {**os.environ, "TETHER_LOG_LEVEL": "warning", "TETHER_BUS_PREFIX": prefix}
+    settings = {"TETHER_BUS_PREFIX": prefix, **(settings or {})}
+    env = {**os.environ, "TETHER_LOG_LEVEL": "warning", **settings}
     procs: list[subprocess.Popen[bytes]] = []
     tether = str(Path(sys.executable).parent / "tether")
     try:
@@ -87,12 +92,10 @@ def deployment(
             cmd = [tether, "worker", "--store", store, "--bus", setup.redis.url]
             cmd += ["--concurrency", str(concurrency)]
             procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL))
-        os.environ["TETHER_BUS_PREFIX"] = prefix  # the API node inherits it
         args = ("--store", store, "--bus", setup.redis.url)
-        with Server(workers=0, args=args) as server:
+        with Server(workers=0, args=args, env=settings) as server:
             yield Deployment(server, (setup.redis.url, prefix))
     finally:
-        os.environ.pop("TETHER_BUS_PREFIX", None)
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
@@ -106,7 +109,11 @@ def run_stop(setup: Infra, sizes: cancel.Sizes, loaded: bool, wait_s: float) -> 
     if wait_s > 0:
         wait_for_quiet(wait_s, cancel.OTHER_LOAD_WARN)
     timeout = 120 + sizes.stops * cancel.TRIAL_TIMEOUT_S  # trials are slow on a loaded box
-    with cancel.FakeProvider() as fake, deployment(setup, workers=1) as cluster:
+    with (
+        cancel.FakeProvider() as fake,
+        # the fake may receive the server's key (none is set: the agents send none)
+        deployment(setup, workers=1, settings={"TETHER_PROVIDER_BASE_URLS": fake.url}) as cluster,
+    ):
         server = cluster.server
         args = (server.port, fake.port, sizes.stops, sizes.warmup, cluster.bus)
         load: cancel.Background | None = None

@@ -25,8 +25,12 @@ class Cut:
 
 
 class CuttingProxy:
-    def __init__(self, target_port: int):
+    """`delay_down`: the server's answers reach the client this many seconds late (in order):
+    a slow link, for races that a quick one hides."""
+
+    def __init__(self, target_port: int, delay_down: float = 0.0):
         self.target_port = target_port
+        self.delay_down = delay_down
         self.plan: list[Cut | None] = []
         self.chance: Callable[[], Cut | None] = lambda: None
         self.connections = 0
@@ -36,10 +40,13 @@ class CuttingProxy:
         self._writers: set[asyncio.StreamWriter] = set()
 
     @property
-    def url(self) -> str:
+    def port(self) -> int:
         assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> CuttingProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -70,7 +77,11 @@ class CuttingProxy:
             down = cut.after_bytes if cut and cut.direction == "down" else None
             pipes = {
                 asyncio.create_task(self._pipe(client_r, server_w, up)),
-                asyncio.create_task(self._pipe(server_r, client_w, down)),
+                asyncio.create_task(
+                    self._delayed(server_r, client_w, self.delay_down)
+                    if self.delay_down
+                    else self._pipe(server_r, client_w, down)
+                ),
             }
             while pipes:  # until both ends closed, or a cut
                 done, pipes = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
@@ -113,6 +124,37 @@ class CuttingProxy:
                 await writer.drain()
         except (ConnectionError, OSError):
             return False
+
+    @staticmethod
+    async def _delayed(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
+    ) -> bool:
+        """Copy until EOF, each chunk `delay` seconds after it arrived."""
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def forward() -> None:
+            while True:
+                due, data = await chunks.get()
+                await asyncio.sleep(due - loop.time())
+                if not data:
+                    writer.write_eof()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        forwarding = asyncio.create_task(forward())
+        try:
+            while True:
+                data = await reader.read(65536)
+                chunks.put_nowait((loop.time() + delay, data))
+                if not data:
+                    await forwarding
+                    return False
+        except (ConnectionError, OSError):
+            return False
+        finally:
+            forwarding.cancel()
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:

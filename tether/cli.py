@@ -1,5 +1,5 @@
 """The `tether` command: a thin shell over the server (`serve`, `worker`, `keys`) and, through
-the SDK, a client of it (`chat`, `whoami`, `sessions`, `interrupts`, `agents`:
+the SDK, a client of it (`chat`, `whoami`, `sessions`, `interrupts`, `agents`, `webhooks`:
 tether/commands/)."""
 
 from __future__ import annotations

@@ -116,6 +116,35 @@ class Settings(BaseSettings):
     mcp_max_connections: int = Field(
         default=4, ge=1, description="calls in flight at once per MCP server (and tenant)"
     )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="let webhook endpoints be on private, loopback or link-local addresses",
+    )
+    webhook_retry_for_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="a failing webhook delivery is retried for this long, then marked failed",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="a webhook receiver's time to answer"
+    )
+    webhook_backoff_s: float = Field(
+        default=5.0, gt=0, description="wait before a failed webhook delivery's first retry"
+    )
+    webhook_backoff_max_s: float = Field(
+        default=3600.0, gt=0, description="longest wait between retries (doubling, jittered)"
+    )
+    webhook_keep_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="finished webhook deliveries (and their attempts) are kept this long",
+    )
+    webhook_concurrency: int = Field(
+        default=32,
+        ge=0,
+        description="webhook deliveries in flight at once in a process that runs workers; 0: "
+        "this process delivers none",
+    )
     log_level: str = "info"
 
     @field_validator("data_dir")
@@ -190,3 +219,9 @@ class Settings(BaseSettings):
     @property
     def heartbeat_interval_s(self) -> float:
         return self.lease_ttl_s / 3
+
+    @property
+    def webhook_lease_s(self) -> float:
+        """How long a process holds a webhook delivery it sends: past its timeout, with a
+        margin for the store; after that another process may send it again."""
+        return 2 * self.webhook_timeout_s + 1

@@ -48,6 +48,14 @@ class InterruptStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class SteerStatus(enum.StrEnum):
+    """A steer (DESIGN §3): input for a turn, waiting for its next step boundary."""
+
+    PENDING = "pending"  # stored: the turn it joined has not reached a boundary yet
+    DELIVERED = "delivered"  # appended to that turn's transcript at a boundary
+    CONVERTED = "converted"  # the turn ended (or began stopping) first: a new queued turn
+
+
 class ToolRunStatus(enum.StrEnum):
     """A tool call in the ledger (DESIGN §5). No row yet: the call has not been reached."""
 
@@ -90,11 +98,19 @@ class OnBusy(enum.StrEnum):
     REJECT = "reject"
     INTERRUPT = "interrupt"  # stop the active turn (mode interrupt), then run the new one
     ROLLBACK = "rollback"  # stop the active turn (mode rollback), then run the new one
+    STEER = "steer"  # join the active turn: delivered at its next step boundary
 
 
 class StopMode(enum.StrEnum):
     INTERRUPT = "interrupt"  # keep what happened; partial text marked interrupted
     ROLLBACK = "rollback"  # remove the turn's messages from the transcript
+
+
+class ForkAt(enum.StrEnum):
+    """Where a fork cuts its source's transcript (DESIGN §4b), relative to a turn."""
+
+    AFTER = "after"  # up to the end of the turn
+    BEFORE = "before"  # up to its start
 
 
 class StopScope(enum.StrEnum):
@@ -118,6 +134,8 @@ class EventType(enum.StrEnum):
     TURN_FAILED = "turn.failed"
     TURN_CANCELLED = "turn.cancelled"
     SESSION_UPDATED = "session.updated"
+    TURN_STEERED = "turn.steered"  # steers joined the turn's transcript at a step boundary
+    SESSION_FORKED = "session.forked"  # the first event of a fork: where it came from
     # Live only, never stored (the session's log is gone with it): streams of a purged
     # session end on it.
     SESSION_DELETED = "session.deleted"
@@ -436,6 +454,8 @@ class Session:
     created_at: datetime
     updated_at: datetime
     closed_at: datetime | None
+    # a fork's origin: {session_id, turn_id, at} (DESIGN §4b); None for other sessions
+    forked_from: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -591,6 +611,20 @@ class Checkpoint:
     asks: list[InterruptRequest] = field(default_factory=list)  # the interrupts to create
     end: TurnEnd | None = None
     interrupted: list[str] = field(default_factory=list)  # calls in flight when it stopped
+    # A step boundary (DESIGN §3): the transcript is valid for a model call and the loop may
+    # make another. Pending steers join the transcript here, and a completing checkpoint
+    # with steers pending commits as a step instead: the loop goes on.
+    boundary: bool = False
+
+
+@dataclass(slots=True)
+class Steered:
+    """What a steer request became: the turn it joined (or the new turn it made, `joined`
+    False) and the ids its messages have (or will have) in the transcript."""
+
+    turn: Turn
+    message_ids: list[str]
+    joined: bool
 
 
 @dataclass(slots=True)

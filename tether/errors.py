@@ -73,6 +73,12 @@ class SecretKeyMissing(ProviderNotAllowed):
     code = "secret_key_missing"
 
 
+class InvalidWebhook(Unprocessable):
+    """The webhook endpoint is invalid."""
+
+    code = "invalid_webhook"
+
+
 class DestinationNotAllowed(Unprocessable):
     """Tether may not send requests to this destination."""
 
@@ -173,6 +179,13 @@ class SessionClosed(Conflict):
     code = "session_closed"
 
 
+class TurnNotFinished(Conflict):
+    """A fork must start from a finished turn: this one (or one before it) is still
+    unfinished."""
+
+    code = "turn_not_finished"
+
+
 class IdempotencyKeyInFlight(Conflict):
     """A request with this Idempotency-Key is still being processed."""
 
@@ -183,6 +196,18 @@ class AlreadyExists(Conflict):
     """An object with that name already exists."""
 
     code = "already_exists"
+
+
+class DeliveryNotFailed(Conflict):
+    """Only a failed webhook delivery can be sent again."""
+
+    code = "delivery_not_failed"
+
+
+class EndpointDisabled(Conflict):
+    """The webhook endpoint is disabled."""
+
+    code = "webhook_disabled"
 
 
 # --- the service cannot answer now (503) --------------------------------------------------

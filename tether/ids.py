@@ -19,7 +19,7 @@ def pattern(prefix: str) -> str:
 
 _PREFIXED = {
     prefix: re.compile(rf"^{prefix}_{_ULID}$")
-    for prefix in ("agt", "turn", "msg", "int", "key", "aud")
+    for prefix in ("agt", "turn", "msg", "int", "key", "aud", "whk", "dlv")
 }
 _SESSION = re.compile(SESSION_PATTERN)
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from tether.domain import InterruptStatus, ToolRunStatus, TurnStatus
+from tether.domain import InterruptStatus, SteerStatus, ToolRunStatus, TurnStatus
+from tether.webhooks.records import DeliveryStatus, EndpointStatus
 
-S = TypeVar("S", TurnStatus, InterruptStatus, ToolRunStatus)
+S = TypeVar(
+    "S", TurnStatus, InterruptStatus, ToolRunStatus, SteerStatus, DeliveryStatus, EndpointStatus
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,40 @@ class ToolRunMove:
     START = _move("start", {_STARTED, _PAUSED}, _STARTED)
     PAUSE = _move("pause", {_STARTED, _PAUSED}, _PAUSED)
     FINISH = _move("finish", {_STARTED, _PAUSED}, ToolRunStatus.FINISHED)
+
+
+class SteerMove:
+    """A steer is settled once: in the transaction of the boundary that delivers it, or of
+    the change that leaves its turn without another boundary (its end, or its stop)."""
+
+    DELIVER = _move("deliver", {SteerStatus.PENDING}, SteerStatus.DELIVERED)
+    CONVERT = _move("convert", {SteerStatus.PENDING}, SteerStatus.CONVERTED)
+
+
+_PENDING, _SENDING = DeliveryStatus.PENDING, DeliveryStatus.SENDING
+
+
+class DeliveryMove:
+    """A webhook delivery (DESIGN §9): claimed like a turn, sent, and then delivered, retried
+    later or given up. `failed` is not quite terminal: a person may send it again."""
+
+    CLAIM = _move("claim", {_PENDING}, _SENDING)  # a dispatcher takes it under a lease
+    DELIVER = _move("deliver", {_SENDING}, DeliveryStatus.DELIVERED)  # a 2xx answered
+    BACK_OFF = _move("back_off", {_SENDING}, _PENDING)  # it failed: again after a backoff
+    GIVE_UP = _move("give_up", {_SENDING}, DeliveryStatus.FAILED)  # window over, 410, …
+    # its holder died or shut down: its lease expired, or it handed it back
+    RELEASE = _move("release", {_SENDING}, _PENDING)
+    DROP = _move("drop", {_PENDING}, DeliveryStatus.FAILED)  # the endpoint disabled or deleted
+    RETRY = _move("retry", {DeliveryStatus.FAILED}, _PENDING)  # a person asked: send it again
+
+
+_ENABLED, _DISABLED = EndpointStatus.ENABLED, EndpointStatus.DISABLED
+
+
+class EndpointMove:
+    DISABLE = _move("disable", {_ENABLED}, _DISABLED)  # by PATCH, or the receiver's 410
+    ENABLE = _move("enable", {_DISABLED}, _ENABLED)
+    DELETE = _move("delete", {_ENABLED, _DISABLED}, EndpointStatus.DELETED)  # kept for the log
 
 
 def moves_of(machine: type) -> tuple[Move[Any], ...]:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -19,6 +20,7 @@ from tether.runtime import mcp_servers
 from tether.runtime.tools import ToolRegistry, builtin_registry, load_tools
 from tether.service import DEFAULT_TENANT, Service
 from tether.store import Store, open_store
+from tether.webhooks.dispatcher import Dispatcher
 from tether.worker import Reaper, Worker
 
 log = logging.getLogger("tether")
@@ -87,6 +89,7 @@ class Node:
         self.stream_watch: gate.StreamWatch
         self.worker: Worker | None = None
         self.reaper: Reaper | None = None
+        self.dispatcher: Dispatcher | None = None  # webhook deliveries, where workers run
         self.streams: Counter[str] = Counter()  # open SSE connections per tenant
         self._opened = contextlib.AsyncExitStack()  # what start opened, closed in reverse
 
@@ -109,6 +112,7 @@ class Node:
         self.store = await open_store(
             settings.resolved_store_url,
             on_commit=self.bus.publish_events,
+            on_outbox=self.bus.notify_webhooks,
             pool_size=settings.store_pool_size,
             serve=True,
         )
@@ -121,6 +125,7 @@ class Node:
         if self.store.exclusive:
             # the store's only server: every lease in it belongs to a dead process
             await self.store.leases.expire_all()
+            await self.store.outbox.recover(before=datetime.max.replace(tzinfo=UTC))
         if self.api:
             await check_exposure(settings, self.keys)
             if settings.demo_agent:
@@ -139,6 +144,10 @@ class Node:
             await self.worker.start()
             # whichever worker the node holds when it stops (a test may swap it)
             opened.push_async_callback(self._stop_worker)
+        if settings.workers > 0 and settings.webhook_concurrency > 0:
+            self.dispatcher = Dispatcher(self.store, self.bus, settings)
+            await self.dispatcher.start()
+            opened.push_async_callback(self.dispatcher.stop)
 
     async def stop(self) -> None:
         await self._opened.aclose()

@@ -12,11 +12,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether import agents, domain, errors, ids, storable, streaming
-from tether.bus import Bus
+from tether.bus import Bus, EndWatch
 from tether.config import Settings
 from tether.runtime import mcp_servers
 from tether.runtime.tools import ToolRegistry
 from tether.store import Page, Store, idempotency
+from tether.webhooks import endpoints
 
 DEFAULT_TENANT = "default"
 _STORE_POLL_S = 0.25  # how often a stop waiting for its confirmation also asks the store
@@ -64,6 +65,7 @@ class Service:
         self.bus = bus
         self.tools = tools
         self.agents = agents.Agents(store, tools, settings, mcp)  # agent definitions
+        self.webhooks = endpoints.Endpoints(store, settings)  # webhook endpoints, deliveries
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -86,6 +88,33 @@ class Service:
         if turn:
             self.bus.notify_work()
         return await self.store.sessions.get(tenant, session_id), turn
+
+    async def fork(
+        self,
+        tenant: str,
+        session_id: str,
+        *,
+        turn_id: str | None = None,
+        at: domain.ForkAt = domain.ForkAt.AFTER,
+        metadata: dict[str, Any] | None = None,
+        input: str | list[dict[str, Any]] | None = None,
+    ) -> tuple[domain.Session, domain.Turn | None]:
+        """A new session of the same agent from the source's history up to a finished turn
+        (DESIGN §4b), usable at once (with its first turn queued, given `input`). The
+        source is not changed."""
+        session_id = ids.check_session(session_id)
+        if turn_id is not None:
+            ids.check("turn", turn_id)
+        storable.check_metadata(metadata, "session", self.settings.max_metadata_bytes)
+        first = normalize_input(input) if input is not None else None
+        if first is not None:
+            await self._check_turn_limits(tenant)
+        fork_id, turn = await self.store.forks.fork(
+            tenant, session_id, turn_id, at, self.settings.zone, metadata or {}, first
+        )
+        if turn:
+            self.bus.notify_work()
+        return await self.store.sessions.get(tenant, fork_id), turn
 
     async def get_session(self, tenant: str, session_id: str) -> domain.Session:
         return await self.store.sessions.get(tenant, ids.check_session(session_id))
@@ -127,6 +156,10 @@ class Service:
         input: str | list[dict[str, Any]],
         on_busy: domain.OnBusy = domain.OnBusy.ENQUEUE,
     ) -> domain.Turn:
+        """A new turn, queued; `on_busy` says what to do with a turn under way (with
+        `steer` the input may join that turn instead: see `steer`)."""
+        if on_busy is domain.OnBusy.STEER:
+            return (await self.steer(tenant, session_id, input)).turn
         session_id = ids.check_session(session_id)
         await self._check_turn_limits(tenant)
         turn, to_wake = await self.store.lifecycle.create_turn(
@@ -136,6 +169,49 @@ class Service:
             self.bus.signal_stop(turn_id)
         self.bus.notify_work()
         return turn
+
+    async def stream_turn(
+        self,
+        tenant: str,
+        session_id: str,
+        input: str | list[dict[str, Any]],
+        on_busy: domain.OnBusy = domain.OnBusy.ENQUEUE,
+        *,
+        idle_s: float | None = None,
+    ) -> tuple[domain.Turn, int, streaming.Following]:
+        """Queue a turn and follow it: the turn, the session's last event seq before it, and
+        its frames from there. The live feed is subscribed before the turn is written, so
+        however fast a worker runs it, every delta it streams is heard (in cluster mode a
+        worker may finish a short turn before a subscription made afterwards is confirmed).
+        Unavailable with the bus down, before anything is written."""
+        session_id = ids.check_session(session_id)
+        if not self.live:
+            raise errors.Unavailable("live streams are unavailable (the bus is down), retry")
+        feed = await streaming.Feed.open(self.store, self.bus, session_id)
+        try:
+            before = (await self.store.sessions.get(tenant, session_id)).last_event_seq
+            turn = await self.start_turn(tenant, session_id, input, on_busy)
+        except BaseException:
+            feed.close()
+            raise
+        frames = feed.frames(before, turn_id=turn.id, idle_s=idle_s, live_from=True)
+        return turn, before, streaming.Following(feed, frames)
+
+    async def steer(
+        self, tenant: str, session_id: str, input: str | list[dict[str, Any]]
+    ) -> domain.Steered:
+        """`on_busy: steer` (DESIGN §3): the input joins the turn under way, stored before
+        this answers, and is delivered at its next step boundary; on a session with nothing
+        under way it is a new turn, as with `enqueue`."""
+        session_id = ids.check_session(session_id)
+        messages = normalize_input(input)
+        session = await self.store.sessions.get(tenant, session_id)
+        if session.status is domain.SessionStatus.IDLE:
+            await self._check_turn_limits(tenant)  # it will most likely make a turn
+        steered = await self.store.lifecycle.steer(tenant, session_id, messages)
+        if steered.turn.status is domain.TurnStatus.QUEUED:
+            self.bus.notify_work()
+        return steered
 
     async def _check_turn_limits(self, tenant: str) -> None:
         running_cap = self.settings.max_running_turns_per_tenant
@@ -170,31 +246,39 @@ class Service:
         session_id = ids.check_session(session_id)
         if turn_id is not None:
             ids.check("turn", turn_id)
-        # opened before the write, so the end cannot slip by; with the bus down it polls
-        feed = await streaming.Feed.open(self.store, self.bus, session_id, live=False)
+        # watched before the write, so the end cannot slip by
+        watch = self.bus.watch_ends(session_id)
         try:
-            turn, to_wake, written = await self.store.lifecycle.stop(
+            turn, to_wake, _ = await self.store.lifecycle.stop(
                 tenant, session_id, turn_id, mode, scope, reason
             )
             for wake in to_wake:
                 self.bus.signal_stop(wake)
             self.bus.notify_work()  # a cancelled head of queue lets the next turn run
             if turn is not None and not turn.status.terminal and wait_s > 0:
-                turn = await self._await_end(feed, turn, written, wait_s)
+                turn = await self._await_end(watch, turn, wait_s)
         finally:
-            feed.close()
+            self.bus.unwatch_ends(watch)
         return StopResult(turn, await self.store.sessions.get(tenant, session_id))
 
-    async def _await_end(
-        self, feed: streaming.Feed, turn: domain.Turn, after: int, wait_s: float
-    ) -> domain.Turn:
-        """The turn once it ended, or as it is after `wait_s`."""
-        frames = feed.frames(after, turn_id=turn.id, idle_s=_STORE_POLL_S, text=False)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait_s), contextlib.aclosing(frames):
-                async for batch in frames:
-                    if any(frame.ends_turn for frame in batch):
-                        break
+    async def _await_end(self, watch: EndWatch, turn: domain.Turn, wait_s: float) -> domain.Turn:
+        """The turn once it ended, or as it is after `wait_s`. The bus says when (on a path
+        of its own, not behind the session's live text); the store is asked now and then
+        too, in case that word is lost."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while turn.id not in watch.ended:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            watch.event.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, _STORE_POLL_S)):
+                    await watch.event.wait()
+            if turn.id in watch.ended:
+                break
+            polled = await self.store.sessions.turn(turn.tenant_id, turn.session_id, turn.id)
+            if polled.status.terminal:
+                return polled
         return await self.store.sessions.turn(turn.tenant_id, turn.session_id, turn.id)
 
     # --- following a session -------------------------------------------------------------------

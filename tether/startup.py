@@ -15,6 +15,7 @@ import asyncio
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pydantic
@@ -104,9 +105,16 @@ def work(options: dict[str, Any]) -> int:
     except Exception as exc:
         return refuse(exc)
     try:
-        return asyncio.run(_work(the_node))
+        # the loop `serve` runs on too (uvloop where installed): a worker's every token
+        # passes it a few times
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_work(the_node))
     except KeyboardInterrupt:
         return INTERRUPTED
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    return uvicorn.Config(app="tether.api:create_app", loop="auto").get_loop_factory()
 
 
 async def _work(the_node: node.Node) -> int:

@@ -2,7 +2,7 @@
 speaking the real streaming wire format, to test agents without an LLM provider.
 
 `python -m tether.testing --port 9000` runs it on its own; `GET /_calls` lists the calls it
-served, with the monotonic time each connection closed.
+served, with the monotonic times each started and its connection closed, and its command.
 
 The last user message says what to do:
   anything          stream "echo: <text>" word by word
@@ -52,6 +52,7 @@ class Call:
     chunks: int = 0
     closed_at: float | None = None
     finished: bool = False  # sent [DONE]; else the client went away first
+    command: str = ""  # its last user message: what it was asked to do
 
 
 def _dangling(messages: list[dict[str, Any]]) -> str | None:
@@ -141,6 +142,7 @@ class FakeOpenAI:
         call = Call(body, request.headers.get("authorization"))
         self.calls.append(call)
         last_user = next(m for m in reversed(messages) if m["role"] == "user")["content"]
+        call.command = last_user
         after_tool = messages[-1]["role"] == "tool"
         self._seen[last_user] += 1
         _, code_text, *times = last_user.split(":") if last_user.startswith("http:") else ["", ""]

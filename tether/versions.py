@@ -25,23 +25,27 @@ EVENT_VERSION = 1
 
 # --- resume state: what a paused or crashed turn leaves for its next attempt ---------------
 #
-# Its interrupts (`request` and `response` as the loop reads them on resume) and its ledger
-# rows (`status` of each tool call: started | paused | finished).
+# Its interrupts (`request` and `response` as the loop reads them on resume), its ledger
+# rows (`status` of each tool call: started | paused | finished), and its steers (the
+# messages they deliver at its next step boundary).
 #
 # CHANGELOG
 #   1  The first version: approval requests {"tool_name", "arguments", "editable",
 #      "reason"?}, approval responses {"decision", "reason"?, "arguments"?}, questions and
-#      custom interrupts any JSON; ledger statuses started, paused, finished.
+#      custom interrupts any JSON; ledger statuses started, paused, finished; steer
+#      messages [{"id", "role", "content"}] (steers came later, in this shape).
 RESUME_VERSION = 1
 
 EventStep = Callable[[str, dict[str, Any]], dict[str, Any]]
 InterruptStep = Callable[[dict[str, Any], Any], tuple[dict[str, Any], Any]]
 LedgerStep = Callable[[str], str]
+SteerStep = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 # Upgrade steps: the step at key N turns version N into N + 1.
 _EVENT_STEPS: dict[int, EventStep] = {}
 _INTERRUPT_STEPS: dict[int, InterruptStep] = {}
 _LEDGER_STEPS: dict[int, LedgerStep] = {}
+_STEER_STEPS: dict[int, SteerStep] = {}
 
 
 class UnknownVersion(errors.TetherError):
@@ -81,3 +85,11 @@ def ledger_status(version: int, status: str) -> str:
     for step in range(version, RESUME_VERSION):
         status = _LEDGER_STEPS[step](status)
     return status
+
+
+def steer_messages(version: int, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A steer's messages as written in `version`, in today's shape."""
+    _check("a steer", version, RESUME_VERSION)
+    for step in range(version, RESUME_VERSION):
+        messages = _STEER_STEPS[step](messages)
+    return messages

@@ -46,6 +46,7 @@ _SESSION = (
     "created_at",
     "updated_at",
     "closed_at",
+    "forked_from",
 )
 _TURN = (
     "id",
@@ -129,6 +130,11 @@ def turn(t: domain.Turn) -> dict[str, Any]:
 
 def message(m: domain.Message) -> dict[str, Any]:
     return _public(m, _MESSAGE)
+
+
+def steered(s: domain.Steered) -> dict[str, Any]:
+    """The answer to a steer: the turn it joined (or made), and what became of it."""
+    return {**turn(s.turn), "steer": {"message_ids": s.message_ids, "joined": s.joined}}
 
 
 def interrupt(i: domain.Interrupt) -> dict[str, Any]:

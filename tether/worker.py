@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from tether import domain, errors, ids, metrics, sealing
 from tether.bus import Bus, Delta
@@ -65,6 +65,8 @@ class Execution:
     # --- TurnIO ------------------------------------------------------------------------------
 
     def delta(self, message_id: str, offset: int, text: str) -> None:
+        if self.stop_requested:
+            return  # stopping: text produced now would only be dropped by every reader
         self.worker.bus.publish_delta(
             Delta(self.turn.session_id, self.turn.id, message_id, offset, text)
         )
@@ -105,13 +107,16 @@ class Execution:
             task.cancel()
         self._progress.clear()
 
-    async def commit(self, checkpoint: domain.Checkpoint) -> None:
+    async def commit(self, checkpoint: domain.Checkpoint) -> list[domain.Message]:
         run_time = self.turn.run_time_s + (time.monotonic() - self.started)
-        await self.worker.store.lifecycle.checkpoint(
-            self.turn, self.claim.token, checkpoint, run_time
+        # a stop's end goes first: a connection of its own, not a queue behind checkpoints
+        urgent = self.stop_requested and checkpoint.end is not None
+        steered = await self.worker.store.lifecycle.checkpoint(
+            self.turn, self.claim.token, checkpoint, run_time, urgent=urgent
         )
-        if checkpoint.end is not None:
+        if checkpoint.end is not None and not steered:
             metrics.TURNS_FINISHED.labels(status=checkpoint.end.status.value).inc()
+        return steered
 
     # --- the turn's path -----------------------------------------------------------------------
 
@@ -146,7 +151,7 @@ class Execution:
         try:
             if self.stop_requested:
                 raise errors.StopRequested("stopped before it started")
-            record, agent = await self.worker.agent(self.claim.agent_id)
+            record, agent = await self.worker.agent(self.claim.agent_id, self.claim.agent_version)
             transcript = await self.worker.store.sessions.transcript(turn.session_id)
             # a turn at step 0 has made no tool call yet: nothing to resume
             resume = await self.worker.store.tool_runs.resume_state(turn.id) if turn.step else None
@@ -224,7 +229,7 @@ class Worker:
         """Stop claiming; give running turns `grace_s` to finish, then cancel the rest and
         hand them back for another worker."""
         self._draining = True
-        self.bus.notify_work()  # wakes the claim loop, which sees it is draining and returns
+        self.bus.notify_work(local=True)  # wakes the claim loop: it is draining, it returns
         await self._claiming  # not cancelled: claims in flight are started, not orphaned
         running = [e.task for e in self._running.values() if e.task]
         if running and grace_s > 0:
@@ -232,7 +237,7 @@ class Worker:
             await asyncio.wait(running, timeout=grace_s)
         self._stopping.set()
         self.bus.on_stop(None)
-        self.bus.notify_work()
+        self.bus.notify_work(local=True)
         self._heartbeat.cancel()
         executions = list(self._running.values())
         for execution in executions:
@@ -282,7 +287,8 @@ class Worker:
                     # there may be more; a full batch means we are saturated. Turns that
                     # failed are skipped now, so this looks past them at once.
                     continue
-            await self.bus.wait_for_work(self.settings.poll_interval_s)
+            room = self.settings.workers - len(self._running) > 0
+            await self.bus.wait_for_work(self.settings.poll_interval_s, take=room)
 
     def _skip(self) -> list[str]:
         """Turns whose claim failed less than a poll interval ago: the next claims look past
@@ -317,17 +323,25 @@ class Worker:
     def _forget(self, execution: Execution) -> None:
         self._running.pop(execution.claim.token, None)
         self._by_turn.pop(execution.turn.id, None)
-        self.bus.notify_work()  # a slot is free, and the session's next turn may run
+        # a slot of ours is free, and the session's next turn may run: our own claim loop
+        # looks (other workers hear of new turns from whoever queues them, and poll)
+        self.bus.notify_work(local=True)
 
     def _on_stop(self, turn_id: str) -> None:
         execution = self._by_turn.get(turn_id)
         if execution is not None:
             execution.stop_now()
 
-    async def agent(self, agent_id: str) -> tuple[domain.Agent, loop.Agent]:
+    async def agent(
+        self, agent_id: str, version: datetime | None = None
+    ) -> tuple[domain.Agent, loop.Agent]:
+        """The agent, from the cache if it is current (`version`: its last change, as the
+        claim read it; else read now)."""
         cached = self._agents.get(agent_id)
-        if cached and cached[0].updated_at == await self.store.agents.version(agent_id):
-            return cached
+        if cached is not None:
+            current = version if version is not None else await self.store.agents.version(agent_id)
+            if cached[0].updated_at == current:
+                return cached
         record = await self.store.agents.by_id(agent_id)
         if cached:
             del self._agents[agent_id]

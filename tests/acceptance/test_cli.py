@@ -60,10 +60,10 @@ def _get(server: ServerProcess, path: str, **params: Any) -> Any:
     return r.json()
 
 
-def _chat(server: ServerProcess, agent: str) -> tuple[pexpect.spawn, str]:
+def _chat(server: ServerProcess, agent: str, *options: str) -> tuple[pexpect.spawn, str]:
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "tether", "chat", "--agent", agent],
+        ["-m", "tether", "chat", "--agent", agent, *options],
         env=_env(server.url),
         encoding="utf-8",
         dimensions=(24, 80),
@@ -196,6 +196,27 @@ def test_ctrl_c_as_text_reaches_the_screen_shows_that_text_once(
             assert shown == (partial.content or "").strip(), press_at
 
 
+def test_chat_with_on_busy_steer_joins_the_turn_under_way(server: ServerProcess) -> None:
+    """A message typed while the session runs a turn from elsewhere joins that turn: the
+    chat follows it, shows the steer's delivery and the reply that answers it."""
+    _agent(server, scripted_agent("steady", reply="echo", tokens=60, token_delay_ms=30))
+    child, sid = _chat(server, "steady", "--on-busy", "steer")
+    r = httpx.post(f"{server.url}/v1/sessions/{sid}/turns", json={"input": "elsewhere"})
+    tid = r.json()["id"]
+    wait_until(
+        lambda: _get(server, f"/v1/sessions/{sid}/turns/{tid}")["status"] == "running",
+        20,
+        "the other turn running",
+    )
+    child.sendline("use JWT")
+    child.expect_exact("steered")
+    child.expect_exact("use JWT use JWT")
+    child.expect_exact("you> ")
+    [turn] = _ended(server, sid, 1)
+    assert turn["id"] == tid and turn["usage"]["model_calls"] == 2
+    _quit(child)
+
+
 def test_chat_asks_approvals_and_questions_inline(server: ServerProcess) -> None:
     """`y` runs the gated tool once, `n` never; a question is answered at its own prompt, and
     the chat then goes on (no turn queued behind a waiting one)."""
@@ -292,6 +313,15 @@ def test_reads_print_json_and_errors_are_one_line_with_an_exit_code(
     assert read("agents", "show", "demo")["name"] == "demo"
     assert read("interrupts", "ls", sid) == []
     assert read("sessions", "stop", sid)["turn"] is None
+    [turn] = shown["turns"]
+    fork = read("sessions", "fork", sid, "--turn", turn["id"], "--metadata", '{"try": 2}')
+    assert fork["forked_from"] == {"session_id": sid, "turn_id": turn["id"], "at": "after"}
+    assert fork["metadata"] == {"try": 2}
+    plain = _invoke("sessions", "fork", sid, "--before", "--input", "again", env=env)
+    assert plain.exit_code == 0, plain.output
+    before = read("sessions", "show", plain.stdout.strip())
+    assert before["session"]["forked_from"]["at"] == "before"
+    assert before["turns"][0]["input"] == [{"role": "user", "content": "again"}]
 
     tail = pexpect.spawn(
         sys.executable,
@@ -313,6 +343,8 @@ def test_reads_print_json_and_errors_are_one_line_with_an_exit_code(
         (("interrupts", "approve", "int_01arz3ndektsv4rrffq69g5fav"), 5, "not found"),
         (("interrupts", "approve", "int_x", "--arguments", "[1]"), 2, "JSON object"),
         (("sessions", "ls", "--status", "busy"), 2, "--status must be one of"),
+        (("sessions", "fork", sid, "--metadata", "[1]"), 2, "--metadata must be a JSON object"),
+        (("chat", "--on-busy", "later"), 2, "--on-busy must be one of"),
     ]:
         out = _invoke(*args, env=env)
         assert out.exit_code == code, (args, out.output)

@@ -289,6 +289,58 @@ async def test_stop_mid_tool_then_transcript_is_valid(
     assert nxt["status"] == "completed", nxt
 
 
+async def test_a_fork_keeps_what_the_provider_needs_back(
+    api: Api, client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    """A fork copies the thinking blocks (sent back unchanged, or the fake refuses with 400)
+    and the results of a stopped turn's calls (a tool_use without its result is refused)."""
+    thinking = {"max_tokens": 2000, "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    sid = await api.session(await _agent(client, fake, params=thinking))
+    thought = await _run(api, sid, "think")
+    stopped = await api.turn(sid, 'call:sleep:{"seconds": 30}')
+
+    async def tool_running() -> bool:
+        return any(e["type"] == "tool.started" for e in await api.events(sid))
+
+    await wait_for(tool_running, 10, "tool running")
+    r = await client.post(f"/v1/sessions/{sid}/interrupt")
+    assert r.json()["turn"]["status"] == "cancelled"
+    blocks = fake.calls[1].body["messages"][1]
+    for point in (thought["id"], stopped["id"]):
+        r = await client.post(f"/v1/sessions/{sid}/fork", json={"turn_id": point})
+        assert r.status_code == 201, r.text
+        fork = r.json()["id"]
+        nxt = await _run(api, fork, "more")
+        assert nxt["status"] == "completed", nxt
+        assert fake.calls[-1].body["messages"][1] == blocks
+
+
+async def test_a_steer_after_tool_results_joins_their_message(
+    api: Api, client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    """Anthropic takes tool results as a user message: a steer delivered after them is
+    sent in that message, after the results (the order Anthropic requires)."""
+    sid = await api.session(await _agent(client, fake))
+    turn = await api.turn(sid, 'call:sleep:{"seconds": 1}')
+
+    async def tool_running() -> bool:
+        return any(e["type"] == "tool.started" for e in await api.events(sid))
+
+    await wait_for(tool_running, 10, "tool running")
+    r = await client.post(
+        f"/v1/sessions/{sid}/turns", json={"input": "use JWT", "on_busy": "steer"}
+    )
+    assert r.status_code == 202 and r.json()["steer"]["joined"], r.text
+    done = await api.wait_turn(sid, turn["id"])
+    assert done["status"] == "completed", done
+    last = fake.calls[-1].body["messages"][-1]
+    assert last["role"] == "user"
+    assert [b["type"] for b in last["content"]] == ["tool_result", "text"]
+    assert last["content"][1]["text"] == "use JWT"
+    roles = [m["role"] for m in await api.messages(sid)]
+    assert roles == ["user", "assistant", "tool", "user", "assistant"]
+
+
 # --- the operator's credential rules (DESIGN §8), as for every provider ---------------------
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 
 from tests.helpers import Server, running_server, wait_for
 from tether import ids
@@ -33,7 +34,17 @@ ADMIN_ROUTES = {
     ("GET", "/v1/keys"),
     ("DELETE", "/v1/keys/{key_id}"),
     ("GET", "/v1/audit"),
+    ("POST", "/v1/webhooks"),
+    ("GET", "/v1/webhooks"),
+    ("GET", "/v1/webhooks/{webhook_id}"),
+    ("PATCH", "/v1/webhooks/{webhook_id}"),
+    ("DELETE", "/v1/webhooks/{webhook_id}"),
+    ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"),
+    ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"),
 }
+# endpoints made here never hear of anything: no delivery is attempted (and none could be)
+HOOK = {"url": "https://receiver.example/hook", "events": ["interrupt.expired"]}
 
 
 def required_role(method: str, path: str) -> Role:
@@ -44,7 +55,11 @@ def required_role(method: str, path: str) -> Role:
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(tmp_path, auth="required") as srv:
+    # cluster mode seals webhook secrets only with a secret key of the operator's
+    key = Fernet.generate_key().decode()
+    async with running_server(
+        tmp_path, auth="required", webhook_concurrency=0, secret_key=key
+    ) as srv:
         yield srv
 
 
@@ -81,12 +96,15 @@ class Tenant:
             session = (await c.post("/v1/sessions", json={"agent_id": agent})).json()["id"]
             turn = (await c.post(f"/v1/sessions/{session}/turns", json={"input": "x"})).json()
             key = (await c.post("/v1/keys", json={"role": "read"})).json()["id"]
+            webhook = (await c.post("/v1/webhooks", json=HOOK)).json()["id"]
         return {
             "agent_id": agent,
             "session_id": session,
             "turn_id": turn["id"],
             "key_id": key,
             "interrupt_id": "int_01arz3ndektsv4rrffq69g5fav",
+            "webhook_id": webhook,
+            "delivery_id": "dlv_01arz3ndektsv4rrffq69g5fav",
         }
 
 
@@ -99,6 +117,8 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/sessions/{session_id}/turns/{turn_id}/cancel"): {"wait": 0},
     ("POST", "/v1/interrupts/{interrupt_id}/respond"): {"response": "x"},
     ("POST", "/v1/keys"): {"role": "read"},
+    ("POST", "/v1/webhooks"): HOOK,
+    ("PATCH", "/v1/webhooks/{webhook_id}"): {"description": "changed"},
 }
 
 
@@ -164,7 +184,8 @@ async def test_authorization_matrix(server: Server) -> None:
                     cross_tenant_successes += status < 300
                 elif method == "GET":  # lists of its own tenant only
                     assert status == 200, context
-                    leaked = [v for k, v in objects.items() if k != "interrupt_id" and v in r.text]
+                    made_up = ("interrupt_id", "delivery_id")
+                    leaked = [v for k, v in objects.items() if k not in made_up and v in r.text]
                     assert not leaked, context
                 else:
                     assert status < 300, context  # creating in its own tenant

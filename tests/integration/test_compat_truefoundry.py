@@ -22,6 +22,7 @@ from truefoundry_gateway_sdk.agents import (
     UserToolApprovalEvent,
     UserToolResponseEvent,
 )
+from truefoundry_gateway_sdk.core.api_error import ApiError
 from truefoundry_gateway_sdk.types import ApprovalAllow, UserMessage
 
 from tests.helpers import Server, running_server, scripted_agent, wait_for
@@ -315,6 +316,33 @@ async def test_question_answered_with_a_tool_response(world: World) -> None:
     with pytest.raises(tfy_errors.BadRequestError) as refused:
         await session.prepare_turn(input=[answer]).execute(stream=False)
     assert refused.value.body.error.type == "invalid_request_error"
+
+
+async def test_previous_turn_id_must_be_the_last_turn(world: World) -> None:
+    """Following the last turn (by id, or `auto`) works; following an earlier one would
+    branch the session: refused with 409, pointing at a fork."""
+    session = await world.client(world.acme).create_session(agent_name="guarded")
+    first = session.prepare_turn(input=[UserMessage(content="one")])
+    await first.execute(stream=False)
+    assert first.id is not None
+    await _turn_state(session, first.id, "done")
+    approve = UserToolApprovalEvent(
+        thread_id=session.id,
+        tool_call_id=(await session.get_turn(first.id)).state.required_actions[0].tool_calls[0].id,
+        approval=ApprovalAllow(),
+    )
+    await session.prepare_turn(input=[approve]).execute(stream=False)
+    chained = session.prepare_turn(input=[UserMessage(content="two")], previous_turn_id=first.id)
+    await chained.execute(stream=False)
+    assert chained.id is not None and chained.id != first.id
+    branch = session.prepare_turn(input=[UserMessage(content="three")], previous_turn_id=first.id)
+    with pytest.raises(ApiError) as refused:  # the client has no class of its own for it
+        await branch.execute(stream=False)
+    assert refused.value.status_code == 409
+    assert refused.value.body["error"]["type"] == "conflict_error"
+    assert "fork" in refused.value.body["error"]["message"]
+    turns = [t.id async for t in await session.list_turns()]
+    assert turns == [chained.id, first.id]  # nothing was started
 
 
 async def test_with_auth_off_the_path_names_the_tenant(tmp_path: Path) -> None:

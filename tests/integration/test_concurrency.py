@@ -40,6 +40,10 @@ async def test_200_sessions_several_turns_each(api: Api) -> None:
         order = []
         for e in events:
             if e["type"] == "turn.started":
+                if running == e["turn_id"] and e["data"]["attempt"] > 1:
+                    # the same turn again: its lease lapsed (a starved worker on a loaded
+                    # box) and it was claimed anew, from its last checkpoint. One turn.
+                    continue
                 assert running is None, f"two running turns in {sid}"
                 running = e["turn_id"]
                 order.append(e["turn_id"])

@@ -164,6 +164,70 @@ def test_streams_stops_within_a_second_and_rolls_back(live: LiveServer, console:
     assert console.text(".msg-assistant[data-status=interrupted] .msg-text") == shown
 
 
+def test_steer_the_running_turn_from_the_message_box(live: LiveServer, console: Console) -> None:
+    """ "Steer the current turn": the message joins the turn that streams, shown as a steer in
+    that turn once delivered, and the agent answers it in the same turn."""
+    agent = live.agent("steerable", {"reply": "echo", "tokens": 60, "token_delay_ms": 25}, [])
+    sid = live.session(agent)
+    turn = live.turn(sid, "Write the login page")
+    console.open(f"#/sessions/{sid}")
+    console.one("[data-role=link].link-live")
+    console.until(lambda: console.all(turn_block("running")), 10, "the turn running")
+    Select(console.one("[data-role=on-busy]")).select_by_value("steer")
+    console.one("[data-role=input]").send_keys("Use JWT")
+    console.one("[data-action=send]").click()
+    notice = console.until(lambda: console.text("[role=status]"), 10, "the steer's notice")
+    assert "Steer sent" in notice
+    block = f'[data-role=transcript] [data-turn-id="{turn["id"]}"]'
+    steer = console.until(
+        lambda: [m for m in console.all(f"{block} .msg-user") if "steer" in m.text],
+        15,
+        "the steer shown in the turn",
+    )
+    assert "Use JWT" in steer[0].text
+    live.wait_turn(sid, turn["id"], ("completed",))
+    console.until(
+        lambda: console.text(f"{block} .msg-assistant:last-child .msg-text").startswith("Use JWT"),
+        10,
+        "the answer to the steer",
+    )
+    assert [t["id"] for t in live.turns(sid)] == [turn["id"]]  # joined, not a new turn
+    console.screenshot("session-steered")
+
+
+def test_fork_from_a_finished_turn_opens_the_fork(live: LiveServer, console: Console) -> None:
+    agent = live.agent("forkable", {"reply": "echo"}, [])
+    sid = live.session(agent)
+    first = live.turn(sid, "first question")
+    live.wait_turn(sid, first["id"], ("completed",))
+    second = live.turn(sid, "second question")
+    live.wait_turn(sid, second["id"], ("completed",))
+    console.open(f"#/sessions/{sid}")
+    entry = f'[data-role=timeline] [data-turn-id="{first["id"]}"]'
+    # the timeline is redrawn as events arrive: click the button as it is now
+    console.until(lambda: console.one(f"{entry} [data-action=fork]").click() or True, 10, "fork")
+    fork_id = console.until(
+        lambda: (
+            (h := console.driver.execute_script("return location.hash")) != f"#/sessions/{sid}"
+            and h.removeprefix("#/sessions/")
+        ),
+        10,
+        "the fork opened",
+    )
+    assert fork_id != sid
+    console.until(lambda: console.all("[data-role=forked-from]"), 10, "the fork's origin")
+    assert "after" in console.text("[data-role=forked-from]")
+    texts = console.until(
+        lambda: [e.text for e in console.all("[data-role=transcript] .msg-text")],
+        10,
+        "the copied history",
+    )
+    assert texts == ["first question", "first question"]
+    assert len(console.all("[data-role=transcript] .turn")) == 1
+    assert [m["content"] for m in live.messages(fork_id)] == ["first question"] * 2
+    console.screenshot("session-fork")
+
+
 def test_approval_from_the_inbox_runs_the_tool_once(
     live: LiveServer, console: Console, recorder: Recorder
 ) -> None:

@@ -418,7 +418,10 @@ async def test_elicitation_is_a_question(
 
 async def test_progress_becomes_events(client: httpx.AsyncClient, api: Api) -> None:
     agent = _agent(
-        "progressing", [[_call("shared__progress", steps=3)]], mcp_servers=[{"name": "shared"}]
+        "progressing",
+        # reports are written by a task of their own: a tool ending at once may beat them
+        [[_call("shared__progress", steps=3, pause_s=0.3)]],
+        mcp_servers=[{"name": "shared"}],
     )
     sid, tid = await _run(api, client, agent)
     assert (await api.wait_turn(sid, tid))["status"] == "completed"

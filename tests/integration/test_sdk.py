@@ -199,6 +199,66 @@ async def test_every_resource_sync(server: Server) -> None:
     await asyncio.to_thread(_sync_resources, server.url, await _key(server, Role.ADMIN))
 
 
+STEERABLE = {"reply": "echo", "tokens": 40, "token_delay_ms": 20}
+
+
+async def test_steer_and_fork_async(server: Server) -> None:
+    admin = await _key(server, Role.ADMIN)
+    async with AsyncTether(server.url, admin) as sdk:
+        await sdk.agents.create(scripted_agent("steerable", **STEERABLE))
+        session = await sdk.sessions.create("steerable")
+        stream = await sdk.turns.create(session.id, "hello", stream=True)
+        async for event in stream:
+            if event.delta:
+                break
+        steered = await sdk.turns.steer(session.id, "use JWT")
+        assert steered.steer is not None and steered.steer.joined
+        assert steered.id == stream.turn_id
+        rest = await stream.follow()
+        events = [e async for e in rest]
+        [delivered] = [e for e in events if e.type == "turn.steered"]
+        assert delivered.steered == steered.steer.message_ids
+        assert events[-1].terminal and events[-1].turn is not None
+        assert events[-1].turn.usage.model_calls == 2
+        running = await sdk.turns.create(session.id, "again")
+        with pytest.raises(errors.TurnNotFinished):
+            await sdk.sessions.fork(session.id, turn_id=running.id)
+        await sdk.sessions.stop(session.id)
+        fork = await sdk.sessions.fork(session.id, turn_id=steered.id, metadata={"try": 2})
+        assert fork.forked_from == models.ForkedFrom(
+            session_id=session.id, turn_id=steered.id, at="after"
+        )
+        assert fork.metadata == {"try": 2}
+        [first, *_] = await sdk.events.list(fork.id, limit=1).to_list()
+        assert first.type == "session.forked" and first.forked_from == fork.forked_from
+        contents = [m.content async for m in sdk.sessions.messages(fork.id)]
+        assert contents[:3] == ["hello", contents[1], "use JWT"]
+        idle = await sdk.sessions.create("steerable")
+        new = await sdk.turns.create(idle.id, "hi", on_busy="steer")
+        assert new.steer is not None and not new.steer.joined
+
+
+def _sync_steer_and_fork(url: str, key: str) -> None:
+    with Tether(url, key) as sdk:
+        sdk.agents.create(scripted_agent("steerable-sync", **STEERABLE))
+        session = sdk.sessions.create("steerable-sync")
+        with sdk.turns.create(session.id, "hello", stream=True) as stream:
+            for event in stream:
+                if event.delta:
+                    break
+            steered = sdk.turns.steer(session.id, "use JWT")
+            assert steered.steer is not None and steered.steer.joined
+            final = stream.final()
+        assert final.usage.model_calls == 2
+        fork = sdk.sessions.fork(session.id, at="before", turn_id=final.id, input="retry")
+        assert fork.forked_from is not None and fork.forked_from.at == "before"
+        assert fork.turn is not None and fork.turn.status == "queued"
+
+
+async def test_steer_and_fork_sync(server: Server) -> None:
+    await asyncio.to_thread(_sync_steer_and_fork, server.url, await _key(server, Role.ADMIN))
+
+
 async def _raises(expected: type[errors.APIError], call: Callable[[], Any]) -> errors.APIError:
     with pytest.raises(expected) as caught:
         await call()

@@ -76,11 +76,13 @@ async def slow(seconds: float) -> str:
 
 
 @server.tool()
-async def progress(steps: int, ctx: Context) -> str:
-    """Count to `steps`, reporting progress at each."""
+async def progress(steps: int, ctx: Context, pause_s: float = 0.0) -> str:
+    """Count to `steps`, reporting progress at each (and waiting `pause_s` after each: a
+    tool that works between its reports)."""
     _count()
     for i in range(1, steps + 1):
         await ctx.report_progress(i, steps, f"step {i}")
+        await asyncio.sleep(pause_s)
     return f"did {steps} steps"
 
 

@@ -161,7 +161,8 @@ def test_a_bus_tap_that_missed_an_end_makes_its_figure_unsound() -> None:
 
 
 def test_bus_messages_in_another_format_are_counted_not_taken_for_silence() -> None:
-    delta = bustap.decode('{"k": "d", "t": "turn_1", "m": "m", "o": 0, "x": "a b "}', 1.0)
+    wire = '"type":"message.delta","session_id":"s","turn_id":"turn_1","data":{"delta":"a b "}}'
+    delta = bustap.decode("d turn_1 m 0 4\n" + wire, 1.0)
     assert delta is not None and (delta.delta_turn, delta.delta_tokens) == ("turn_1", 2)
     events = bustap.decode('{"k": "e", "events": [{"type": "turn.cancelled", "turn_id": "t"}]}', 2)
     assert events is not None and events.events == [("turn.cancelled", "t")]

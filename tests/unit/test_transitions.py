@@ -1,6 +1,7 @@
-"""The state machines (machines.TurnMove, InterruptMove, ToolRunMove) are the one definition of
-which status may follow which, and store/guards.py the one place that applies them: checked
-on the table, on the code of the store, and by applying moves to rows of SQLite `:memory:`."""
+"""The state machines (machines.TurnMove, InterruptMove, ToolRunMove, SteerMove) are the one
+definition of which status may follow which, and store/guards.py the one place that applies
+them: checked on the table, on the code of the store, and by applying moves to rows of SQLite
+`:memory:`."""
 
 from __future__ import annotations
 
@@ -16,11 +17,28 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, insert, select
 
 from tether import domain, machines
-from tether.domain import InterruptStatus, ToolRunStatus, TurnStatus
+from tether.domain import InterruptStatus, SteerStatus, ToolRunStatus, TurnStatus
 from tether.store import Store, guards, open_store, sqlite
-from tether.store.schema import agents, interrupts, sessions, tool_runs, turns
+from tether.store.schema import (
+    agents,
+    interrupts,
+    sessions,
+    steers,
+    tool_runs,
+    turns,
+    webhook_deliveries,
+    webhook_endpoints,
+)
+from tether.webhooks.records import DeliveryStatus, EndpointStatus
 
-MACHINES = [machines.TurnMove, machines.InterruptMove, machines.ToolRunMove]
+MACHINES = [
+    machines.TurnMove,
+    machines.InterruptMove,
+    machines.ToolRunMove,
+    machines.SteerMove,
+    machines.DeliveryMove,
+    machines.EndpointMove,
+]
 STORE = Path(domain.__file__).parent / "store"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -73,7 +91,8 @@ def _is_status_column(node: ast.AST) -> bool:
         and isinstance(node.value, ast.Attribute)
         and node.value.attr == "c"
         and isinstance(node.value.value, ast.Name)
-        and node.value.value.id in ("turns", "interrupts", "tool_runs")
+        and node.value.value.id
+        in ("turns", "interrupts", "tool_runs", "steers", "webhook_deliveries", "webhook_endpoints")
     )
 
 
@@ -222,6 +241,102 @@ def test_an_interrupt_move_changes_exactly_its_sources(
             assert _apply(conn, interrupts, move, id=iid) == (status in move.sources)
             expected = move.target if status in move.sources else status
             assert _status(conn, interrupts, id=iid) == expected
+
+
+def test_a_steer_is_settled_once() -> None:
+    table = machines.transitions(machines.SteerMove)
+    assert table[SteerStatus.PENDING] == {SteerStatus.DELIVERED, SteerStatus.CONVERTED}
+    assert not table[SteerStatus.DELIVERED] and not table[SteerStatus.CONVERTED]
+
+
+@pytest.mark.parametrize("move", machines.moves_of(machines.SteerMove), ids=lambda m: m.name)
+def test_a_steer_move_changes_exactly_its_sources(engine: Engine, move: machines.Move[Any]) -> None:
+    with engine.begin() as conn:
+        turn_id = _turn(conn, TurnStatus.RUNNING)
+        for status in SteerStatus:
+            seq = conn.execute(
+                insert(steers)
+                .values(
+                    session_id="s",
+                    turn_id=turn_id,
+                    status=status.value,
+                    messages=[],
+                    created_at=NOW,
+                )
+                .returning(steers.c.seq)
+            ).scalar_one()
+            assert _apply(conn, steers, move, seq=seq) == (status in move.sources)
+            expected = move.target if status in move.sources else status
+            assert _status(conn, steers, seq=seq) == expected
+
+
+def _endpoint(conn: Connection, status: EndpointStatus) -> str:
+    endpoint_id = f"whk_{next(_turn_numbers)}"
+    conn.execute(
+        insert(webhook_endpoints).values(
+            id=endpoint_id,
+            tenant_id="t",
+            url="https://receiver.example/",
+            events=["*"],
+            status=status.value,
+            secret_sealed="sealed",
+            created_at=NOW,
+            updated_at=NOW,
+        )
+    )
+    return endpoint_id
+
+
+@pytest.mark.parametrize("move", machines.moves_of(machines.EndpointMove), ids=lambda m: m.name)
+def test_an_endpoint_move_changes_exactly_its_sources(
+    engine: Engine, move: machines.Move[Any]
+) -> None:
+    with engine.begin() as conn:
+        for status in EndpointStatus:
+            endpoint_id = _endpoint(conn, status)
+            changed = _apply(conn, webhook_endpoints, move, id=endpoint_id)
+            assert changed == (status in move.sources), (move.name, status)
+            expected = move.target if status in move.sources else status
+            assert _status(conn, webhook_endpoints, id=endpoint_id) == expected
+
+
+@pytest.mark.parametrize("move", machines.moves_of(machines.DeliveryMove), ids=lambda m: m.name)
+def test_a_delivery_move_changes_exactly_its_sources(
+    engine: Engine, move: machines.Move[Any]
+) -> None:
+    with engine.begin() as conn:
+        endpoint_id = _endpoint(conn, EndpointStatus.ENABLED)
+        for status in DeliveryStatus:
+            delivery_id = f"dlv_{next(_turn_numbers)}"
+            conn.execute(
+                insert(webhook_deliveries).values(
+                    id=delivery_id,
+                    tenant_id="t",
+                    endpoint_id=endpoint_id,
+                    session_id="s",
+                    type="turn.completed",
+                    body="{}",
+                    status=status.value,
+                    next_attempt_at=NOW,
+                    created_at=NOW,
+                )
+            )
+            changed = _apply(conn, webhook_deliveries, move, id=delivery_id)
+            assert changed == (status in move.sources), (move.name, status)
+            expected = move.target if status in move.sources else status
+            assert _status(conn, webhook_deliveries, id=delivery_id) == expected
+
+
+def test_a_delivered_webhook_is_never_sent_again() -> None:
+    table = machines.transitions(machines.DeliveryMove)
+    assert table[DeliveryStatus.DELIVERED] == frozenset()
+    # only a claim puts a delivery in flight, and only a person sends a failed one again
+    assert {
+        m.name
+        for m in machines.moves_of(machines.DeliveryMove)
+        if m.target is DeliveryStatus.SENDING
+    } == {"claim"}
+    assert table[DeliveryStatus.FAILED] == {DeliveryStatus.PENDING}
 
 
 @pytest.fixture

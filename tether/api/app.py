@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 import tether
 from tether import logs
-from tether.api import admin, console, errors, health, tenant, v1
+from tether.api import admin, console, errors, health, sse, tenant, v1, webhooks
 from tether.api.compat import (
     agent_threads,
     common,
@@ -26,6 +27,15 @@ from tether.api.stream_guard import EndRevokedStreams
 from tether.config import Settings
 from tether.node import Node
 from tether.runtime.tools import ToolRegistry
+
+
+class App(FastAPI):
+    """FastAPI, handing SSE answers the server's own `send` (api/sse.py)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[sse.DIRECT_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -50,7 +60,7 @@ def create_app(
         finally:
             await the_node.stop()
 
-    app = FastAPI(
+    app = App(
         title="Tether",
         version=tether.__version__,
         description="Stateful agent execution: sessions, turns, live streams, control.",
@@ -61,6 +71,7 @@ def create_app(
     app.include_router(v1.router)
     app.include_router(tenant.router)
     app.include_router(admin.router)
+    app.include_router(webhooks.router)
     app.include_router(gumloop.router, include_in_schema=False)  # its contract: docs/compat
     app.include_router(factory.router, include_in_schema=False)
     app.include_router(truefoundry.router)

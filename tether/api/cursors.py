@@ -9,6 +9,7 @@ The kinds:
   comparing one with a column fails there (asyncpg refuses the parameter) as one past 2^63 - 1
   fails on SQLite (OverflowError). Python's `str.isdigit` also accepts '²' and other digits
   `int()` refuses, and `int()` alone accepts '+5', ' 5' and '5_0': neither is the check.
+  The webhook outbox's seq (a delivery list's cursor) is the one 64-bit position.
 - a **position sent as a JSON number** (TrueFoundry's `after_sequence_number`, agent-threads'
   `afterSeq`): an integer, not a boolean, a float or a string, with the same bounds (or the
   surface's own maximum, when its positions are not Tether seqs).
@@ -36,10 +37,13 @@ from pydantic import WithJsonSchema
 from tether import errors, ids
 
 MAX_POSITION = 2**31 - 1  # the largest seq the store's INTEGER columns hold on both databases
-_POSITION = re.compile(r"[0-9]{1,10}")  # 2^31 - 1 has 10 digits: more is always too big
+# the webhook outbox's seq: BIGINT on PostgreSQL, the 64-bit rowid on SQLite (one counter for
+# every tenant's deliveries, so it may well pass 2^31)
+MAX_OUTBOX_SEQ = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]+")
 _SHOWN = 40  # characters of a bad value repeated in the error message
 
-IdKind = Literal["agt", "int", "aud", "session"]
+IdKind = Literal["agt", "int", "aud", "whk", "session"]
 
 _INBOX_CURSOR_CHARS = 256  # an issued one has about 120: nothing longer is decoded
 _POSITION_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_POSITION}
@@ -63,12 +67,14 @@ def invalid(name: str, value: str, expected: str) -> errors.InvalidRequest:
     )
 
 
-def position(value: str | None, name: str = "cursor") -> int | None:
+def position(value: str | None, name: str = "cursor", maximum: int = MAX_POSITION) -> int | None:
     """A position, or None when absent or empty."""
     if not value:
         return None
-    if _POSITION.fullmatch(value) is None or int(value) > MAX_POSITION:
-        raise invalid(name, value, f"an integer from 0 to {MAX_POSITION}")
+    # more digits than the maximum has is always too big: such a value is never converted
+    too_long = len(value) > len(str(maximum))
+    if too_long or _DIGITS.fullmatch(value) is None or int(value) > maximum:
+        raise invalid(name, value, f"an integer from 0 to {maximum}")
     return int(value)
 
 

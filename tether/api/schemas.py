@@ -7,7 +7,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether import domain
+from tether import domain, ids
 
 T = TypeVar("T")
 
@@ -34,6 +34,20 @@ class TurnCreate(_In):
     input: Input
     on_busy: domain.OnBusy = domain.OnBusy.ENQUEUE
     stream: bool = Field(default=False, description="answer with the turn's SSE stream")
+
+
+class ForkRequest(_In):
+    turn_id: str | None = Field(
+        default=None,
+        pattern=ids.pattern("turn"),
+        description="the turn to fork at (default: the last finished one)",
+    )
+    at: domain.ForkAt = Field(
+        default=domain.ForkAt.AFTER,
+        description="`after`: the history up to the end of the turn; `before`: up to its start",
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict, description="the fork's metadata")
+    input: Input | None = Field(default=None, description="optional first turn of the fork")
 
 
 class StopRequest(_In):
@@ -97,6 +111,12 @@ class TurnRefOut(BaseModel):
     status: domain.TurnStatus
 
 
+class ForkedFromOut(BaseModel):
+    session_id: str
+    turn_id: str | None = Field(description="null: the source had no finished turn")
+    at: domain.ForkAt
+
+
 class SessionOut(BaseModel):
     id: str
     agent_id: str
@@ -107,6 +127,9 @@ class SessionOut(BaseModel):
     created_at: str
     updated_at: str
     closed_at: str | None
+    forked_from: ForkedFromOut | None = Field(
+        default=None, description="a fork's origin (DESIGN §4b); null for other sessions"
+    )
 
 
 class ErrorInfo(BaseModel):
@@ -129,6 +152,18 @@ class TurnOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+
+class SteerOut(BaseModel):
+    message_ids: list[str] = Field(description="the ids the transcript shows its messages with")
+    joined: bool = Field(
+        description="true: it joined this turn, delivered at its next step boundary; "
+        "false: the session had nothing under way, this is a new turn"
+    )
+
+
+class TurnAccepted(TurnOut):
+    steer: SteerOut | None = Field(default=None, description='with `on_busy: "steer"`')
 
 
 class SessionCreated(SessionOut):

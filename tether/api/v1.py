@@ -180,9 +180,58 @@ async def close_session(
 
 
 @router.post(
+    "/sessions/{session_id}/fork",
+    status_code=201,
+    response_model=schemas.SessionCreated,
+    responses=_ERRORS,
+    tags=["sessions"],
+)
+async def fork_session(
+    request: Request,
+    session_id: SessionId,
+    svc: Svc,
+    tenant: Writer,
+    body: schemas.ForkRequest | None = None,
+) -> Response:
+    """A new session of the same agent whose history is this one's up to the end of a
+    finished turn (`at: after`, default) or its start (`before`); without `turn_id`, the last
+    finished turn. The source is not changed. The fork is `idle` and usable at once (with
+    `input`, its first turn is queued); its `forked_from` says where it came from and its
+    event log starts with `session.forked`. 409 `turn_not_finished` if the history would
+    hold a turn still running, waiting or queued. No body: at the last finished turn."""
+    body = body or schemas.ForkRequest()
+
+    async def handler() -> Response:
+        first = _input(body.input) if body.input is not None else None
+        fork, turn = await svc.fork(
+            tenant,
+            session_id,
+            turn_id=body.turn_id,
+            at=body.at,
+            metadata=body.metadata,
+            input=first,
+        )
+        origin = fork.forked_from or {}
+        await audit(
+            request,
+            "session.fork",
+            fork.id,
+            source=session_id,
+            turn_id=origin.get("turn_id"),
+            at=body.at.value,
+        )
+        if turn:
+            await audit(request, "turn.create", turn.id)
+        answer = {**views.session(fork), "turn": views.turn(turn) if turn else None}
+        return JSONResponse(answer, status_code=201)
+
+    return await idempotency.idempotent(request, tenant, svc, handler)
+
+
+@router.post(
     "/sessions/{session_id}/turns",
     status_code=202,
-    response_model=schemas.TurnOut,
+    response_model=schemas.TurnAccepted,
     responses={
         **_ERRORS,
         200: {
@@ -205,13 +254,38 @@ async def create_turn(
     ping_s = the_node.settings.sse_ping_s
 
     async def handler() -> Response:
-        before = (await svc.get_session(tenant, session_id)).last_event_seq if stream else 0
-        turn = await svc.start_turn(tenant, session_id, _input(body.input), body.on_busy)
-        await audit(request, "turn.create", turn.id, on_busy=body.on_busy.value)
+        if body.on_busy is domain.OnBusy.STEER:
+            # it joins a turn under way (already streaming), or queues one: followed from the
+            # session's position before it
+            before = (await svc.get_session(tenant, session_id)).last_event_seq if stream else 0
+            steered = await svc.steer(tenant, session_id, _input(body.input))
+            turn = steered.turn
+            action = "turn.steer" if steered.joined else "turn.create"
+            await audit(request, action, turn.id, on_busy="steer", messages=steered.message_ids)
+            if not stream:
+                return JSONResponse(views.steered(steered), status_code=202)
+            replay = {"session_id": session_id, "after": before, "turn_id": turn.id}
+            return await _turn_stream(request, tenant, svc, replay, ping_s)
         if not stream:
+            turn = await svc.start_turn(tenant, session_id, _input(body.input), body.on_busy)
+            await audit(request, "turn.create", turn.id, on_busy=body.on_busy.value)
             return JSONResponse(views.turn(turn), status_code=202)
+        release = await stream_slot(request, tenant)  # a turn refused a stream is not queued
+        try:
+            turn, before, batches = await svc.stream_turn(
+                tenant, session_id, _input(body.input), body.on_busy, idle_s=ping_s
+            )
+        except BaseException:
+            release()
+            raise
+        try:
+            await audit(request, "turn.create", turn.id, on_busy=body.on_busy.value)
+        except BaseException:
+            release()
+            await batches.aclose()
+            raise
         replay = {"session_id": session_id, "after": before, "turn_id": turn.id}
-        return await _turn_stream(request, tenant, svc, replay, ping_s)
+        return sse.response(batches, until_terminal=True, replay=replay, on_close=release)
 
     async def replay_stream(replay: dict[str, Any]) -> Response:
         return await _turn_stream(request, tenant, svc, replay, ping_s)

@@ -4,30 +4,126 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from tether import domain
 
 
-@dataclass(slots=True, frozen=True)
 class Delta:
-    """A piece of an assistant message in flight: `text` starts at char `offset`."""
+    """A piece of an assistant message in flight: `text` starts at char `offset`.
 
-    session_id: str
-    turn_id: str
-    message_id: str
-    offset: int
-    text: str
+    Its SSE frame is encoded once, whoever reads it (`sse`). A delta relayed by the Redis bus
+    arrives with its frame's JSON already encoded by the worker (`wire`, everything after
+    `{"seq":N,`) and its text's `length`; its text is decoded only if a reader must cut it."""
+
+    __slots__ = (
+        "_frame",
+        "_text",
+        "_wire",
+        "length",
+        "message_id",
+        "offset",
+        "session_id",
+        "turn_id",
+    )
+
+    def __init__(
+        self,
+        session_id: str,
+        turn_id: str,
+        message_id: str,
+        offset: int,
+        text: str | None = None,
+        *,
+        wire: bytes | None = None,
+        length: int | None = None,
+    ):
+        self.session_id = session_id
+        self.turn_id = turn_id
+        self.message_id = message_id
+        self.offset = offset
+        self._text = text
+        self._wire = wire
+        self.length = len(text) if text is not None else (length or 0)
+        self._frame: tuple[int, bytes] | None = None  # the last SSE frame made: (seq, bytes)
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = str(json.loads(b"{" + self.wire)["data"]["delta"])
+        return self._text
+
+    @property
+    def encoded(self) -> bool:
+        """Relayed with its frame's JSON encoded already."""
+        return self._text is None
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+    @property
+    def wire(self) -> bytes:
+        """The frame's JSON after its `{"seq":N,` (the same for every reader)."""
+        if self._wire is None:
+            data = {"message_id": self.message_id, "offset": self.offset, "delta": self.text}
+            body = {
+                "type": "message.delta",
+                "session_id": self.session_id,
+                "turn_id": self.turn_id,
+                "data": data,
+            }
+            self._wire = json.dumps(body, separators=(",", ":")).encode()[1:]
+        return self._wire
+
+    def sse(self, seq: int) -> bytes:
+        """The SSE frame of this delta for a reader whose last event is `seq`."""
+        frame = self._frame
+        if frame is None or frame[0] != seq:
+            head = b'id: %d\nevent: message.delta\ndata: {"seq":%d,' % (seq, seq)
+            frame = self._frame = (seq, head + self.wire + b"\n\n")
+        return frame[1]
+
+    def payload(self, seq: int) -> dict[str, Any]:
+        return {
+            "seq": seq,
+            "type": "message.delta",
+            "session_id": self.session_id,
+            "turn_id": self.turn_id,
+            "data": {"message_id": self.message_id, "offset": self.offset, "delta": self.text},
+        }
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Delta):
+            return NotImplemented
+        return (self.session_id, self.turn_id, self.message_id, self.offset, self.text) == (
+            other.session_id,
+            other.turn_id,
+            other.message_id,
+            other.offset,
+            other.text,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Delta({self.session_id!r}, {self.turn_id!r}, {self.message_id!r}, "
+            f"{self.offset!r}, {self.text!r})"
+        )
 
 
 @dataclass(slots=True, frozen=True)
 class Committed:
-    """The events one transaction committed, in seq order."""
+    """The events one transaction committed, in seq order; `sse`: their SSE frames by seq,
+    encoded once for all readers."""
 
     events: list[domain.Event]
+    sse: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 Item = Committed | Delta
@@ -86,6 +182,20 @@ class Subscription:
         return received
 
 
+class EndWatch:
+    """Who waits for a session's turns to end (a stop waiting for its confirmation): set
+    when the bus hears that one did, by a way that does not queue behind live text."""
+
+    def __init__(self, session_id: str):
+        self.session_id = session_id
+        self.ended: set[str] = set()
+        self.event = asyncio.Event()
+
+    def saw(self, turn_id: str) -> None:
+        self.ended.add(turn_id)
+        self.event.set()
+
+
 class Bus(Protocol):
     @property
     def up(self) -> bool:
@@ -107,11 +217,33 @@ class Bus(Protocol):
         """The text of the message in flight so far, as one delta from offset 0."""
         ...
 
-    def notify_work(self) -> None:
-        """Turns became runnable."""
+    def notify_work(self, *, local: bool = False) -> None:
+        """A turn became runnable (one wake-up, for one worker); `local`: only this process's
+        claim loop needs waking (a slot of its own came free, it is stopping)."""
         ...
 
-    async def wait_for_work(self, max_wait_s: float) -> None: ...
+    async def wait_for_work(self, max_wait_s: float, *, take: bool = True) -> None:
+        """Until a wake-up or `max_wait_s`; `take`: this worker has room, so it may take a
+        wake-up meant for any worker (one that cannot claim must leave it to the others)."""
+        ...
+
+    def watch_ends(self, session_id: str) -> EndWatch:
+        """Start hearing of the session's turns ending (then `unwatch_ends`)."""
+        ...
+
+    def unwatch_ends(self, watch: EndWatch) -> None: ...
+
+    def turn_ended(self, turn_id: str) -> bool:
+        """The bus heard that this turn ended (its late deltas are dropped)."""
+        ...
+
+    def notify_webhooks(self) -> None:
+        """Webhook deliveries became due (committed, retried by hand, handed back)."""
+        ...
+
+    async def wait_for_webhooks(self, max_wait_s: float) -> None:
+        """Until `notify_webhooks` (here or, in cluster mode, anywhere), or `max_wait_s`."""
+        ...
 
     def signal_stop(self, turn_id: str) -> None:
         """A stop was written for this turn: wake its executor."""

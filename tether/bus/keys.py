@@ -12,13 +12,31 @@ class Names:
 
     @property
     def work(self) -> str:
-        """Channel: turns became runnable (workers wake and claim)."""
+        """List: one token per turn that became runnable; a worker with room takes one
+        (BLPOP) and claims."""
         return f"{self.prefix}:work"
+
+    @property
+    def webhooks(self) -> str:
+        """Channel: webhook deliveries became due (dispatchers wake and claim)."""
+        return f"{self.prefix}:webhooks"
 
     @property
     def stop(self) -> str:
         """Channel: a stop was written for a turn (payload: the turn id)."""
         return f"{self.prefix}:stop"
+
+    @property
+    def ends(self) -> str:
+        """Channel: a turn ended (payload: `<session id> <turn id> <terminal event type>`),
+        for the stops waiting on it; its events follow on the session's channel."""
+        return f"{self.prefix}:ends"
+
+    @property
+    def node(self) -> str:
+        """Channel nobody publishes on: every node's data subscription holds it, so that it
+        is never empty."""
+        return f"{self.prefix}:node"
 
     def session(self, session_id: str) -> str:
         """Channel: a session's committed events and live deltas, in publish order."""

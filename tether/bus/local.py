@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from tether import domain
-from tether.bus.base import Committed, Delta, Subscription
+from tether.bus.base import Committed, Delta, EndWatch, Subscription
 
 ENDS_MESSAGE = frozenset(
     {
@@ -21,12 +21,17 @@ ENDS_MESSAGE = frozenset(
 )
 
 
+TURN_ENDS = frozenset(domain.TERMINAL_EVENT.values())
+
+
 class LocalBus:
     def __init__(self) -> None:
         self._subs: defaultdict[str, set[Subscription]] = defaultdict(set)
         self._partials: dict[str, tuple[Delta, list[str]]] = {}
         self._work = asyncio.Event()
+        self._webhooks = asyncio.Event()
         self._stop_callback: Callable[[str], None] | None = None
+        self._end_watches: defaultdict[str, set[EndWatch]] = defaultdict(set)
 
     @property
     def up(self) -> bool:
@@ -37,6 +42,25 @@ class LocalBus:
             del self._partials[session_id]
         for sub in self._subs.get(session_id, ()):
             sub.put(Committed(events))
+        for watch in self._end_watches.get(session_id, ()):
+            for event in events:
+                if event.type in TURN_ENDS and event.turn_id:
+                    watch.saw(event.turn_id)
+
+    def watch_ends(self, session_id: str) -> EndWatch:
+        watch = EndWatch(session_id)
+        self._end_watches[session_id].add(watch)
+        return watch
+
+    def unwatch_ends(self, watch: EndWatch) -> None:
+        watches = self._end_watches.get(watch.session_id)
+        if watches is not None:
+            watches.discard(watch)
+            if not watches:
+                del self._end_watches[watch.session_id]
+
+    def turn_ended(self, turn_id: str) -> bool:
+        return False  # in one process events and deltas are in order: readers see the end
 
     def publish_delta(self, delta: Delta) -> None:
         current = self._partials.get(delta.session_id)
@@ -66,16 +90,25 @@ class LocalBus:
         first, texts = current
         return Delta(session_id, first.turn_id, first.message_id, first.offset, "".join(texts))
 
-    def notify_work(self) -> None:
+    def notify_work(self, *, local: bool = False) -> None:
         self._work.set()
 
-    async def wait_for_work(self, max_wait_s: float) -> None:
+    async def wait_for_work(self, max_wait_s: float, *, take: bool = True) -> None:
         # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
         # arrives as the wait ends, and a worker stopping would then never stop claiming
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max_wait_s):
                 await self._work.wait()
         self._work.clear()
+
+    def notify_webhooks(self) -> None:
+        self._webhooks.set()
+
+    async def wait_for_webhooks(self, max_wait_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max_wait_s):
+                await self._webhooks.wait()
+        self._webhooks.clear()
 
     def signal_stop(self, turn_id: str) -> None:
         if self._stop_callback:

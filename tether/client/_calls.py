@@ -130,6 +130,22 @@ def create_session(
     return Call("POST", "/v1/sessions", _reader(models.Session), json=body, creates=True)
 
 
+def fork_session(
+    session_id: str,
+    turn_id: str | None,
+    at: str,
+    metadata: Mapping[str, Any] | None,
+    input: Any,
+) -> Call[models.Session]:
+    body: dict[str, Any] = {"at": at, "metadata": dict(metadata or {})}
+    if turn_id is not None:
+        body["turn_id"] = turn_id
+    if input is not None:
+        body["input"] = input
+    path = f"/v1/sessions/{seg(session_id)}/fork"
+    return Call("POST", path, _reader(models.Session), json=body, creates=True)
+
+
 def list_sessions(
     status: str | None, agent_id: str | None, limit: int | None
 ) -> PagedCall[models.Session]:
@@ -264,3 +280,52 @@ def revoke_key(key_id: str) -> Call[models.ApiKey]:
 
 def list_audit(limit: int | None) -> PagedCall[models.AuditEntry]:
     return PagedCall("/v1/audit", models.AuditEntry, _clean(limit=limit))
+
+
+# --- webhooks (admins) -----------------------------------------------------------------------
+
+
+def create_webhook(
+    url: str, events: list[str], description: str | None
+) -> Call[models.WebhookCreated]:
+    body = {"url": url, "events": list(events), **_clean(description=description)}
+    # no Idempotency-Key here: the answer holds the secret, which is never stored to replay
+    path = "/v1/webhooks"
+    return Call("POST", path, _reader(models.WebhookCreated), json=body, retry=Retry.UNSENT)
+
+
+def list_webhooks(limit: int | None) -> PagedCall[models.Webhook]:
+    return PagedCall("/v1/webhooks", models.Webhook, _clean(limit=limit))
+
+
+def get_webhook(webhook_id: str) -> Call[models.Webhook]:
+    return Call("GET", f"/v1/webhooks/{seg(webhook_id)}", _reader(models.Webhook))
+
+
+def update_webhook(webhook_id: str, changes: Mapping[str, Any]) -> Call[models.Webhook]:
+    path = f"/v1/webhooks/{seg(webhook_id)}"
+    return Call("PATCH", path, _reader(models.Webhook), json=dict(changes))
+
+
+def delete_webhook(webhook_id: str) -> Call[None]:
+    # a repeat of a delete that went through would answer 404: only retried if never sent
+    return Call("DELETE", f"/v1/webhooks/{seg(webhook_id)}", _nothing, retry=Retry.UNSENT)
+
+
+def rotate_webhook_secret(webhook_id: str) -> Call[models.WebhookCreated]:
+    path = f"/v1/webhooks/{seg(webhook_id)}/rotate-secret"
+    # a blind repeat would rotate again, and the first new secret would be lost
+    return Call("POST", path, _reader(models.WebhookCreated), retry=Retry.UNSENT)
+
+
+def list_deliveries(
+    webhook_id: str, status: str | None, limit: int | None
+) -> PagedCall[models.WebhookDelivery]:
+    path = f"/v1/webhooks/{seg(webhook_id)}/deliveries"
+    return PagedCall(path, models.WebhookDelivery, _clean(status=status, limit=limit))
+
+
+def retry_delivery(webhook_id: str, delivery_id: str) -> Call[models.WebhookDelivery]:
+    path = f"/v1/webhooks/{seg(webhook_id)}/deliveries/{seg(delivery_id)}/retry"
+    # a repeat of one that went through is refused with 409 (it is no longer failed)
+    return Call("POST", path, _reader(models.WebhookDelivery), retry=Retry.UNSENT)

@@ -56,6 +56,7 @@ class Tether:
         self.events = Events(self)
         self.keys = Keys(self)
         self.audit = Audit(self)
+        self.webhooks = Webhooks(self)
 
     @classmethod
     def from_env(cls, **options: Any) -> Tether:
@@ -200,6 +201,24 @@ class Sessions(_Resource):
         is `NotFound` after that, and its open streams end."""
         self._client._call(_calls.purge_session(session_id))
 
+    def fork(
+        self,
+        session_id: str,
+        *,
+        turn_id: str | None = None,
+        at: models.ForkAt = "after",
+        metadata: Mapping[str, Any] | None = None,
+        input: Input | None = None,
+        idempotency_key: str | None = None,
+    ) -> models.Session:
+        """A new session of the same agent whose history is this one's up to the end of
+        `turn_id` (`at="after"`) or its start (`"before"`); without `turn_id`, the last
+        finished turn. The source is not changed; with `input`, the fork's first turn is
+        queued (in `session.turn`). `TurnNotFinished` if that history holds a turn still
+        running or waiting."""
+        call = _calls.fork_session(session_id, turn_id, at, metadata, input)
+        return self._client._call(call, idempotency_key)
+
     def stop(
         self,
         session_id: str,
@@ -272,6 +291,15 @@ class Turns(_Resource):
             idempotency_key=idempotency_key or _base.new_idempotency_key(),
         )
         return TurnStream(self._client, record)
+
+    def steer(
+        self, session_id: str, input: Input, *, idempotency_key: str | None = None
+    ) -> models.Turn:
+        """Redirect the turn under way: `input` joins it and is delivered at its next step
+        boundary (the model's next call sees it). The answer is the turn it joined, with
+        `turn.steer.message_ids`; with nothing under way it is a new turn
+        (`turn.steer.joined` False). Same as `create(..., on_busy="steer")`."""
+        return self._client._call(_calls.create_turn(session_id, input, "steer"), idempotency_key)
 
     def list(self, session_id: str, *, limit: int | None = None) -> Paginator[models.Turn]:
         """The session's turns, oldest first."""
@@ -383,3 +411,52 @@ class Audit(_Resource):
     def list(self, *, limit: int | None = None) -> Paginator[models.AuditEntry]:
         """Mutations, newest first."""
         return self._client._pages(_calls.list_audit(limit))
+
+
+class Webhooks(_Resource):
+    """Webhook endpoints of your tenant and their deliveries (admins)."""
+
+    def create(
+        self,
+        url: str,
+        events: list[models.WebhookEvent] | None = None,
+        *,
+        description: str | None = None,
+    ) -> models.WebhookCreated:
+        """A new endpoint told of `events` (default `["*"]`: all); its signing secret
+        (`secret`) is in this answer only."""
+        return self._client._call(_calls.create_webhook(url, list(events or ["*"]), description))
+
+    def list(self, *, limit: int | None = None) -> Paginator[models.Webhook]:
+        """Every endpoint, never with secrets."""
+        return self._client._pages(_calls.list_webhooks(limit))
+
+    def get(self, webhook_id: str) -> models.Webhook:
+        """One endpoint."""
+        return self._client._call(_calls.get_webhook(webhook_id))
+
+    def update(self, webhook_id: str, **changes: Any) -> models.Webhook:
+        """Change `url`, `events`, `description`, or `status` (`"enabled"`, `"disabled"`)."""
+        return self._client._call(_calls.update_webhook(webhook_id, changes))
+
+    def delete(self, webhook_id: str) -> None:
+        """Delete an endpoint: its pending deliveries fail."""
+        self._client._call(_calls.delete_webhook(webhook_id))
+
+    def rotate_secret(self, webhook_id: str) -> models.WebhookCreated:
+        """A new signing secret (`secret`, in this answer only) for every attempt from now."""
+        return self._client._call(_calls.rotate_webhook_secret(webhook_id))
+
+    def deliveries(
+        self,
+        webhook_id: str,
+        *,
+        status: models.DeliveryStatus | None = None,
+        limit: int | None = None,
+    ) -> Paginator[models.WebhookDelivery]:
+        """The endpoint's deliveries, newest first, each with its attempts."""
+        return self._client._pages(_calls.list_deliveries(webhook_id, status, limit))
+
+    def retry(self, webhook_id: str, delivery_id: str) -> models.WebhookDelivery:
+        """Send a failed delivery again, with the same `webhook-id`."""
+        return self._client._call(_calls.retry_delivery(webhook_id, delivery_id))

@@ -86,6 +86,10 @@ class InterruptNotPending(Conflict):
     """409 `interrupt_not_pending`: the interrupt was already answered, expired or cancelled."""
 
 
+class TurnNotFinished(Conflict):
+    """409 `turn_not_finished`: a fork must start from a finished turn."""
+
+
 class IdempotencyKeyInFlight(Conflict):
     """409 `idempotency_key_in_flight`: the first request with this key is still running."""
 
@@ -198,6 +202,7 @@ _BY_CODE: dict[str, type[APIError]] = {
     "session_busy": SessionBusy,
     "session_closed": SessionClosed,
     "interrupt_not_pending": InterruptNotPending,
+    "turn_not_finished": TurnNotFinished,
     "idempotency_key_in_flight": IdempotencyKeyInFlight,
     "already_exists": AlreadyExists,
     "validation_error": ValidationError,

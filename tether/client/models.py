@@ -17,10 +17,21 @@ TurnStatus = Literal[
 ]
 SessionStatus = Literal["idle", "queued", "running", "waiting", "closed"]
 InterruptStatus = Literal["pending", "resolved", "expired", "cancelled"]
-OnBusy = Literal["enqueue", "reject", "interrupt", "rollback"]
+OnBusy = Literal["enqueue", "reject", "interrupt", "rollback", "steer"]
+ForkAt = Literal["after", "before"]
 StopMode = Literal["interrupt", "rollback"]
 StopScope = Literal["turn", "all"]
 Role = Literal["admin", "write", "read"]
+WebhookEvent = Literal[
+    "turn.completed",
+    "turn.failed",
+    "turn.cancelled",
+    "turn.waiting",
+    "interrupt.expired",
+    "session.closed",
+    "*",
+]
+DeliveryStatus = Literal["pending", "sending", "delivered", "failed"]
 
 TERMINAL_TURN_STATUSES = frozenset({"completed", "failed", "cancelled"})
 TERMINAL_EVENT_TYPES = frozenset({"turn.completed", "turn.failed", "turn.cancelled"})
@@ -117,8 +128,18 @@ class TurnError(TetherModel):
     message: str
 
 
+class Steer(TetherModel):
+    """What became of input sent with `on_busy="steer"`: `joined` the turn under way (its
+    messages join that turn's transcript at its next step boundary, with these ids), or,
+    with nothing under way, a new turn."""
+
+    message_ids: list[str]
+    joined: bool
+
+
 class Turn(TetherModel):
-    """One unit of work of a session: input -> agent loop -> output."""
+    """One unit of work of a session: input -> agent loop -> output. `steer` is set on the
+    answer to a steer."""
 
     id: str
     session_id: str
@@ -134,6 +155,7 @@ class Turn(TetherModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    steer: Steer | None = None
 
     @property
     def done(self) -> bool:
@@ -141,8 +163,18 @@ class Turn(TetherModel):
         return self.status in TERMINAL_TURN_STATUSES
 
 
+class ForkedFrom(TetherModel):
+    """Where a fork came from: its source session, the turn it was cut at (None: the source
+    had no finished turn) and whether `after` or `before` it."""
+
+    session_id: str
+    turn_id: str | None = None
+    at: ForkAt
+
+
 class Session(TetherModel):
-    """A conversation with one agent. `turn` is set on the answer of a create with `input`."""
+    """A conversation with one agent. `turn` is set on the answer of a create (or a fork)
+    with `input`; `forked_from` on a fork."""
 
     id: str
     agent_id: str
@@ -153,6 +185,7 @@ class Session(TetherModel):
     created_at: datetime
     updated_at: datetime
     closed_at: datetime | None = None
+    forked_from: ForkedFrom | None = None
     turn: Turn | None = None
 
 
@@ -279,6 +312,19 @@ class Event(TetherModel):
         return ToolProgress.model_validate(self.data)
 
     @property
+    def steered(self) -> list[str] | None:
+        """The ids of the messages a `turn.steered` delivered into the turn, in order."""
+        if self.type != "turn.steered":
+            return None
+        return [str(i) for i in self.data.get("message_ids", [])]
+
+    @property
+    def forked_from(self) -> ForkedFrom | None:
+        """Where the session came from, on its `session.forked` (its first event)."""
+        value = self.data.get("forked_from") if self.type == "session.forked" else None
+        return ForkedFrom.model_validate(value) if isinstance(value, dict) else None
+
+    @property
     def terminal(self) -> bool:
         """A turn's last event: `turn.completed`, `turn.failed` or `turn.cancelled`."""
         return self.type in TERMINAL_EVENT_TYPES
@@ -334,3 +380,52 @@ class AuditEntry(TetherModel):
     request_id: str | None = None
     details: dict[str, Any] | None = None
     created_at: datetime
+
+
+# --- webhooks (admins) --------------------------------------------------------------------------
+
+
+class Webhook(TetherModel):
+    """An endpoint told of the tenant's events, never with its signing secret. `status` is
+    `disabled` after a PATCH or when the receiver answered 410 (`disabled_reason: gone`)."""
+
+    id: str
+    url: str
+    events: list[str]
+    description: str | None = None
+    status: Literal["enabled", "disabled"]
+    disabled_reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookCreated(Webhook):
+    """A new endpoint (or a rotated secret): `secret` (`whsec_…`), in this answer only."""
+
+    secret: str
+
+
+class WebhookAttempt(TetherModel):
+    """One try of a delivery: the receiver's status code, or why there was none."""
+
+    at: datetime
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float
+    response: str | None = None
+
+
+class WebhookDelivery(TetherModel):
+    """One event for one endpoint; `id` is the `webhook-id` of every attempt."""
+
+    id: str
+    endpoint_id: str
+    session_id: str
+    type: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+    log: list[WebhookAttempt] = Field(default_factory=list)

@@ -1,6 +1,6 @@
 """The `tether` commands that talk to a server, built on the SDK (`tether.client`): `chat`,
-`whoami`, `sessions`, `interrupts`, `agents`. An error is one line on stderr and an exit code
-a script can test (common.Exit); `--json` prints what scripts read."""
+`whoami`, `sessions`, `interrupts`, `agents`, `webhooks`. An error is one line on stderr and
+an exit code a script can test (common.Exit); `--json` prints what scripts read."""
 
 from __future__ import annotations
 
@@ -11,14 +11,19 @@ from typing import Any
 import typer
 
 from tether.client import errors
-from tether.commands import agents, chat, common, interrupts, sessions, whoami
+from tether.commands import agents, chat, common, interrupts, sessions, webhooks, whoami
 
 
 def register(app: typer.Typer) -> None:
     """Add the client commands to the `tether` app."""
     app.command("chat")(_reported(chat.chat))
     app.command("whoami")(_reported(whoami.whoami))
-    groups = {"sessions": sessions.app, "interrupts": interrupts.app, "agents": agents.app}
+    groups = {
+        "sessions": sessions.app,
+        "interrupts": interrupts.app,
+        "agents": agents.app,
+        "webhooks": webhooks.app,
+    }
     for name, group in groups.items():
         for command in group.registered_commands:
             assert command.callback is not None

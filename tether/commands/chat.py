@@ -39,6 +39,13 @@ class Quit(Exception):
 def chat(
     agent: Annotated[str, typer.Option(help="agent id or name for a new session")] = "demo",
     session: Annotated[str | None, typer.Option(help="continue this session")] = None,
+    on_busy: Annotated[
+        str,
+        typer.Option(
+            help="what a message does when the session is busy (a turn from elsewhere): "
+            "enqueue, reject, interrupt, rollback, or steer (join that turn)"
+        ),
+    ] = "enqueue",
     url: Url = DEFAULT,
     api_key: ApiKey = None,
 ) -> None:
@@ -47,21 +54,23 @@ def chat(
     Ctrl-C while a reply streams interrupts that turn (its partial reply is kept) and gives
     the prompt back; Ctrl-C or Ctrl-D at the prompt quits. Approvals and questions are asked
     inline."""
+    busy = common.choice("--on-busy", on_busy, models.OnBusy)
     with contextlib.suppress(ImportError):  # not on every platform
         import readline  # noqa: F401  (line editing and history for input())
     with common.client(url, api_key) as tether:
         sid = tether.sessions.get(session).id if session else tether.sessions.create(agent).id
         common.out.print(f"[dim]session {sid} (Ctrl-C stops a reply; Ctrl-D quits)[/]")
         try:
-            Chat(tether, sid).run(resume=session is not None)
+            Chat(tether, sid, busy).run(resume=session is not None)
         except Quit as left:
             common.out.print(f"[yellow]{common.esc(left)}[/]", soft_wrap=True)
 
 
 class Chat:
-    def __init__(self, tether: Tether, session_id: str):
+    def __init__(self, tether: Tether, session_id: str, on_busy: models.OnBusy = "enqueue"):
         self.tether = tether
         self.sid = session_id
+        self.on_busy: models.OnBusy = on_busy
         self.stream: TurnStream | None = None  # the turn being shown
         self.printed: dict[str, int] = {}  # message id -> chars of it on the screen
         self.at_line_start = True
@@ -91,7 +100,8 @@ class Chat:
     def turn(self, text: str) -> None:
         self.stream, self.label_due = None, True
         try:
-            self.follow(self.tether.turns.create(self.sid, text, stream=True))
+            stream = self.tether.turns.create(self.sid, text, on_busy=self.on_busy, stream=True)
+            self.follow(stream)
         except KeyboardInterrupt:
             self.stop()
 
@@ -139,6 +149,8 @@ class Chat:
             self.note(f"  ↳ {event.data.get('name')}({arguments}) …")
         elif event.type == "tool.completed":
             self.note(f"  ↳ {event.data.get('name')}: {event.data.get('outcome')}")
+        elif event.type == "turn.steered":
+            self.note("  ↳ steered: new input joined the turn")
 
     def text(self, event: Event) -> None:
         data = event.data

@@ -1,8 +1,9 @@
-"""`tether sessions ls|show|tail|stop|rm`."""
+"""`tether sessions ls|show|tail|stop|fork|rm`."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 from typing import Annotated
 
@@ -12,7 +13,9 @@ from tether.client import Event, models
 from tether.commands import common
 from tether.commands.common import DEFAULT, ApiKey, AsJson, Exit, Url
 
-app = typer.Typer(help="Sessions: list, show, follow, stop, close or erase.", no_args_is_help=True)
+app = typer.Typer(
+    help="Sessions: list, show, follow, stop, fork, close or erase.", no_args_is_help=True
+)
 
 
 @app.command("ls")
@@ -66,6 +69,9 @@ def show(
     out = common.out
     out.print(f"[bold]session[/] {session.id}  [bold]{session.status}[/]")
     out.print(f"agent {session.agent_id}  created {common.when(session.created_at)}")
+    if origin := session.forked_from:
+        at = f"{origin.at} {origin.turn_id}" if origin.turn_id else "with no finished turn"
+        out.print(f"forked from {origin.session_id} ({at})", markup=False)
     if session.metadata:
         out.print(f"metadata {common.compact(session.metadata)}", markup=False)
     if turns:
@@ -220,3 +226,42 @@ def _confirm_purge(session_id: str) -> None:
     question = f"Erase session {session_id} and all of it (transcript, events) for good?"
     if not typer.confirm(question, default=False):
         common.fail("not purged", Exit.ERROR)
+
+
+@app.command("fork")
+def fork(
+    session_id: Annotated[str, typer.Argument(help="the session to fork")],
+    turn: Annotated[
+        str | None, typer.Option(help="fork at this turn (default: the last finished one)")
+    ] = None,
+    before: Annotated[
+        bool, typer.Option("--before", help="up to the turn's start, not its end")
+    ] = False,
+    metadata: Annotated[str | None, typer.Option(help="the fork's metadata, a JSON object")] = None,
+    input: Annotated[str | None, typer.Option(help="the fork's first turn")] = None,
+    as_json: AsJson = False,
+    url: Url = DEFAULT,
+    api_key: ApiKey = None,
+) -> None:
+    """A new session from this one's history up to a finished turn; the source is not
+    changed. Prints the new session's id (continue it with `tether chat --session ID`)."""
+    meta = None
+    if metadata is not None:
+        try:
+            meta = json.loads(metadata)
+        except ValueError:
+            common.fail("--metadata must be a JSON object", Exit.USAGE)
+        if not isinstance(meta, dict):
+            common.fail("--metadata must be a JSON object", Exit.USAGE)
+    with common.client(url, api_key) as tether:
+        made = tether.sessions.fork(
+            session_id,
+            turn_id=turn,
+            at="before" if before else "after",
+            metadata=meta,
+            input=input,
+        )
+    if as_json:
+        common.print_json(made)
+    else:
+        common.out.print(made.id, markup=False, highlight=False)

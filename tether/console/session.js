@@ -1,6 +1,7 @@
 // One session: its live transcript (streaming text, tool calls with their arguments, status
-// and outcome), the turn timeline with reasons and usage, pending interrupts, Stop and
-// Rollback, and a message box with the on_busy choice.
+// and outcome, steers marked), the turn timeline with reasons and usage and a fork action on
+// finished turns, pending interrupts, Stop and Rollback, and a message box with the on_busy
+// choice (steer included).
 
 import * as api from "./api.js";
 import { ago, badge, coalesce, h, json, put, setText, shortId, syncList } from "./dom.js";
@@ -8,21 +9,41 @@ import * as interrupts from "./interrupts.js";
 import { follow } from "./sse.js";
 import { SessionState } from "./state.js";
 
-// The API's on_busy choices, in the order offered. Steer (join the running turn, DESIGN §3)
-// is one more line here once the API accepts it: ["steer", "Steer the running turn"].
+// The API's on_busy choices, in the order offered.
 export const ON_BUSY = [
   ["enqueue", "Queue after the current turn"],
+  ["steer", "Steer the current turn"],
   ["interrupt", "Interrupt the current turn"],
   ["rollback", "Roll back the current turn"],
   ["reject", "Only if idle"],
 ];
 
+const FINISHED = new Set(["completed", "failed", "cancelled"]);
+
 /**
- * Actions offered on a finished turn of the timeline. "Fork from this turn" (POST
- * /v1/sessions/{sid}/fork {turn_id}) goes here once the API has it.
+ * Actions offered on a turn of the timeline: a finished one can be forked from (a new
+ * session with the history up to its end, DESIGN §4b), which then opens.
  */
-function turnActions(_sid, _turn, _me) {
-  return [];
+function turnActions(sid, turn, me, say) {
+  if (!api.allows(me, "write") || !FINISHED.has(turn.status)) return [];
+  const fork = h("button", {
+    class: "small",
+    "data-action": "fork",
+    title: "A new session with this session's history up to the end of this turn",
+    onclick: async (e) => {
+      e.stopPropagation(); // not a click on the entry (which scrolls to the turn)
+      fork.disabled = true;
+      try {
+        const made = await api.post(`/v1/sessions/${encodeURIComponent(sid)}/fork`, { turn_id: turn.id },
+          { headers: { "Idempotency-Key": api.idempotencyKey() } });
+        location.hash = `#/sessions/${encodeURIComponent(made.id)}`;
+      } catch (error) {
+        say(error.message, "error");
+        fork.disabled = false;
+      }
+    },
+  }, "Fork from here");
+  return [h("div", { class: "tl-actions" }, fork)];
 }
 
 const LINK_LABELS = {
@@ -125,8 +146,10 @@ export function view(main, { me }, sid) {
       const text = input.value;
       if (!text.trim()) return;
       act(send, async () => {
-        await api.post(`${path}/turns`, { input: text, on_busy: onBusy.value }, { headers: { "Idempotency-Key": api.idempotencyKey() } });
+        const answer = await api.post(`${path}/turns`, { input: text, on_busy: onBusy.value }, { headers: { "Idempotency-Key": api.idempotencyKey() } });
         input.value = "";
+        if (answer.steer?.joined)
+          say(`Steer sent: turn ${answer.seq} takes it at its next step.`);
       });
     });
     input.addEventListener("keydown", (e) => {
@@ -218,6 +241,7 @@ export function view(main, { me }, sid) {
     el.dataset.status = message.streaming ? "streaming" : message.status;
     const who = { user: "You", assistant: "Assistant", tool: `Tool ${message.name || ""}` }[message.role] || message.role;
     put(ui.who, who,
+      state.steered.has(message.id) ? badge("steer", "steer") : null,
       message.streaming ? badge("streaming", "running") : null,
       message.status === "interrupted" ? badge("interrupted", "cancelled") : null);
     setText(ui.text, message.content);
@@ -266,7 +290,7 @@ export function view(main, { me }, sid) {
       h("div", { class: "tl-head" }, h("strong", {}, `#${turn.seq}`), badge(turn.rolledBack ? "rolled back" : turn.status, turn.rolledBack ? "rolledback" : turn.status), h("span", { class: "muted", title: turn.created_at }, ago(turn.created_at))),
       turn.reason ? h("div", { class: "tl-reason" }, `reason: ${turn.reason}`) : null,
       h("div", { class: "tl-usage muted" }, `${usage.input_tokens ?? 0} in · ${usage.output_tokens ?? 0} out · ${turn.step} steps`, took ? ` · ${took}` : "", turn.attempt > 1 ? ` · attempt ${turn.attempt}` : ""),
-      turnActions(sid, turn, me));
+      turnActions(sid, turn, me, say));
   }
 
   // --- data ---------------------------------------------------------------------------------
@@ -274,9 +298,13 @@ export function view(main, { me }, sid) {
   (async () => {
     try {
       session = await api.get(path);
+      const origin = session.forked_from;
       put(detailsEl,
         fact("Created", new Date(session.created_at).toLocaleString()),
         fact("Id", session.id),
+        origin ? [h("dt", {}, "Forked from"), h("dd", { "data-role": "forked-from" },
+          h("a", { href: `#/sessions/${encodeURIComponent(origin.session_id)}`, class: "mono" }, shortId(origin.session_id)),
+          origin.turn_id ? ` ${origin.at} ${shortId(origin.turn_id)}` : " (no finished turn)")] : null,
         Object.keys(session.metadata || {}).length ? fact("Metadata", json(session.metadata)) : null);
       const agent = await api.get(`/v1/agents/${encodeURIComponent(session.agent_id)}`).catch(() => null);
       setText(agentName, agent ? `agent ${agent.name}` : `agent ${shortId(session.agent_id)}`);

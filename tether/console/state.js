@@ -16,6 +16,7 @@ export class SessionState {
     this.messages = new Map(); // id -> message (the API's shape) + {streaming}; in order seen
     this.tools = new Map(); // tool_call_id -> {name, arguments, state: "running"|"done", outcome}
     this.interrupts = new Map(); // id -> interrupt
+    this.steered = new Set(); // ids of the messages steers delivered
   }
 
   apply(type, event) {
@@ -71,6 +72,13 @@ export class SessionState {
       }
       case "session.updated":
         this.status = data.status;
+        break;
+      case "turn.steered":
+        for (const id of data.message_ids || []) this.steered.add(id);
+        if (data.turn) this.turn(data.turn);
+        break;
+      case "session.forked": // a fork's first event: the turns it copied (their messages follow)
+        for (const turn of data.turns || []) this.turn(turn);
         break;
       default:
         break; // a type this console does not know yet: nothing to show

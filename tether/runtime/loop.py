@@ -32,8 +32,10 @@ class TurnIO(Protocol):
     def delta(self, message_id: str, offset: int, text: str) -> None:
         """A live text delta: streamed, not stored."""
 
-    async def commit(self, checkpoint: domain.Checkpoint) -> None:
-        """Make one step durable (with the turn's pause or end, if it has one)."""
+    async def commit(self, checkpoint: domain.Checkpoint) -> list[domain.Message]:
+        """Make one step durable (with the turn's pause or end, if it has one). At a step
+        boundary, answers the steers' messages that joined the transcript with it: then a
+        final answer did not end the turn."""
 
     def tool_progress(
         self, call: domain.ToolCall, progress: float, total: float | None, message: str | None
@@ -140,14 +142,16 @@ async def run_turn(
     step = turn.step
     progress.usage = domain.Usage(**turn.usage.as_dict())
 
-    async def commit(checkpoint: domain.Checkpoint) -> None:
-        await io.commit(checkpoint)
+    async def commit(checkpoint: domain.Checkpoint) -> list[domain.Message]:
+        steered = await io.commit(checkpoint)
         progress.reset()
+        return steered
 
+    max_steps = agent.spec.max_steps
     while True:
         turn_messages = [msg for msg in transcript if msg.turn_id == turn.id]
         pending = pending_tool_calls(turn_messages)
-        if step >= agent.spec.max_steps:
+        if step >= max_steps:
             raise errors.MaxStepsExceeded(f"no final answer after {step} steps")
         await agent.tools.refresh()  # MCP servers' tools: cached, unless they changed
         if pending:
@@ -159,9 +163,13 @@ async def run_turn(
                     domain.Checkpoint(progress.usage, results=results, waits=True, asks=asks)
                 )
                 return
-            await commit(domain.Checkpoint(progress.usage, step_done=True, results=results))
-            transcript.extend(r.message for r in results)
             step += 1
+            done = domain.Checkpoint(
+                progress.usage, step_done=True, results=results, boundary=step < max_steps
+            )
+            steered = await commit(done)
+            transcript.extend(r.message for r in results)
+            transcript.extend(steered)
             resume = domain.ResumeState()  # what was asked before concerns the calls just done
             continue
 
@@ -170,8 +178,14 @@ async def run_turn(
         transcript.append(message)
         step += 1
         end = None if message.tool_calls else domain.TurnEnd(domain.TurnStatus.COMPLETED)
-        await commit(domain.Checkpoint(progress.usage, True, messages=[message], end=end))
-        if end is not None:
+        # A boundary where the transcript is valid for a model call (no call left without a
+        # result) and another model call may be made: steers join the turn here.
+        boundary = end is not None and step < max_steps
+        steered = await commit(
+            domain.Checkpoint(progress.usage, True, messages=[message], end=end, boundary=boundary)
+        )
+        transcript.extend(steered)
+        if end is not None and not steered:
             return
 
 

@@ -1,7 +1,9 @@
 """The scripted model: deterministic turns of any shape, no LLM needed (DESIGN §7).
 
-The step it plays is the number of assistant messages since the last user message, so a turn
-resumed from a checkpoint continues the script where it stopped.
+The step it plays is the number of assistant messages the turn being run (the turn of the last
+message) holds after its first user message, so a turn resumed from a checkpoint continues
+the script where it stopped, and a steer (a user message delivered mid-turn) does not start
+it again. `reply: "echo"` answers with the latest user message: a steer's, once one arrived.
 """
 
 from __future__ import annotations
@@ -25,6 +27,21 @@ def _tokens(text: str, count: int | None) -> Iterator[str]:
     yield from (next(cycle) + " " for _ in range(count))
 
 
+def _step(messages: list[domain.Message]) -> int:
+    """Assistant messages of the current turn after its first user message."""
+    if not messages:
+        return 0
+    turn_id = messages[-1].turn_id
+    first_user = next(
+        (i for i, m in enumerate(messages) if m.turn_id == turn_id and m.role == "user"), None
+    )
+    if first_user is None:
+        first_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    return sum(
+        1 for m in messages[first_user + 1 :] if m.role == "assistant" and m.turn_id == turn_id
+    )
+
+
 class ScriptedModel:
     def __init__(self, spec: domain.ModelSpec):
         self.spec = spec
@@ -35,8 +52,9 @@ class ScriptedModel:
     async def stream(self, request: ModelRequest) -> AsyncGenerator[ModelEvent, None]:
         if self.spec.fail:
             raise errors.ModelError(self.spec.fail)
-        last_user = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=-1)
-        step = sum(1 for m in request.messages[last_user + 1 :] if m.role == "assistant")
+        messages = request.messages
+        last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+        step = _step(messages)
         if step < len(self.spec.steps):
             scripted = self.spec.steps[step]
             tokens = _tokens(scripted.text, None)

@@ -10,15 +10,18 @@ from tether import errors
 from tether.store import (
     agents,
     audit,
+    forks,
     idempotency,
     interrupts,
     keys,
     leases,
     lifecycle,
+    outbox,
     sessions,
     tool_runs,
+    webhooks,
 )
-from tether.store.base import CommitHook, Database, Dialect, Page
+from tether.store.base import CommitHook, Database, Dialect, OutboxHook, Page
 from tether.store.leases import Claim, LeaseState, Unstartable
 
 __all__ = ["Claim", "CommitHook", "LeaseState", "Page", "Store", "Unstartable", "open_store"]
@@ -30,12 +33,15 @@ class Store:
         self.agents = agents.Agents(db)
         self.sessions = sessions.Sessions(db)  # sessions, turns, transcripts, events: reads
         self.lifecycle = lifecycle.Lifecycle(db)  # every change of a turn's status
+        self.forks = forks.Forks(db)  # new sessions from another's history
         self.leases = leases.Leases(db)
         self.interrupts = interrupts.Interrupts(db)
         self.tool_runs = tool_runs.ToolRuns(db)
         self.keys = keys.ApiKeys(db)
         self.audit = audit.AuditLog(db)
         self.idempotency = idempotency.IdempotencyKeys(db)
+        self.webhooks = webhooks.Webhooks(db)  # endpoints, and their deliveries' log
+        self.outbox = outbox.Outbox(db)  # the deliveries as dispatchers claim and send them
 
     @property
     def exclusive(self) -> bool:
@@ -51,7 +57,12 @@ class Store:
 
 
 async def open_store(
-    url: str, *, on_commit: CommitHook | None = None, pool_size: int = 10, serve: bool = False
+    url: str,
+    *,
+    on_commit: CommitHook | None = None,
+    on_outbox: OutboxHook | None = None,
+    pool_size: int = 10,
+    serve: bool = False,
 ) -> Store:
     """Connect, apply migrations, and return the Store for `url`. `serve`: this process serves
     the store (API or workers), not a one-off command; an embedded store admits one such."""
@@ -69,4 +80,4 @@ async def open_store(
         raise errors.InvalidRequest(
             f"unsupported store URL {url!r}: sqlite:///path or postgresql://user@host/db"
         )
-    return Store(Database(dialect, on_commit))
+    return Store(Database(dialect, on_commit, on_outbox))

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, Row, Select, Table
+from sqlalchemy import Connection, Row, Select, Table, insert
 from sqlalchemy.exc import IntegrityError
 
 from tether import domain, errors
+from tether.store.schema import sessions
 from tether.store.session_write import SESSION_BY_ID, SessionWrite
 
 T = TypeVar("T")
+P = TypeVar("P")
 CommitHook = Callable[[str, list[domain.Event]], None]
+OutboxHook = Callable[[], None]  # webhook deliveries were committed: wake the dispatchers
 
 
 class Dialect(Protocol):
@@ -79,11 +83,18 @@ def paged(
 
 
 class Database:
-    """Reads, writes and session writes over a dialect; committed events go to `on_commit`."""
+    """Reads, writes and session writes over a dialect; committed events go to `on_commit`,
+    and `on_outbox` hears of committed webhook deliveries."""
 
-    def __init__(self, dialect: Dialect, on_commit: CommitHook | None = None):
+    def __init__(
+        self,
+        dialect: Dialect,
+        on_commit: CommitHook | None = None,
+        on_outbox: OutboxHook | None = None,
+    ):
         self.dialect = dialect
         self.on_commit = on_commit
+        self.on_outbox = on_outbox
         # a session's row, locked (where the dialect locks) for the transaction that reads it
         self.session_row = dialect.lock(SESSION_BY_ID, skip_locked=False)
         self._session_row_skip_locked = dialect.lock(SESSION_BY_ID, skip_locked=True)
@@ -101,14 +112,18 @@ class Database:
         tenant_id: str | None = None,
         *,
         skip_locked: bool = False,
+        urgent: bool = False,
     ) -> T:
         """A write transaction on one session, its row read (and locked, where the dialect
         locks) first; its events reach `on_commit` after commit. NotFound if the session does
-        not exist in `tenant_id` (or, with `skip_locked`, another writer holds it)."""
+        not exist in `tenant_id` (or, with `skip_locked`, another writer holds it). `urgent`:
+        a stop's, on connections of their own (the dialect's), not behind a burst of others."""
         query = self._session_row_skip_locked if skip_locked else self.session_row
         written: list[domain.Event] = []
+        outbox = 0
 
         def tx(conn: Connection) -> T:
+            nonlocal outbox
             written.clear()  # a body may run again (PostgreSQL retries deadlocks)
             row = conn.execute(query, {"sid": session_id}).first()
             if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
@@ -117,12 +132,57 @@ class Database:
             result = body(sw)
             sw.flush()
             written.extend(sw.events)
+            outbox = sw.outbox
+            return result
+
+        result = await self.write(tx, urgent=urgent)
+        if written and self.on_commit:
+            self.on_commit(session_id, written)
+        if outbox:
+            self.outbox_written()
+        return result
+
+    async def create_session(
+        self,
+        prepare: Callable[[Connection], P],
+        row: Callable[[P, datetime], dict[str, Any]],
+        body: Callable[[SessionWrite, P], T],
+    ) -> T:
+        """One write transaction that makes a session and fills it: `prepare` reads what it
+        needs, `row` gives the new session's row (from what was prepared, at the time of the
+        write), then `body` changes it as a session write. Its events reach `on_commit`."""
+        written: list[domain.Event] = []
+        made: list[str] = []
+        outbox = 0
+
+        def tx(conn: Connection) -> T:
+            nonlocal outbox
+            written.clear()
+            made.clear()
+            prepared = prepare(conn)
+            values = row(prepared, domain.utcnow())
+            conn.execute(insert(sessions).values(values))
+            sw = SessionWrite(
+                conn, conn.execute(SESSION_BY_ID, {"sid": values["id"]}).one(), self.dialect.insert
+            )
+            result = body(sw, prepared)
+            sw.flush()
+            written.extend(sw.events)
+            made.append(values["id"])
+            outbox = sw.outbox
             return result
 
         result = await self.write(tx)
         if written and self.on_commit:
-            self.on_commit(session_id, written)
+            self.on_commit(made[0], written)
+        if outbox:
+            self.outbox_written()
         return result
+
+    def outbox_written(self) -> None:
+        """Webhook deliveries were committed: the dispatchers may have work."""
+        if self.on_outbox:
+            self.on_outbox()
 
     def violated(self, exc: IntegrityError) -> str | None:
         """The constraint an integrity error is about (None: not known)."""

@@ -21,9 +21,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from tether import domain, errors, machines, views
 from tether.domain import EventType, TurnStatus, utcnow
 from tether.machines import TurnMove
-from tether.store import guards, rows
+from tether.store import guards, rows, steers
 from tether.store.base import Database
-from tether.store.schema import UTCDateTime, messages, sessions, turns
+from tether.store.schema import UTCDateTime, agents, messages, sessions, turns
 from tether.store.session_write import IS_HELD, SESSION_BUSY, SessionWrite
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class Claim:
     turn: domain.Turn
     agent_id: str
     token: str
+    agent_version: datetime | None = None  # when the agent was last changed, as claimed
 
 
 @dataclass(slots=True)
@@ -94,11 +95,13 @@ def fenced(move: machines.Move[TurnStatus]) -> Update:
     )
 
 
-async def holder_write(db: Database, turn: domain.Turn, body: Callable[[SessionWrite], T]) -> T:
+async def holder_write(
+    db: Database, turn: domain.Turn, body: Callable[[SessionWrite], T], *, urgent: bool = False
+) -> T:
     """A session write of the worker holding `turn`. The session gone (purged under it) means
     the turn is gone too: LeaseLost, so the worker abandons the turn, writing nothing."""
     try:
-        return await db.session_write(turn.session_id, body)
+        return await db.session_write(turn.session_id, body, urgent=urgent)
     except errors.NotFound as exc:
         raise errors.LeaseLost(f"turn {turn.id} is gone: its session was deleted") from exc
 
@@ -124,8 +127,10 @@ class Leases:
         the transcript. Each turn is claimed in a transaction of its own, so one that cannot
         be claimed (answered among the Unstartable) costs the others nothing."""
         query = (
-            select(turns.c.id, turns.c.session_id, sessions.c.agent_id)
+            # the agent's version too: a worker's cached agent is checked without a read
+            select(turns.c.id, turns.c.session_id, sessions.c.agent_id, agents.c.updated_at)
             .join(sessions, sessions.c.id == turns.c.session_id)
+            .outerjoin(agents, agents.c.id == sessions.c.agent_id)
             .where(
                 sessions.c.status == domain.SessionStatus.QUEUED.value,
                 _CLAIMABLE,
@@ -138,7 +143,7 @@ class Leases:
             query = query.where(turns.c.id.not_in(list(skip)))
         candidates = await self.db.read(lambda conn: conn.execute(query).all())
 
-        async def claim_one(cand: Row[Any, Any, Any]) -> Claim | None:
+        async def claim_one(cand: Row[Any, Any, Any, Any]) -> Claim | None:
             # each claim re-checks under the session's write: a candidate may have gone, or
             # another worker may be claiming it right now (skipped, not waited for)
             try:
@@ -148,6 +153,7 @@ class Leases:
                         _claim_one,
                         turn_id=cand.id,
                         agent_id=cand.agent_id,
+                        agent_version=cand.updated_at,
                         worker_id=worker_id,
                         lease_ttl_s=lease_ttl_s,
                     ),
@@ -233,7 +239,12 @@ class Leases:
 
 
 def _claim_one(
-    sw: SessionWrite, turn_id: str, agent_id: str, worker_id: str, lease_ttl_s: float
+    sw: SessionWrite,
+    turn_id: str,
+    agent_id: str,
+    agent_version: datetime | None,
+    worker_id: str,
+    lease_ttl_s: float,
 ) -> Claim | None:
     if sw.conn.execute(SESSION_BUSY, {"sid": sw.id}).first() is not None:
         return None
@@ -253,6 +264,11 @@ def _claim_one(
     turn = rows.turn(row)
     if turn.step == 0 and not sw.conn.execute(_HAS_MESSAGES, {"tid": turn.id}).first():
         for item in turn.input:
-            sw.new_message(turn.id, item["role"], item["content"])
+            # a steer's message keeps the id its 202 gave out
+            sw.new_message(turn.id, item["role"], item["content"], message_id=item.get("id"))
     sw.event(EventType.TURN_STARTED, turn.id, {"attempt": turn.attempt})
-    return Claim(turn, agent_id, token)
+    if turn.step == 0:
+        # no step made yet: its transcript is its input, a boundary where steers are extra
+        # input (later, one at the end of each step)
+        steers.deliver(sw, turn.id, steers.pending(sw, turn.id))
+    return Claim(turn, agent_id, token, agent_version)

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from tether import domain, errors, ids, machines, storable, views
 from tether.domain import EventType, TurnStatus
 from tether.machines import TurnMove
-from tether.store import guards, interrupts, rows, schema, tool_runs
+from tether.store import guards, interrupts, rows, schema, steers, tool_runs, webhooks
 from tether.store.base import Database
 from tether.store.leases import RELEASED, Unstartable, fenced, holder_write, refused
 from tether.store.schema import (
@@ -44,6 +44,7 @@ from tether.store.schema import (
     turns,
 )
 from tether.store.session_write import IS_HELD, IS_UNFINISHED, SessionWrite
+from tether.webhooks.records import WebhookEvent
 
 INVALID_TURN = "invalid_turn"  # reason and error code of a turn that could never be started
 # a session's turns, oldest first (statements built once: building costs more than running)
@@ -138,6 +139,7 @@ class Lifecycle:
             sw.closed = True
             for row in sw.conn.execute(_QUEUED, {"sid": sw.id}).all():
                 stop_turn(sw, rows.turn(row), domain.StopMode.INTERRUPT, "session_closed")
+            webhooks.enqueue_closed(sw)
 
         await self.db.session_write(session_id, body, tenant_id)
 
@@ -160,7 +162,9 @@ class Lifecycle:
             its_turns = select(turns.c.id).where(turns.c.session_id == session_id)
             ledger = schema.tool_runs
             conn.execute(delete(ledger).where(ledger.c.turn_id.in_(its_turns)))
-            for table in (schema.interrupts, messages, events):
+            deliveries = schema.webhook_deliveries  # their attempts go with them (CASCADE)
+            conn.execute(delete(deliveries).where(deliveries.c.session_id == session_id))
+            for table in (schema.interrupts, schema.steers, messages, events):
                 conn.execute(delete(table).where(table.c.session_id == session_id))
             conn.execute(delete(turns).where(turns.c.session_id == session_id))
             conn.execute(delete(sessions).where(sessions.c.id == session_id))
@@ -202,28 +206,32 @@ class Lifecycle:
             if on_busy in (domain.OnBusy.INTERRUPT, domain.OnBusy.ROLLBACK):
                 mode = domain.StopMode(on_busy.value)
                 to_wake = stop_all(sw, mode, "superseded_by_new_turn")
-            sw.turn_seq += 1
-            turn = domain.Turn(
-                id=ids.new("turn"),
-                session_id=session_id,
-                tenant_id=tenant_id,
-                seq=sw.turn_seq,
-                status=TurnStatus.QUEUED,
-                input=input,
-                on_busy=on_busy.value,
-                attempt=0,
-                step=0,
-                usage=domain.Usage(),
-                run_time_s=0.0,
-                reason=None,
-                error=None,
-                created_at=sw.now,
-                started_at=None,
-                finished_at=None,
-            )
-            sw.conn.execute(insert(turns), rows.TURN.values(turn))
-            sw.event(EventType.TURN_QUEUED, turn.id, {"turn": views.turn(turn)})
-            return turn, to_wake
+            return queue_turn(sw, input, on_busy), to_wake
+
+        return await self.db.session_write(session_id, body, tenant_id)
+
+    async def steer(
+        self, tenant_id: str, session_id: str, input: list[dict[str, Any]]
+    ) -> domain.Steered:
+        """Store `input` as a steer (DESIGN §3) of the turn under way: the active turn
+        (running or waiting), else the head of the queue (as extra input). A turn being
+        stopped reaches no boundary any more: the next in line takes it. With nothing
+        unfinished it is a new queued turn, as `enqueue` makes. Its messages' ids are fixed
+        now: the transcript shows them once the steer is delivered."""
+        messages = [{"id": ids.new("msg"), **item} for item in input]
+        message_ids = [m["id"] for m in messages]
+
+        def body(sw: SessionWrite) -> domain.Steered:
+            if sw.closed:
+                raise errors.SessionClosed(f"session {session_id} is closed")
+            unfinished = sw.conn.execute(_UNFINISHED, {"sid": sw.id}).all()
+            target = next((r for r in unfinished if r.status != TurnStatus.CANCELLING), None)
+            if target is None:
+                return domain.Steered(
+                    queue_turn(sw, messages, domain.OnBusy.STEER), message_ids, joined=False
+                )
+            steers.add(sw, target.id, messages)
+            return domain.Steered(rows.turn(target), message_ids, joined=True)
 
         return await self.db.session_write(session_id, body, tenant_id)
 
@@ -264,17 +272,28 @@ class Lifecycle:
                 target = rows.turn(row)
             return target, to_wake, sw.event_seq
 
-        return await self.db.session_write(session_id, body, tenant_id)
+        return await self.db.session_write(session_id, body, tenant_id, urgent=True)
 
     # --- the holder's side: a step, a pause, an end (DESIGN §5) -----------------------------
 
     async def checkpoint(
-        self, turn: domain.Turn, token: str, checkpoint: domain.Checkpoint, run_time_s: float
-    ) -> None:
+        self,
+        turn: domain.Turn,
+        token: str,
+        checkpoint: domain.Checkpoint,
+        run_time_s: float,
+        *,
+        urgent: bool = False,
+    ) -> list[domain.Message]:
         """Commit one step of a turn held under `token`, all or nothing: its messages, the
         calls it starts and the results of those that ran, its usage and step counter, the
         events describing them, and the turn's pause or end. StopRequested if a stop was
-        written meanwhile, LeaseLost if the token no longer holds the turn."""
+        written meanwhile, LeaseLost if the token no longer holds the turn. `urgent`: the end
+        of a stopped turn, which must not wait behind other turns' checkpoints.
+
+        At a step boundary the steers pending for the turn join its transcript, and are
+        answered (the loop's next model call must see them): then a final answer does not
+        end the turn, it is committed as a step and the loop goes on."""
         cp = checkpoint
         params: dict[str, Any] = {
             "tid": turn.id,
@@ -283,21 +302,27 @@ class Lifecycle:
             "usage": cp.usage.as_dict(),
             "run_time": run_time_s,
         }
-        if cp.end is not None:
-            error = cp.end.error
-            params["reason"] = cp.end.reason
-            params["error"] = {"code": error.code, "message": error.message} if error else None
 
-        def body(sw: SessionWrite) -> None:
+        def body(sw: SessionWrite) -> list[domain.Message]:
+            pending = steers.pending(sw, turn.id) if cp.boundary else []
+            end = cp.end
+            if end is not None and end.status is TurnStatus.COMPLETED and pending:
+                end = None  # steered: the answer is a step, and the model is called again
             row: Row[Any] | None = None
-            if cp.end is None and not cp.waits:  # a step: the hot path, no RETURNING
+            if end is None and not cp.waits:  # a step: the hot path, no RETURNING
                 if sw.conn.execute(_CHECKPOINT, params).rowcount != 1:
                     refused(sw.conn, turn.id, token)
-            elif cp.end is None:
+            elif end is None:
                 row = sw.conn.execute(_PAUSE, params).first()
             else:
-                row = sw.conn.execute(_END[cp.end.status], {**params, "now": sw.now}).first()
-            if row is None and (cp.end is not None or cp.waits):
+                error = end.error
+                ending = {
+                    "now": sw.now,
+                    "reason": end.reason,
+                    "error": {"code": error.code, "message": error.message} if error else None,
+                }
+                row = sw.conn.execute(_END[end.status], {**params, **ending}).first()
+            if row is None and (end is not None or cp.waits):
                 refused(sw.conn, turn.id, token)
             for message in cp.messages:
                 sw.add_message(message)
@@ -306,13 +331,25 @@ class Lifecycle:
             if cp.waits:
                 assert row is not None
                 tool_runs.pause(sw, turn.id, cp.asks)
-                interrupts.create(sw, rows.turn(row), cp.asks)
+                waiting = rows.turn(row)
+                asked = interrupts.create(sw, waiting, cp.asks)
+                webhooks.enqueue(
+                    sw,
+                    WebhookEvent.TURN_WAITING,
+                    {
+                        "turn": views.turn(waiting),
+                        "interrupts": [views.interrupt(i) for i in asked],
+                    },
+                )
             elif row is not None:
                 if row.reason is None and row.status == TurnStatus.CANCELLED:
                     row = _with_stop_reason(sw, row)  # a requested stop ends on its terms
                 ended(sw, row, cp.interrupted)
+            if end is None and not cp.waits:
+                return steers.deliver(sw, turn.id, pending)
+            return []
 
-        await holder_write(self.db, turn, body)
+        return await holder_write(self.db, turn, body, urgent=urgent)
 
     async def unstartable(self, failed: Unstartable, max_attempts: int) -> TurnStatus | None:
         """Count a failed start of a queued turn as one of its attempts (DESIGN §2); at
@@ -447,6 +484,7 @@ def stop_turn(
         ).one()
         data = {"turn": views.turn(rows.turn(row)), **stop}
         sw.event(EventType.TURN_CANCELLING, turn.id, data)
+        _convert_steers(sw, turn.id)  # a stopping turn reaches no boundary any more
         return turn.id
     if turn.status in domain.HELD:
         return turn.id  # already stopping: wake it again, the first stop's terms stand
@@ -464,10 +502,19 @@ def stop_turn(
 
 
 def stop_all(sw: SessionWrite, mode: domain.StopMode, reason: str) -> list[str]:
-    """Stop every unfinished turn of the session; answers the executors to wake."""
-    unfinished = sw.conn.execute(_UNFINISHED, {"sid": sw.id}).all()
-    woken = [stop_turn(sw, rows.turn(r), mode, reason) for r in unfinished]
-    return [w for w in woken if w]
+    """Stop every unfinished turn of the session, the turns its stopped turns' steers
+    become included; answers the executors to wake."""
+    woken: list[str] = []
+    seen: set[str] = set()
+    while True:
+        made = sw.turn_seq
+        for r in sw.conn.execute(_UNFINISHED, {"sid": sw.id}).all():
+            if r.id not in seen:
+                seen.add(r.id)
+                if wake := stop_turn(sw, rows.turn(r), mode, reason):
+                    woken.append(wake)
+        if sw.turn_seq == made:  # no steer became a turn: nothing more to stop
+            return woken
 
 
 def ended(sw: SessionWrite, row: Row[Any], interrupted: Collection[str] = ()) -> None:
@@ -487,7 +534,57 @@ def ended(sw: SessionWrite, row: Row[Any], interrupted: Collection[str] = ()) ->
     data: dict[str, Any] = {"turn": views.turn(turn)}
     if rolled_back:
         data["rolled_back"] = True
-    sw.event(domain.TERMINAL_EVENT[turn.status], turn.id, data)
+    ending = domain.TERMINAL_EVENT[turn.status]
+    sw.event(ending, turn.id, data)
+    webhooks.enqueue(sw, WebhookEvent(ending.value), data)  # turn.completed|failed|cancelled
+    _convert_steers(sw, turn.id)
+
+
+def queue_turn(
+    sw: SessionWrite,
+    input: list[dict[str, Any]],
+    on_busy: domain.OnBusy,
+    origin: dict[str, Any] | None = None,
+) -> domain.Turn:
+    """A new turn at the end of the session's queue. Input items may carry the `id` their
+    message will have (a steer's). `origin`: more for its `turn.queued` event."""
+    sw.turn_seq += 1
+    turn = domain.Turn(
+        id=ids.new("turn"),
+        session_id=sw.id,
+        tenant_id=sw.tenant_id,
+        seq=sw.turn_seq,
+        status=TurnStatus.QUEUED,
+        input=input,
+        on_busy=on_busy.value,
+        attempt=0,
+        step=0,
+        usage=domain.Usage(),
+        run_time_s=0.0,
+        reason=None,
+        error=None,
+        created_at=sw.now,
+        started_at=None,
+        finished_at=None,
+    )
+    sw.conn.execute(insert(turns), rows.TURN.values(turn))
+    sw.event(EventType.TURN_QUEUED, turn.id, {"turn": views.turn(turn), **(origin or {})})
+    return turn
+
+
+def _convert_steers(sw: SessionWrite, turn_id: str) -> None:
+    """`turn_id` reaches no step boundary any more: each of its pending steers becomes a
+    new queued turn, as if it had been sent with `enqueue` (in a closed session, one
+    cancelled at once: a closed session runs no new turn)."""
+
+    def queue(messages: list[dict[str, Any]]) -> domain.Turn:
+        origin = {"from_steer": {"turn_id": turn_id}}
+        turn = queue_turn(sw, messages, domain.OnBusy.STEER, origin)
+        if sw.closed:
+            stop_turn(sw, turn, domain.StopMode.INTERRUPT, "session_closed")
+        return turn
+
+    steers.convert(sw, turn_id, queue)
 
 
 def _unfinished(sw: SessionWrite) -> bool:
@@ -526,6 +623,7 @@ def _expire(sw: SessionWrite, *, interrupt_id: str, now: datetime) -> None:
     expired = interrupts.expire(sw, interrupt_id, now)
     if expired is None:
         return  # answered meanwhile
+    webhooks.enqueue(sw, WebhookEvent.INTERRUPT_EXPIRED, {"interrupt": views.interrupt(expired)})
     if expired.on_expire != "fail":
         _resume_if_settled(sw, expired.turn_id)
         return

@@ -65,8 +65,9 @@ def _unavailable(exc: BaseException) -> bool:
 
 
 class Postgres:
-    """`urgent` bodies (lease renewals) have connections of their own: a pool drained by a
-    burst of API requests must not delay a heartbeat past its lease."""
+    """`urgent` bodies (lease renewals, stops and the ends they bring) have connections of
+    their own: a pool drained by a burst of API requests or checkpoints must not delay a
+    heartbeat past its lease, nor a stop."""
 
     exclusive = False
 
@@ -146,4 +147,4 @@ class Postgres:
             if _unavailable(exc):
                 raise errors.Unavailable(f"cannot reach the database: {exc}") from exc
             raise
-        return cls(engine, engine_for(url, 2, max_overflow=0))
+        return cls(engine, engine_for(url, 2, max_overflow=4))

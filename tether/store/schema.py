@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -99,9 +100,12 @@ sessions = Table(
     Column("last_event_seq", Integer, nullable=False, server_default="0"),
     Column("last_message_seq", Integer, nullable=False, server_default="0"),
     Column("last_turn_seq", Integer, nullable=False, server_default="0"),
+    # steers not yet delivered nor converted: a step's checkpoint looks for them only if any
+    Column("pending_steers", Integer, nullable=False, server_default="0"),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("closed_at", UTCDateTime),
+    Column("forked_from", Json, doc="a fork's origin: {session_id, turn_id, at}"),
     Index("ix_sessions_tenant_created", "tenant_id", "created_at", "id"),
     Index("ix_sessions_status", "status"),
 )
@@ -193,6 +197,25 @@ interrupts = Table(
     Index("ix_interrupts_status_expires", "status", "expires_at"),
 )
 
+# Steers (DESIGN §3): input that joined a turn, delivered at its next step boundary. A row is
+# settled once (machines.SteerMove), in the transaction that delivers it or converts it into
+# a new turn; `seq` orders the steers of a session as they were stored.
+steers = Table(
+    "steers",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), ForeignKey("sessions.id"), nullable=False),
+    Column("turn_id", String(40), ForeignKey("turns.id"), nullable=False, doc="the turn joined"),
+    Column("status", String(16), nullable=False),
+    Column("messages", Json, nullable=False, doc="[{id, role, content}]: ids fixed when stored"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("settled_at", UTCDateTime),
+    Column("became_turn_id", String(40), doc="converted: the new turn it became"),
+    Column("v", Integer, nullable=False, server_default="1", doc="schema version: versions.py"),
+    Index("ix_steers_turn_status", "turn_id", "status"),
+    Index("ix_steers_session", "session_id"),
+)
+
 api_keys = Table(
     "api_keys",
     metadata,
@@ -250,4 +273,75 @@ audit_log = Table(
     Column("details", Json),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_audit_log_tenant_id", "tenant_id", "id"),
+)
+
+# Webhooks (DESIGN §9). An endpoint that is deleted keeps its row (status `deleted`): a
+# session write may be adding a delivery for it at that very moment.
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("url", String(2048), nullable=False),
+    Column("events", Json, nullable=False),
+    Column("description", String(500)),
+    Column("status", String(16), nullable=False),
+    Column("disabled_reason", String(64)),
+    Column("secret_sealed", Text, nullable=False, doc="the signing secret, sealed (sealing.py)"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_webhook_endpoints_tenant_status", "tenant_id", "status"),
+)
+
+# The outbox: a delivery is written in the transaction of the state change it reports. `seq`
+# orders it: a session's writes are serialized, so its deliveries are numbered in the order of
+# its changes, and go out in that order.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column(
+        "seq",
+        BigInteger().with_variant(Integer(), "sqlite"),  # SQLite: the rowid, auto-incremented
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("id", String(40), nullable=False, unique=True, doc="the webhook-id of every attempt"),
+    Column("tenant_id", String(64), nullable=False),
+    Column("endpoint_id", String(40), ForeignKey("webhook_endpoints.id"), nullable=False),
+    Column("session_id", String(64), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("body", Text, nullable=False, doc="the JSON sent, exactly as signed"),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("retry_until", UTCDateTime, doc="null: retry_for after created_at"),
+    Column("claim_token", String(40)),
+    Column("lease_expires_at", UTCDateTime),
+    Column("error", String(300), doc="why it failed, when it did"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+    Index("ix_webhook_deliveries_status_lease", "status", "lease_expires_at"),
+    Index("ix_webhook_deliveries_order", "endpoint_id", "session_id", "seq"),
+    Index("ix_webhook_deliveries_session", "session_id"),
+    Index("ix_webhook_deliveries_status_finished", "status", "finished_at"),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column(
+        "delivery_seq",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        ForeignKey("webhook_deliveries.seq", ondelete="CASCADE"),  # a purge races an attempt
+        nullable=False,
+    ),
+    Column("n", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("status_code", Integer),
+    Column("error", String(300)),
+    Column("duration_ms", Float, nullable=False),
+    Column("response", Text, doc="the first bytes of the answer only"),
+    Column("worker_id", String(128), nullable=False, doc="the process that sent it"),
+    PrimaryKeyConstraint("delivery_seq", "n"),
 )

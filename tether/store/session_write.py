@@ -33,6 +33,8 @@ SESSION_TURNS = select(turns.c.id, turns.c.status, turns.c.seq).where(
 SESSION_BUSY = select(turns.c.id).where(turns.c.session_id == bindparam("sid"), IS_ACTIVE).limit(1)
 UPDATE_SESSION = update(sessions).where(sessions.c.id == bindparam("sid"))  # SET from params
 SESSION_BY_ID = select(sessions).where(sessions.c.id == bindparam("sid"))
+INSERT_MESSAGES = insert(messages)
+INSERT_EVENTS = insert(events)
 
 
 class SessionWrite:
@@ -49,9 +51,12 @@ class SessionWrite:
         self._event_seq: int = row.last_event_seq
         self._message_seq: int = row.last_message_seq
         self.turn_seq: int = row.last_turn_seq
+        self.pending_steers: int = row.pending_steers  # kept up to date by store/steers.py
         self.events: list[domain.Event] = []
         self.pending_messages: list[domain.Message] = []  # inserted at flush
         self.rolled_back: set[str] = set()  # turns whose messages leave the transcript
+        self.outbox = 0  # webhook deliveries written (store/webhooks.py): wake dispatchers
+        self.after_flush: list[Callable[[], None]] = []  # what needs the session as it ends
 
     @property
     def event_seq(self) -> int:
@@ -70,10 +75,12 @@ class SessionWrite:
         *,
         tool_call_id: str | None = None,
         name: str | None = None,
+        message_id: str | None = None,
     ) -> domain.Message:
-        """A message the store writes itself (a turn's input, a closed call's result)."""
+        """A message the store writes itself (a turn's input, a closed call's result, a
+        steer); `message_id` when its id was given out before (a steer's)."""
         message = domain.Message(
-            id=ids.new("msg"),
+            id=message_id or ids.new("msg"),
             session_id=self.id,
             turn_id=turn_id,
             seq=0,
@@ -114,7 +121,7 @@ class SessionWrite:
             )
         if self.pending_messages:
             self.conn.execute(
-                insert(messages),
+                INSERT_MESSAGES,
                 [
                     {**rows.MESSAGE.values(m), "hidden": m.turn_id in self.rolled_back}
                     for m in self.pending_messages
@@ -122,7 +129,7 @@ class SessionWrite:
             )
         if self.events:
             self.conn.execute(
-                insert(events),
+                INSERT_EVENTS,
                 [rows.EVENT.values(e) for e in self.events],
             )
         self.conn.execute(
@@ -133,8 +140,11 @@ class SessionWrite:
                 "last_event_seq": self._event_seq,
                 "last_message_seq": self._message_seq,
                 "last_turn_seq": self.turn_seq,
+                "pending_steers": self.pending_steers,
                 "last_turn_id": last.id if last else None,
                 "last_turn_status": last.status if last else None,
                 "updated_at": self.now,
             },
         )
+        for then in self.after_flush:
+            then()

@@ -93,7 +93,9 @@ InputItem = Annotated[UserMessage | ToolApproval | ToolResponse, Field(discrimin
 
 class TurnCreate(_In):
     input: list[InputItem] | None = None
-    previous_turn_id: str | None = None  # accepted; turns of a session always chain in order
+    # "auto" (the default: after the session's last turn), "none", or a turn id, which must
+    # be the session's last turn (see _chains)
+    previous_turn_id: str | None = None
     stream: bool = False
 
 
@@ -265,6 +267,21 @@ async def _answers(
     return out
 
 
+def _chains(session: domain.Session, previous: str | None) -> None:
+    """A turn names the turn it follows. A Tether session's turns form one line, so only its
+    last turn can be followed; following an earlier one would branch the conversation, which
+    is what a fork does: refused, saying so (rather than run on the wrong history)."""
+    if previous in (None, "auto", "none"):
+        return
+    last = session.last_turn.id if session.last_turn else None
+    if previous != last:
+        raise errors.Conflict(
+            f"previous_turn_id {previous!r} is not the session's last turn ({last}): a "
+            f"session's turns follow one another; to continue from an earlier turn, fork "
+            f"the session (POST /v1/sessions/{session.id}/fork with that turn_id)"
+        )
+
+
 @router.post("/{session_id}/turns")
 async def create_turn(
     request: Request,
@@ -284,6 +301,8 @@ async def create_turn(
     session = await svc.get_session(tenant, session_id)
     if session.closed_at is not None:
         raise errors.SessionClosed(f"session {session_id} is closed")
+    if messages:
+        _chains(session, body.previous_turn_id)
     before = session.last_event_seq
     answers = await _answers(
         svc, tenant, session_id, [i for i in items if not isinstance(i, UserMessage)]
