@@ -374,21 +374,32 @@ async def subscribe(
     resumed = cursors.position(last_event_id, "Last-Event-ID")  # both checked; the body wins
     if after is None:
         after = resumed
-    await svc.get_turn(tenant, session_id, turn_id)
+    turn = await svc.get_turn(tenant, session_id, turn_id)
+    if turn.status.terminal:
+        return await _replay(request, svc, tenant, turn_id, after=after or 0)
     return await _stream(request, svc, tenant, turn_id, after=after or 0, context_from=0)
 
 
 _TURN_ENDS = frozenset(domain.TERMINAL_EVENT.values())
+_REPLAY_PAGE = 500
 
 
 async def _stream(
-    request: Request, svc: Service, tenant: str, turn_id: str, *, after: int, context_from: int
+    request: Request,
+    svc: Service,
+    tenant: str,
+    turn_id: str,
+    *,
+    after: int,
+    context_from: int,
+    log: AsyncGenerator[list[streaming.Frame], None] | None = None,
 ) -> Response:
     """SSE of a turn in TrueFoundry's events after `after`: `id:` is the Tether event seq (a
     delta carries the seq of the event before it, as on /v1). The turn's events from
     `context_from` to `after` are read, not sent: they give the translator its context
-    (which message made a tool call, the turn's output)."""
-    batches = await svc.follow(
+    (which message made a tool call, the turn's output). They come from the session's live
+    feed, or from `log` (a finished turn's stored events, `_replay`)."""
+    batches = log or await svc.follow(
         tenant,
         request.path_params["session_id"],
         context_from,
@@ -421,6 +432,26 @@ async def _stream(
             await batches.aclose()
 
     return sse.response(translated(), until_terminal=True, on_close=release)
+
+
+async def _replay(
+    request: Request, svc: Service, tenant: str, turn_id: str, *, after: int
+) -> Response:
+    """A finished turn's stream: its stored events, then the end. Everything it will ever
+    have is in the log, and following would wait for an end event that a fork's copied turns
+    do not have there (their history is `session.forked` and their messages)."""
+    session_id = request.path_params["session_id"]
+
+    async def stored() -> AsyncGenerator[list[streaming.Frame], None]:
+        seen = 0
+        while True:
+            page = await svc.events_after(tenant, session_id, seen, _REPLAY_PAGE)
+            yield [streaming.event_frame(e) for e in page if e.turn_id == turn_id]
+            if len(page) < _REPLAY_PAGE:
+                return
+            seen = page[-1].seq
+
+    return await _stream(request, svc, tenant, turn_id, after=after, context_from=0, log=stored())
 
 
 # --- events ----------------------------------------------------------------------------------
