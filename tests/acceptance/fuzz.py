@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import requests
 import schemathesis
+from cryptography.fernet import Fernet
 from fastapi import APIRouter
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
@@ -43,6 +44,18 @@ from tests import helpers
 from tests.acceptance import nasty, procs
 
 SPECS = Path(__file__).resolve().parent / "specs"
+# A fuzzed server's settings: auth on; a secret key, so that webhook endpoints can be made in
+# cluster mode too (their secrets are sealed); no webhook dispatcher, so that the endpoints a
+# campaign makes never send anything anywhere (their deliveries are still written and listed);
+# keep-alive pings every 2 s, so that a stream which should have ended is seen within seconds
+# (readback.py).
+SERVER_SETTINGS: dict[str, Any] = {
+    "auth": "required",
+    "workers": 8,
+    "webhook_concurrency": 0,
+    "sse_ping_s": 2,
+    "secret_key": Fernet.generate_key().decode(),
+}
 CASES = int(os.environ.get("TETHER_FUZZ_CASES", "200"))
 # a surface's run takes seconds at the default; a full campaign on a loaded 2-core machine
 # may take ~0.3 s a case: the per-test timeout grows with it (pytest's default is 120 s)
@@ -218,6 +231,8 @@ def seed_world(url: str, key: str) -> World:
             return r.json()  # type: ignore[no-any-return]
 
         stamp = time.monotonic_ns()
+        # first, so that the turns below write deliveries for it
+        hook = made("/v1/webhooks", {"url": "https://hooks.example.com/fuzz", "events": ["*"]})
         echo = made("/v1/agents", helpers.scripted_agent(f"echo{stamp}", reply="echo", tokens=5))
         call = {"name": "sleep", "arguments": {"seconds": 0}}
         careful = made(
@@ -240,6 +255,12 @@ def seed_world(url: str, key: str) -> World:
         procs.wait_until(
             lambda: c.get(f"/v1/sessions/{done['id']}").json()["status"] == "idle", 30, "rest"
         )
+
+        def deliveries() -> list[str]:
+            page = c.get(f"/v1/webhooks/{hook['id']}/deliveries").json()
+            return [d["id"] for d in page["data"]]
+
+        delivered = procs.wait_until(deliveries, 30, "a delivery in the outbox")
     sessions = [done["id"], idle["id"], waiting["id"]]  # the first with its turn first
     turns = [s["turn"]["id"] for s in (done, waiting)]
     agents = [echo["id"], careful["id"]]
@@ -251,6 +272,8 @@ def seed_world(url: str, key: str) -> World:
             "turn_id": turns,
             "agent_id": agents,
             "interrupt_id": interrupts,
+            "webhook_id": [hook["id"]],
+            "delivery_id": delivered,
         },
         query={"agent_id": agents, "agent_name": names, "last_turn_id": turns},
         body={"agent_id": agents, "agentId": agents, "agent_name": names},

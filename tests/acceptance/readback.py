@@ -19,6 +19,7 @@ FACTORY = "/compat/factory/api/v0"
 GUMLOOP = "/compat/gumloop/api/v1"
 AT_REST = ("idle", "closed", "waiting")  # sessions
 BUSY = ("queued", "running", "cancelling")  # turns
+STREAM_S = 30
 
 
 @dataclass
@@ -74,7 +75,13 @@ class Reader:
             self._failed(what, f"stream broke: {exc!r}")
 
     def _frames(self, what: str, response: httpx.Response) -> Iterator[Any]:
+        """Each frame's data; a stream of a session at rest must end, and one that has not
+        after STREAM_S (keep-alive pings come every few seconds) is recorded and left."""
+        deadline = time.monotonic() + STREAM_S
         for line in response.iter_lines():
+            if time.monotonic() > deadline:
+                self._failed(what, f"the stream did not end in {STREAM_S}s")
+                return
             if line.startswith("data:"):
                 try:
                     yield json.loads(line[5:])
@@ -208,6 +215,10 @@ class Reader:
         agents = self._pages("/v1/agents", {"limit": 100}, "cursor", "next_cursor")
         sessions = self._pages("/v1/sessions", {"limit": 100}, "cursor", "next_cursor")
         self._pages("/v1/audit", {"limit": 1000}, "cursor", "next_cursor")
+        self._pages("/v1/interrupts", {"limit": 1000}, "cursor", "next_cursor")
+        for hook in self._pages("/v1/webhooks", {"limit": 1000}, "cursor", "next_cursor"):
+            path = f"/v1/webhooks/{hook['id']}/deliveries"
+            self._pages(path, {"limit": 200}, "cursor", "next_cursor")
         self._pages(f"{FACTORY}/sessions", {"limit": 100}, "cursor", "nextCursor")
         for agent in agents:
             listed = {"page_size": 100}

@@ -34,7 +34,7 @@ TENANT = "acme"  # create_key's
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     data = tmp_path_factory.mktemp("compat") / "data"
     key = create_key(data, tenant=TENANT)
-    server = ServerProcess(data, auth="required", workers=8).start()
+    server = ServerProcess(data, **fuzz.SERVER_SETTINGS).start()
     yield server.url, key
     server.stop()
 

@@ -67,7 +67,7 @@ def _agent(
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     data = tmp_path_factory.mktemp("readback") / "data"
     key = create_key(data, tenant=TENANT)
-    server = ServerProcess(data, auth="required", workers=8).start()
+    server = ServerProcess(data, **fuzz.SERVER_SETTINGS).start()
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
         it = Live(server.url, key, http)

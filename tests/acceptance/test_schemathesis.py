@@ -27,7 +27,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     data = tmp_path_factory.mktemp("st") / "data"
     key = create_key(data)
     # webhook endpoints it makes are never sent to: fuzzed URLs must not become requests
-    server = ServerProcess(data, auth="required", workers=8, webhook_concurrency=0).start()
+    server = ServerProcess(data, **fuzz.SERVER_SETTINGS).start()
     yield server.url, key
     server.stop()
 
