@@ -210,7 +210,7 @@ def test_bus_down_stops_land_through_the_store_and_streams_503(
     agent = _agent(node.url, LONG_STREAM)
     sid, tid = _session_and_turn(node.url, agent)
     wait_until(lambda: _status(node.url, sid, tid) == "running", 10, "running")
-    _, redis = request.getfixturevalue("cluster_servers")
+    _, redis, _ = request.getfixturevalue("cluster_servers")
     redis.stop()
     try:
         wait_until(

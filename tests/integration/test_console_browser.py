@@ -167,7 +167,8 @@ def test_streams_stops_within_a_second_and_rolls_back(live: LiveServer, console:
 def test_steer_the_running_turn_from_the_message_box(live: LiveServer, console: Console) -> None:
     """ "Steer the current turn": the message joins the turn that streams, shown as a steer in
     that turn once delivered, and the agent answers it in the same turn."""
-    agent = live.agent("steerable", {"reply": "echo", "tokens": 60, "token_delay_ms": 25}, [])
+    # 4 s an answer: the turn still runs when the steer is typed, also on a loaded machine
+    agent = live.agent("steerable", {"reply": "echo", "tokens": 160, "token_delay_ms": 25}, [])
     sid = live.session(agent)
     turn = live.turn(sid, "Write the login page")
     console.open(f"#/sessions/{sid}")

@@ -98,7 +98,7 @@ async def test_redis_restart_lags_readers_and_reconnects(
 ) -> None:
     writer, reader = buses
     sub = await reader.subscribe(SID)
-    _, redis = request.getfixturevalue("cluster_servers")
+    _, redis, _ = request.getfixturevalue("cluster_servers")
     redis.stop()
     try:
         await wait_for(lambda: not reader.up, 10, "the bus notices Redis is gone")

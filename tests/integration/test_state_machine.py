@@ -93,7 +93,8 @@ class ServiceMachine(RuleBasedStateMachine):
         except errors.SessionBusy:
             assert on_busy is domain.OnBusy.REJECT  # only `reject` refuses a busy session
             return
-        self.created[sid].append(turn.id)
+        if turn.id not in self.created[sid]:  # a steer may join a turn under way instead
+            self.created[sid].append(turn.id)
 
     @rule(
         index=st.integers(0, SESSIONS - 1),
@@ -152,7 +153,10 @@ class ServiceMachine(RuleBasedStateMachine):
                 for e in events
                 if e.type is domain.EventType.TURN_STARTED and e.data["attempt"] == 1
             ]
-            order = {tid: i for i, tid in enumerate(self.created[sid])}
+            # creation order: the turns the machine made, and those the store made of steers
+            # that their turn never reached (at its end), numbered in the same sequence
+            order = {t.id: t.seq for t in self._turns(sid)}
+            assert set(self.created[sid]) <= set(order), "every turn the machine made exists"
             assert first_starts == sorted(first_starts, key=order.__getitem__), "FIFO"
             ends = Counter(e.turn_id for e in events if e.type in domain.TERMINAL_EVENT.values())
             assert all(n == 1 for n in ends.values()), "one terminal event per turn"

@@ -123,12 +123,23 @@ class Leases:
         self, worker_id: str, limit: int, lease_ttl_s: float, skip: Collection[str] = ()
     ) -> tuple[list[Claim], list[Unstartable]]:
         """Take up to `limit` runnable turns: the head of the queue of sessions with no active
-        turn, oldest first, but for those in `skip`. First attempts put the turn's input into
-        the transcript. Each turn is claimed in a transaction of its own, so one that cannot
-        be claimed (answered among the Unstartable) costs the others nothing."""
-        query = (
+        turn, but for those in `skip`; fair between tenants (each tenant's oldest first, then
+        their second oldest, …), so a tenant with many queued, failing or unstartable turns
+        delays nobody else's. First attempts put the turn's input into the transcript. Each
+        turn is claimed in a transaction of its own, so one that cannot be claimed (answered
+        among the Unstartable) costs the others nothing."""
+        heads = (
             # the agent's version too: a worker's cached agent is checked without a read
-            select(turns.c.id, turns.c.session_id, sessions.c.agent_id, agents.c.updated_at)
+            select(
+                turns.c.id,
+                turns.c.session_id,
+                turns.c.created_at,
+                sessions.c.agent_id,
+                agents.c.updated_at,
+                func.row_number()
+                .over(partition_by=turns.c.tenant_id, order_by=turns.c.created_at)
+                .label("rank"),
+            )
             .join(sessions, sessions.c.id == turns.c.session_id)
             .outerjoin(agents, agents.c.id == sessions.c.agent_id)
             .where(
@@ -136,11 +147,15 @@ class Leases:
                 _CLAIMABLE,
                 turns.c.seq == _QUEUE_HEAD,
             )
-            .order_by(turns.c.created_at)
-            .limit(limit)
         )
         if skip:
-            query = query.where(turns.c.id.not_in(list(skip)))
+            heads = heads.where(turns.c.id.not_in(list(skip)))
+        fair = heads.subquery()
+        query = (
+            select(fair.c.id, fair.c.session_id, fair.c.agent_id, fair.c.updated_at)
+            .order_by(fair.c.rank, fair.c.created_at)
+            .limit(limit)
+        )
         candidates = await self.db.read(lambda conn: conn.execute(query).all())
 
         async def claim_one(cand: Row[Any, Any, Any, Any]) -> Claim | None:
