@@ -6,9 +6,10 @@ import enum
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -166,6 +167,26 @@ class ScriptedStep(BaseModel):
 # secrets (a client cannot hand one in).
 STORED = {"stored": True}
 
+# The longest an interrupt may wait for its answer. Its expiry is a datetime, and none past
+# the year 9999 can be made: a ttl of 1e12 s failed every turn that paused (internal_error).
+# A year is longer than any honest wait; for no expiry at all, leave the ttl out.
+MAX_INTERRUPT_TTL_S = 366 * 24 * 3600
+
+
+def _interrupt_ttl(value: float | None, info: ValidationInfo) -> float | None:
+    if value is None or value <= MAX_INTERRUPT_TTL_S:
+        return value
+    if (info.context or {}).get("stored"):
+        return float(MAX_INTERRUPT_TTL_S)  # stored before the bound: it reads, at the bound
+    raise ValueError(f"at most {MAX_INTERRUPT_TTL_S} s (a year); leave it out for no expiry")
+
+
+InterruptTtl = Annotated[
+    float | None,
+    Field(gt=0, json_schema_extra={"maximum": MAX_INTERRUPT_TTL_S}),
+    AfterValidator(_interrupt_ttl),
+]
+
 
 class ModelSpec(BaseModel):
     """Which model runs the agent. `scripted` needs no LLM; `openai` is any Chat Completions API;
@@ -240,8 +261,8 @@ class ToolSpec(BaseModel):
     name: str
     policy: ToolPolicy = ToolPolicy.AUTO
     editable: bool = Field(default=False, description="approvers may edit the arguments")
-    interrupt_ttl_s: float | None = Field(
-        default=None, gt=0, description="expiry of this tool's interrupts (else the agent's)"
+    interrupt_ttl_s: InterruptTtl = Field(
+        default=None, description="expiry of this tool's interrupts (else the agent's)"
     )
 
 
@@ -325,7 +346,7 @@ class AgentSpec(BaseModel):
     mcp_servers: list[McpServerSpec] = Field(default_factory=list, max_length=32)
     max_steps: int = Field(default=20, ge=1, le=10_000)
     turn_timeout_s: float = Field(default=600, gt=0, le=7 * 24 * 3600)
-    interrupt_ttl_s: float | None = Field(default=None, gt=0)
+    interrupt_ttl_s: InterruptTtl = None
     on_expire: Literal["deny", "fail"] = "deny"
     metadata: dict[str, Any] = Field(default_factory=dict)
 

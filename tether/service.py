@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -361,10 +362,11 @@ class Service:
         tenant: str,
         status: domain.InterruptStatus | None,
         limit: int,
-        cursor: str | None,
+        after: tuple[datetime, datetime, str] | None,
     ) -> Page:
-        """The tenant's interrupts across its sessions, soonest expiry first (the inbox)."""
-        return await self.store.interrupts.inbox(tenant, status, limit, cursor)
+        """The tenant's interrupts across its sessions, soonest expiry first (the inbox), from
+        after an (expiry, creation, id) key."""
+        return await self.store.interrupts.inbox(tenant, status, limit, after)
 
     async def respond(
         self, tenant: str, interrupt_id: str, response: Any, resolved_by: str | None = None

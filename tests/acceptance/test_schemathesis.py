@@ -1,5 +1,7 @@
 """Schemathesis against Tether's own /openapi.json, stateless and stateful, on a real server
-with auth on: no 5xx, responses conform to the schema, auth is not ignored."""
+with auth on: no 5xx, responses conform to the schema, auth is not ignored. The stateless run
+is the /v1 part of the fuzz campaign (tests/acceptance/fuzz.py: nasty data, TETHER_FUZZ_CASES
+cases), and whatever it made must then read back on every surface."""
 
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ from hypothesis.errors import FlakyStrategyDefinition
 from schemathesis.specs.openapi import checks
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from tests.acceptance import fuzz
+from tests.acceptance import fuzz, readback
 from tests.acceptance.procs import ServerProcess, create_key
 
-PER_OPERATION = 60  # x ~25 operations (some run fewer distinct cases): over 1,000 cases
+TENANT = "acme"  # create_key's
 
 
 @pytest.fixture(scope="module")
@@ -25,30 +27,55 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     data = tmp_path_factory.mktemp("st") / "data"
     key = create_key(data)
     # webhook endpoints it makes are never sent to: fuzzed URLs must not become requests
-    server = ServerProcess(data, auth="required", workers=8, webhook_concurrency=0).start()
+    server = ServerProcess(data, **fuzz.SERVER_SETTINGS).start()
     yield server.url, key
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def api_schema(live: tuple[str, str]) -> OpenApiSchema:
+def full_schema(live: tuple[str, str]) -> OpenApiSchema:
     url, _ = live
-    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
-    # the session event stream never ends by design; its JSON page form is covered by tests
-    return schema.exclude(path_regex=r".*/events$")  # type: ignore[no-any-return]
+    return schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 
-def test_stateless(api_schema: OpenApiSchema, live: tuple[str, str]) -> None:
-    _, key = live
-    statuses = fuzz.run_stateless(
-        api_schema,
+@pytest.fixture(scope="module")
+def api_schema(full_schema: OpenApiSchema) -> OpenApiSchema:
+    # the session event stream never ends by design: the stateful run leaves it out
+    return full_schema.exclude(path_regex=r".*/events$")  # type: ignore[no-any-return]
+
+
+def _json_page_of_events(case: schemathesis.Case) -> None:
+    """The stateless run reads events as the JSON page (an SSE stream never ends), with any
+    `after` and `Last-Event-ID` it drew."""
+    if case.path.endswith("/events"):
+        case.query = {**(case.query or {}), "stream": "false"}
+
+
+@pytest.mark.timeout(fuzz.TIMEOUT_S)
+def test_stateless(full_schema: OpenApiSchema, live: tuple[str, str]) -> None:
+    url, key = live
+    world = fuzz.seed_world(url, key)
+    outcome = fuzz.sweep(full_schema, url=url, key=key, world=world, pin=fuzz.json_pages)
+    outcome += fuzz.run_stateless(
+        full_schema,
         key=key,
-        per_operation=PER_OPERATION,
+        per_operation=fuzz.per_operation(full_schema),
         # some valid-looking input is refused for reasons no schema states (an agent naming a
         # tool that is not registered): 422 there is right
         excluded_checks=[checks.positive_data_acceptance],
+        widen=fuzz.with_real_ids(world),
+        pin=_json_page_of_events,
     )
-    assert len(statuses) >= 1000
+    print(outcome.summary("v1"))  # shown with -rP: the campaign's record
+    assert not outcome.failures, outcome.report()
+    assert len(outcome.statuses) >= fuzz.CASES
+    # whatever it accepted reads back, on every surface
+    reader = readback.Reader(url, key, TENANT)
+    try:
+        reader.sessions(reader.lists())
+    finally:
+        reader.close()
+    assert not reader.failures, "\n".join(reader.failures[:20])
 
 
 def test_stateful(api_schema: OpenApiSchema, live: tuple[str, str]) -> None:

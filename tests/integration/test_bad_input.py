@@ -87,7 +87,7 @@ def cases(agent: str, sid: str) -> list[tuple[str, str, dict[str, Any], int, str
             400,
             "invalid_request",
         ),
-        ("GET", f"/v1/sessions/{sid}/events", {"params": {"after": -1}}, 422, "validation_error"),
+        ("GET", f"/v1/sessions/{sid}/events", {"params": {"after": -1}}, 400, "invalid_request"),
         (
             "GET",
             f"/v1/sessions/{GOOD_SID}/events",

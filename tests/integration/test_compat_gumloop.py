@@ -238,6 +238,26 @@ async def test_lists_the_agents_sessions(admin: httpx.AsyncClient, gl: AsyncGuml
     assert (await gl.sessions.list(agent_id, state="completed")).sessions == []
 
 
+async def test_a_session_of_a_deleted_agent_still_reads(
+    admin: httpx.AsyncClient, gl: AsyncGumloop
+) -> None:
+    """Found by the fuzz campaign: deleting the agent made its sessions 404 here (only here:
+    /v1, Factory and TrueFoundry read them)."""
+    agent_id = await compat_helpers.make_agent(admin, "gone", reply="bye")
+    sid = (await gl.sessions.create(agent_id, input="hi")).session.id
+
+    async def at_rest() -> bool:
+        return (await gl.sessions.retrieve(sid)).session.state == "completed"
+
+    await wait_for(at_rest, 20, "the first turn to complete")
+    assert (await admin.delete(f"/v1/agents/{agent_id}")).status_code == 204
+    session = (await gl.sessions.retrieve(sid)).session
+    assert session.state == "completed" and session.agent_name is None
+    assert [m.role for m in session.messages] == ["user", "assistant"]
+    parts = await drain(gl.sessions.resume_stream(sid, "0"))
+    assert text_of(parts) == "bye"
+
+
 # --- failures --------------------------------------------------------------------------------
 
 

@@ -213,6 +213,36 @@ async def test_subscribe_resumes_after_a_sequence_number(world: World) -> None:
     assert [e.type for e in turn_events] == ["model.message", "tool.approval_required"]
 
 
+async def test_a_forks_copied_turn_streams_its_history_and_ends(world: World) -> None:
+    """A fork's copied turns have their messages in its log but no end event (a fork's
+    history is `session.forked` and the copied messages): subscribing to one waited forever.
+    A finished turn's stream is its stored events, then the end."""
+    client = world.client(world.acme)
+    session = await client.create_session(agent_name="guarded")
+    turn = session.prepare_turn(input=[UserMessage(content="x")])
+    first = [item.event async for item in turn.execute()]
+    assert isinstance(first[-1], TurnDoneEvent)
+    async with world.native(world.acme) as c:
+        # it waits on an approval: stopped, it is a finished turn a fork can copy
+        r = await c.post(f"/v1/sessions/{session.id}/interrupt", json={"wait": 10})
+        assert r.json()["turn"]["status"] == "cancelled"
+        r = await c.post(f"/v1/sessions/{session.id}/fork", json={})
+        assert r.status_code == 201, r.text
+        fork = r.json()["id"]
+        [copied] = (await c.get(f"/v1/sessions/{fork}/turns")).json()["data"]
+        assert copied["status"] == "cancelled"
+        path = f"/compat/truefoundry/acme/v1/agents/sessions/{fork}/turns/{copied['id']}"
+        async with asyncio.timeout(10):
+            r = await c.post(f"{path}/subscribe", json={})
+        assert r.status_code == 200, r.text
+        frames = [line for line in r.text.splitlines() if line.startswith("data:")]
+        assert frames and '"model.message"' in r.text, r.text[:500]
+        # the source's own turn still ends with its end event, as before
+        async with asyncio.timeout(10):
+            mine = [item.event async for item in turn.stream()]
+        assert isinstance(mine[-1], TurnDoneEvent)
+
+
 def _raw(world: World) -> Any:
     """The official client's generated API (below its session helpers)."""
     return AsyncTrueFoundryGateway(

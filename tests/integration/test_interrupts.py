@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 import httpx
 
 from tests.helpers import Api, Server, read_sse, wait_for
+from tether import domain
 
 
 def call(name: str, **arguments: Any) -> dict[str, Any]:
@@ -219,6 +221,38 @@ async def test_expiry_deny_and_fail(api: Api, client: httpx.AsyncClient) -> None
     msgs = await api.messages(sid)
     assert msgs[-1]["role"] == "tool", "the transcript stays valid"
     assert not await tool_events(api, sid, "tool.started")
+
+
+async def test_an_expiry_past_a_year_is_refused_and_a_year_is_kept(
+    api: Api, client: httpx.AsyncClient
+) -> None:
+    """An interrupt's expiry is a datetime: a ttl none can add to now (1e12 s, 1e308 s) was
+    accepted, then failed every turn that paused with internal_error. Past a year is 422, on
+    the agent and on a tool, at creation and on update; a year is kept to the second."""
+    year = domain.MAX_INTERRUPT_TTL_S
+    approve = {"name": "sleep", "policy": "approve"}
+    for n, ttl in enumerate((year + 1, 1e12, 1e308, 10**30)):
+        model = {"provider": "scripted"}
+        for extra in ({"interrupt_ttl_s": ttl}, {"tools": [{**approve, "interrupt_ttl_s": ttl}]}):
+            r = await client.post("/v1/agents", json={"name": f"ttl{n}", "model": model, **extra})
+            assert r.status_code == 422, r.text
+            assert "interrupt_ttl_s" in r.text and "at most" in r.text
+    aid = await agent(
+        client,
+        [call("sleep", seconds=0)],
+        [{**approve, "interrupt_ttl_s": year}],
+        interrupt_ttl_s=year,
+    )
+    r = await client.patch(f"/v1/agents/{aid}", json={"interrupt_ttl_s": 1e12})
+    assert r.status_code == 422, r.text
+    sid = await api.session(aid)
+    turn = await api.turn(sid)
+    [pending] = await waiting(api, client, sid)
+    waits = datetime.fromisoformat(pending["expires_at"]) - datetime.fromisoformat(
+        pending["created_at"]
+    )
+    assert abs(waits.total_seconds() - year) < 1
+    assert (await api.get_turn(sid, turn["id"]))["status"] == "waiting"
 
 
 async def test_cancel_while_waiting(api: Api, client: httpx.AsyncClient) -> None:

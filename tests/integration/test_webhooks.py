@@ -459,3 +459,41 @@ async def test_finished_deliveries_are_kept_for_a_while_only(
             return await _deliveries(c, hook["id"]) == []
 
         await wait_for(pruned, 20, "the delivered one pruned")
+
+
+async def test_the_cursors_of_webhook_lists(tmp_path: Path, receiver: Receiver) -> None:
+    """A webhook list's cursor is an endpoint id, a delivery list's the outbox seq: one
+    counter for every tenant, 64 bits, so a cursor past 2^31 is taken and one past 2^63 - 1
+    (or not digits at all) is 400 (2^63 answered 500 on both backends). Issued cursors page
+    through."""
+    async with hooked(tmp_path) as (_, c):
+        api = Api(c)
+        first = await _endpoint(c, receiver.url)
+        await _endpoint(c, receiver.url)
+        sid = await api.session(await api.agent(reply="hi"))
+        for _ in range(2):
+            await api.wait_turn(sid, (await api.turn(sid))["id"])
+        await wait_for(lambda: len(receiver.delivered()) == 4, 20, "two deliveries each")
+        deliveries = f"/v1/webhooks/{first['id']}/deliveries"
+        for path, bad in [
+            ("/v1/webhooks", "garbage"),
+            ("/v1/webhooks", "agt_01arz3ndektsv4rrffq69g5fav"),
+            (deliveries, str(2**63)),
+            (deliveries, "9" * 5000),
+            (deliveries, "²"),
+            (deliveries, "-1"),
+            (deliveries, "whk_01arz3ndektsv4rrffq69g5fav"),
+        ]:
+            r = await c.get(path, params={"cursor": bad})
+            assert r.status_code == 400, (path, bad, r.text)
+            error = r.json()["error"]
+            assert error["code"] == "invalid_request" and error["details"] == {"param": "cursor"}
+        for big in (str(2**31), str(2**63 - 1)):
+            r = await c.get(deliveries, params={"cursor": big})
+            assert r.status_code == 200 and len(r.json()["data"]) == 2, r.text
+        for path in ("/v1/webhooks", deliveries):
+            page = (await c.get(path, params={"limit": 1})).json()
+            assert page["next_cursor"], page
+            then = await c.get(path, params={"limit": 1, "cursor": page["next_cursor"]})
+            assert then.status_code == 200, then.text
+            assert then.json()["data"] and then.json()["data"] != page["data"], path

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tether import streaming
+from tether import errors, streaming
 from tether.api.compat import agent_threads
 from tether.api.compat import agent_threads_wire as wire
 
@@ -113,8 +113,7 @@ def test_resume_mid_message_while_it_still_streams() -> None:
         ('{"type": "hello", "version": 1}', True),
         ('{"type": "hello"}', False),
         ('{"type": "subscribe", "streamId": "s", "afterSeq": 3}', True),
-        ('{"type": "subscribe", "streamId": "s", "afterSeq": -1}', False),
-        ('{"type": "subscribe", "streamId": "s", "afterSeq": true}', False),
+        ('{"type": "subscribe", "streamId": "s", "afterSeq": 9007199254740991}', True),
         ('{"type": "subscribe", "streamId": 7}', False),
         ('{"type": "unsubscribe", "streamId": "s"}', True),
         ('{"type": "pong"}', True),
@@ -125,3 +124,11 @@ def test_resume_mid_message_while_it_still_streams() -> None:
 )
 def test_client_messages_are_checked_as_the_package_does(raw: str, ok: bool) -> None:
     assert (agent_threads.decode(raw) is not None) is ok
+
+
+@pytest.mark.parametrize("after", ["-1", "true", "3.5", '"3"', "9007199254740992", "[1]"])
+def test_an_after_seq_that_is_no_position_is_refused_with_a_reason(after: str) -> None:
+    """The package refuses these too; Tether also says why (tether/api/cursors.py)."""
+    raw = f'{{"type": "subscribe", "streamId": "s", "afterSeq": {after}}}'
+    with pytest.raises(errors.InvalidRequest, match="afterSeq"):
+        agent_threads.decode(raw)

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether import ids, views
-from tether.api import schemas
+from tether.api import cursors, schemas
 from tether.api.deps import audit, node, tenant_for
 from tether.api.schemas import ErrorOut
 from tether.auth import Role
@@ -98,4 +98,5 @@ async def audit_log(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Mutations of your tenant, newest first."""
-    return schemas.page(await the_node.service.audit_log(tenant, limit, cursor), dict)
+    after = cursors.id_cursor(cursor, "aud")
+    return schemas.page(await the_node.service.audit_log(tenant, limit, after), dict)

@@ -110,11 +110,3 @@ async def stream_slot(request: Request, tenant: str) -> Callable[[], None]:
             the_node.streams[tenant] -= 1
 
     return release
-
-
-def int_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    if not cursor.isdigit():
-        raise errors.InvalidRequest(f"invalid cursor {cursor!r}")
-    return int(cursor)

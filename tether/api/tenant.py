@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from tether import domain, views
-from tether.api import schemas
+from tether.api import cursors, schemas
 from tether.api.deps import node, principal, service, tenant_for
 from tether.auth import Principal, Role
 from tether.node import Node
@@ -50,5 +50,6 @@ async def list_tenant_interrupts(
 ) -> dict[str, Any]:
     """Interrupts of all of your sessions (`status=pending`: the approvals inbox), the one
     expiring soonest first, then the oldest; those that never expire come last."""
-    page = await svc.list_tenant_interrupts(tenant, status, limit, cursor)
+    after = cursors.inbox_cursor(cursor)
+    page = await svc.list_tenant_interrupts(tenant, status, limit, after)
     return schemas.page(page, views.interrupt)

@@ -7,11 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from tether import domain, errors, ids, views
-from tether.api import idempotency, schemas, sse
+from tether import domain, ids, views
+from tether.api import cursors, idempotency, schemas, sse
 from tether.api.deps import (
     audit,
-    int_cursor,
     node,
     principal,
     service,
@@ -63,7 +62,7 @@ async def create_agent(
 async def list_agents(
     svc: Svc, tenant: Reader, limit: Limit = 50, cursor: str | None = None
 ) -> dict[str, Any]:
-    page = await svc.agents.page(tenant, limit, cursor)
+    page = await svc.agents.page(tenant, limit, cursors.id_cursor(cursor, "agt"))
     return schemas.page(page, views.agent)
 
 
@@ -130,9 +129,12 @@ async def list_sessions(
     limit: Limit = 50,
     cursor: str | None = None,
     status: domain.SessionStatus | None = None,
-    agent_id: str | None = None,
+    agent_id: Annotated[str | None, Query(description="an agent id")] = None,
 ) -> dict[str, Any]:
-    page = await svc.list_sessions(tenant, limit, cursor, status, agent_id)
+    if agent_id is not None:
+        ids.check("agt", agent_id)
+    after = cursors.id_cursor(cursor, "session")
+    page = await svc.list_sessions(tenant, limit, after, status, agent_id)
     return schemas.page(page, views.session)
 
 
@@ -311,7 +313,7 @@ async def _turn_stream(
 async def list_turns(
     session_id: SessionId, svc: Svc, tenant: Reader, limit: Limit = 50, cursor: str | None = None
 ) -> dict[str, Any]:
-    page = await svc.list_turns(tenant, session_id, limit, int_cursor(cursor))
+    page = await svc.list_turns(tenant, session_id, limit, cursors.position(cursor))
     return schemas.page(page, views.turn)
 
 
@@ -413,7 +415,8 @@ async def list_interrupts(
     limit: Limit = 100,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    page = await svc.list_interrupts(tenant, session_id, status, limit, cursor)
+    after = cursors.id_cursor(cursor, "int")
+    page = await svc.list_interrupts(tenant, session_id, status, limit, after)
     return schemas.page(page, views.interrupt)
 
 
@@ -462,7 +465,7 @@ async def respond(
 async def list_messages(
     session_id: SessionId, svc: Svc, tenant: Reader, limit: Limit = 100, cursor: str | None = None
 ) -> dict[str, Any]:
-    page = await svc.list_messages(tenant, session_id, limit, int_cursor(cursor))
+    page = await svc.list_messages(tenant, session_id, limit, cursors.position(cursor))
     return schemas.page(page, views.message)
 
 
@@ -484,25 +487,23 @@ async def session_events(
     svc: Svc,
     tenant: Reader,
     the_node: Annotated[Node, Depends(node)],
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[cursors.PositionParam, Query()] = None,
     stream: bool = True,
     limit: Limit = 500,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> Any:
     """Every event after `after` (or the `Last-Event-ID` header), then live ones (SSE);
     `stream=false` answers one JSON page instead."""
-    if after is None and last_event_id is not None:
-        if not last_event_id.strip().isdigit():
-            raise errors.InvalidRequest(f"invalid Last-Event-ID {last_event_id!r}")
-        after = int(last_event_id)
-    after = after or 0
+    given = cursors.position(after, "after")
+    resumed = cursors.position(last_event_id, "Last-Event-ID")
+    start = given if given is not None else resumed or 0
     if not stream:
-        items = await svc.events_after(tenant, session_id, after, limit)  # checks the session
+        items = await svc.events_after(tenant, session_id, start, limit)  # checks the session
         more = len(items) == limit
         return {
             "data": [e.as_dict() for e in items],
             "next_cursor": str(items[-1].seq) if more else None,
         }
-    batches = await svc.follow(tenant, session_id, after, idle_s=the_node.settings.sse_ping_s)
+    batches = await svc.follow(tenant, session_id, start, idle_s=the_node.settings.sse_ping_s)
     release = await stream_slot(request, tenant)
     return sse.response(batches, on_close=release)

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether import ids
-from tether.api import schemas
-from tether.api.deps import audit, int_cursor, service, tenant_for
+from tether.api import cursors, schemas
+from tether.api.deps import audit, service, tenant_for
 from tether.auth import Role
 from tether.service import Service
 from tether.webhooks import records
@@ -115,7 +115,8 @@ async def list_webhooks(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    return schemas.page(await svc.webhooks.page(tenant, limit, cursor), records.endpoint_view)
+    after = cursors.id_cursor(cursor, "whk")
+    return schemas.page(await svc.webhooks.page(tenant, limit, after), records.endpoint_view)
 
 
 @router.get("/{webhook_id}", response_model=WebhookOut)
@@ -163,7 +164,8 @@ async def list_deliveries(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """The endpoint's deliveries, newest first, each with its attempts."""
-    page = await svc.webhooks.deliveries(tenant, webhook_id, status, limit, int_cursor(cursor))
+    before = cursors.position(cursor, maximum=cursors.MAX_OUTBOX_SEQ)
+    page = await svc.webhooks.deliveries(tenant, webhook_id, status, limit, before)
     return schemas.page(page, records.delivery_view)
 
 

@@ -6,7 +6,6 @@ human soonest first."""
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -152,15 +151,20 @@ class Interrupts:
         return Page.of(found, limit, rows.interrupt, lambda i: i.id)
 
     async def inbox(
-        self, tenant_id: str, status: InterruptStatus | None, limit: int, cursor: str | None
+        self,
+        tenant_id: str,
+        status: InterruptStatus | None,
+        limit: int,
+        after: tuple[datetime, datetime, str] | None,
     ) -> Page:
         """One page of the tenant's interrupts (of one status, if given), soonest expiry
-        first."""
+        first, from after the (expiry, creation, id) key of a cursor (api/cursors.py reads the
+        cursors `_inbox_cursor` writes)."""
         query = select(interrupts).where(interrupts.c.tenant_id == tenant_id)
         if status is not None:
             query = query.where(guards.status_in(interrupts.c.status, {status}))
-        if cursor:
-            expires, created, interrupt_id = _parse_inbox_cursor(cursor)
+        if after is not None:
+            expires, created, interrupt_id = after
             query = query.where(
                 tuple_(_EXPIRY, interrupts.c.created_at, interrupts.c.id)
                 > tuple_(
@@ -186,17 +190,6 @@ class Interrupts:
 
 
 def _inbox_cursor(item: domain.Interrupt) -> str:
+    """(expiry, creation, id) as base64url JSON: read back by api/cursors.py `inbox_cursor`."""
     key = [(item.expires_at or _NEVER).isoformat(), item.created_at.isoformat(), item.id]
     return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
-
-
-def _parse_inbox_cursor(cursor: str) -> tuple[datetime, datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        expires, created, interrupt_id = json.loads(raw)
-        key = (datetime.fromisoformat(expires), datetime.fromisoformat(created), interrupt_id)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise errors.InvalidRequest(f"invalid cursor {cursor!r}") from exc
-    if not isinstance(key[2], str) or key[0].tzinfo is None or key[1].tzinfo is None:
-        raise errors.InvalidRequest(f"invalid cursor {cursor!r}")
-    return key

@@ -25,7 +25,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from tether import errors, ids, storable
-from tether.api import deps
+from tether.api import cursors, deps
 from tether.api import errors as api_errors
 from tether.api.compat import agent_threads_wire as wire
 from tether.auth import Role
@@ -68,25 +68,22 @@ async def _refuse(websocket: WebSocket, exc: errors.TetherError) -> None:
 
 def decode(raw: str) -> dict[str, Any] | None:
     """A client message, checked as the package's `decodeClientMessage` does; else None.
-    UnstorableInput if it holds text no surface accepts (DESIGN §8; tether/storable.py)."""
+    UnstorableInput if it holds text no surface accepts (DESIGN §8; tether/storable.py);
+    InvalidRequest if a subscription's `afterSeq` is no position (tether/api/cursors.py)."""
     try:
         msg = storable.parse(raw)
     except ValueError:
         return None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         return None
-
-    def natural(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
     kind = msg["type"]
     if kind == "hello":
         version = msg.get("version")
         return msg if isinstance(version, int | float) and not isinstance(version, bool) else None
     if kind == "subscribe":
-        after = msg.get("afterSeq")
-        ok = isinstance(msg.get("streamId"), str) and (after is None or natural(after))
-        return msg if ok else None
+        # a seq the JavaScript client can hold (no overflow downstream), else InvalidRequest
+        cursors.json_position(msg.get("afterSeq"), "afterSeq", wire.MAX_SEQ)
+        return msg if isinstance(msg.get("streamId"), str) else None
     if kind == "unsubscribe":
         return msg if isinstance(msg.get("streamId"), str) else None
     return msg if kind == "pong" else None
@@ -115,7 +112,7 @@ class _Connection:
                 raw = message.get("text")
                 try:
                     msg = decode(raw) if raw is not None else None
-                except errors.UnstorableInput as exc:
+                except errors.InvalidRequest as exc:  # unstorable text, or no position
                     await self.error("INVALID_MESSAGE", f"Invalid message: {exc.message}")
                     continue
                 if msg is None:

@@ -26,6 +26,7 @@ from typing import Any
 from tether import domain, streaming
 
 STRIDE = 10**9  # < 2**53 / STRIDE: nine million Tether events per session
+MAX_SEQ = 2**53 - 1  # Number.MAX_SAFE_INTEGER: the largest seq a JavaScript client holds exactly
 FANOUT = 10**4  # events made from one Tether event; deltas start above this slot
 STREAM_PREFIX = "session:"
 

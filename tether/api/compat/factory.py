@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether import auth, domain, views
-from tether.api import deps
+from tether.api import cursors, deps
 from tether.api.compat import common
 from tether.service import Service
 
@@ -121,7 +121,8 @@ async def create_session(
 async def list_sessions(
     svc: Svc, tenant: Reader, limit: Limit = 50, cursor: str | None = None
 ) -> dict[str, Any]:
-    page = await svc.list_sessions(tenant, limit, cursor, None, None)
+    after = cursors.id_cursor(cursor, "session")
+    page = await svc.list_sessions(tenant, limit, after, None, None)
     return {"sessions": [session_view(s) for s in page.items], "nextCursor": page.next_cursor}
 
 
@@ -150,7 +151,7 @@ async def send_message(
 async def list_messages(
     sessionId: str, svc: Svc, tenant: Reader, limit: Limit = 100, cursor: str | None = None
 ) -> dict[str, Any]:
-    page = await svc.list_messages(tenant, sessionId, limit, deps.int_cursor(cursor))
+    page = await svc.list_messages(tenant, sessionId, limit, cursors.position(cursor))
     return {"messages": [message_view(m) for m in page.items], "nextCursor": page.next_cursor}
 
 

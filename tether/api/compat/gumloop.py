@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether import auth, domain, errors
-from tether.api import deps
+from tether.api import cursors, deps
 from tether.api.compat import common, gumloop_stream, gumloop_views
 from tether.node import Node
 from tether.service import Service
@@ -132,9 +132,17 @@ async def _transcript(svc: Service, tenant: str, session_id: str) -> list[domain
         cursor = int(page.next_cursor)
 
 
+async def _agent(svc: Service, tenant: str, session: domain.Session) -> domain.Agent | None:
+    try:
+        return await svc.agents.get(tenant, session.agent_id)
+    except errors.NotFound:  # a deleted agent's sessions stay readable
+        return None
+
+
 async def _full(svc: Service, tenant: str, session: domain.Session) -> dict[str, Any]:
-    """The whole `session` object: transcript, agent, and the asks it waits on."""
-    agent = await svc.agents.get(tenant, session.agent_id)
+    """The whole `session` object: transcript, agent (None once deleted), and the asks it
+    waits on."""
+    agent = await _agent(svc, tenant, session)
     messages = await _transcript(svc, tenant, session.id)
     pending = None
     if session.status is domain.SessionStatus.WAITING:
@@ -207,12 +215,13 @@ async def list_sessions(
     tenant: Reader,
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
-    state: str | None = None,
+    state: gumloop_views.State | None = None,
 ) -> dict[str, Any]:
     """The agent's sessions, newest first. `state` filters each page (a page may come back
     short of `page_size`; follow `next_cursor`)."""
+    after = cursors.id_cursor(cursor, "session")
     agent = await svc.agents.get(tenant, agent_id)
-    page = await svc.list_sessions(tenant, page_size, cursor, None, agent.id)
+    page = await svc.list_sessions(tenant, page_size, after, None, agent.id)
     sessions = [gumloop_views.envelope(s, agent) for s in page.items]
     if state is not None:
         sessions = [s for s in sessions if s["state"] == state]

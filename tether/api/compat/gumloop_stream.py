@@ -19,11 +19,12 @@ from typing import Any
 from starlette.responses import StreamingResponse
 
 from tether import domain, errors
-from tether.api import sse
+from tether.api import cursors, sse
 from tether.service import Service
 
 _KEEPALIVE = b": ping\n\n"
-_CURSOR = re.compile(r"^(\d{1,18})(?::(msg_[0-9a-z]{26}):(\d{1,12}))?$")
+# <seq>[:<message id>:<chars>]: the parts' places; the numbers are positions (api/cursors.py)
+_CURSOR = re.compile(r"([^:]+)(?::(msg_[0-9a-hjkmnp-tv-z]{26}):([^:]+))?")
 _PAGE = 500
 ET = domain.EventType
 
@@ -39,11 +40,17 @@ class Cursor:
 
     @classmethod
     def parse(cls, text: str) -> Cursor:
-        match = _CURSOR.match(text.strip())
+        """A cursor as `__str__` writes it: a seq the store can hold, then maybe a message
+        and how many of its characters were sent (a position too)."""
+        expected = "a stream_cursor of this session"
+        match = _CURSOR.fullmatch(text)
         if match is None:
-            raise errors.InvalidRequest(f"invalid last_cursor {text!r}")
+            raise cursors.invalid("last_cursor", text, expected)
         seq, message_id, chars = match.groups()
-        return cls(int(seq), message_id, int(chars or 0))
+        try:
+            return cls(cursors.position(seq) or 0, message_id, cursors.position(chars) or 0)
+        except errors.InvalidRequest:  # named as the client named it: last_cursor
+            raise cursors.invalid("last_cursor", text, expected) from None
 
 
 class Translator:

@@ -16,23 +16,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from tether import domain, views
 
-_BUSY_STATES = {
+State = Literal["idle", "queued", "processing", "approval_required", "completed", "failed"]
+
+_BUSY_STATES: dict[domain.SessionStatus, State] = {
     domain.SessionStatus.RUNNING: "processing",
     domain.SessionStatus.QUEUED: "queued",
     domain.SessionStatus.WAITING: "approval_required",
 }
-_ENDED_STATES = {
+_ENDED_STATES: dict[domain.TurnStatus, State] = {
     domain.TurnStatus.COMPLETED: "completed",
     domain.TurnStatus.FAILED: "failed",
     domain.TurnStatus.CANCELLED: "failed",  # Gumloop has no "cancelled": a cancel ends `failed`
 }
 
 
-def state(session: domain.Session) -> str:
+def state(session: domain.Session) -> State:
     busy = _BUSY_STATES.get(session.status)
     if busy is not None:
         return busy

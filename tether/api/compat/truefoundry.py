@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette import convertors
 
 from tether import domain, errors, ids, streaming, views
-from tether.api import deps, sse
+from tether.api import cursors, deps, sse
 from tether.api.compat import truefoundry_edge as edge
 from tether.api.compat import truefoundry_reads as reads
 from tether.api.compat import truefoundry_wire as wire
@@ -100,7 +100,7 @@ class TurnCreate(_In):
 
 
 class Subscribe(_In):
-    after_sequence_number: int | None = Field(default=None, ge=0)
+    after_sequence_number: cursors.JsonPosition = None  # api/cursors.py: json_position
 
 
 # --- sessions --------------------------------------------------------------------------------
@@ -149,7 +149,7 @@ async def list_sessions(
     start = _timestamp(start_timestamp, "start_timestamp")
     end = _timestamp(end_timestamp, "end_timestamp")
     found: list[domain.Session] = []
-    cursor, more = page_token, True
+    cursor, more = cursors.id_cursor(page_token, "session", "page_token"), True
     while more and len(found) < limit:
         page = await svc.list_sessions(tenant, limit, cursor, None, agent.id)
         for session in page.items:
@@ -334,10 +334,9 @@ async def list_turns(
     limit: Annotated[int, Query(ge=1, le=25)] = 10,
 ) -> dict[str, Any]:
     """Newest first; `page_token` is the seq of the last turn of the previous page."""
-    if page_token is not None and not page_token.isdigit():
-        raise errors.InvalidRequest(f"invalid page_token {page_token!r}")
+    before = cursors.position(page_token, "page_token")
     turns = await reads.all_turns(svc, tenant, session_id)
-    older = [t for t in reversed(turns) if page_token is None or t.seq < int(page_token)]
+    older = [t for t in reversed(turns) if before is None or t.seq < before]
     page = older[:limit]
     index = await reads.transcript_index(svc, tenant, session_id)
     pending = await reads.pending_interrupts(svc, tenant, session_id)
@@ -370,26 +369,37 @@ async def subscribe(
 ) -> Response:
     """The turn's events after `after_sequence_number` (or `Last-Event-ID`), then live ones,
     until it ends or waits for an answer."""
-    after = body.after_sequence_number if body else None
-    if after is None and last_event_id is not None:
-        if not last_event_id.strip().isdigit():
-            raise errors.InvalidRequest(f"invalid Last-Event-ID {last_event_id!r}")
-        after = int(last_event_id)
-    await svc.get_turn(tenant, session_id, turn_id)
+    given = body.after_sequence_number if body else None
+    after = cursors.json_position(given, "after_sequence_number")
+    resumed = cursors.position(last_event_id, "Last-Event-ID")  # both checked; the body wins
+    if after is None:
+        after = resumed
+    turn = await svc.get_turn(tenant, session_id, turn_id)
+    if turn.status.terminal:
+        return await _replay(request, svc, tenant, turn_id, after=after or 0)
     return await _stream(request, svc, tenant, turn_id, after=after or 0, context_from=0)
 
 
 _TURN_ENDS = frozenset(domain.TERMINAL_EVENT.values())
+_REPLAY_PAGE = 500
 
 
 async def _stream(
-    request: Request, svc: Service, tenant: str, turn_id: str, *, after: int, context_from: int
+    request: Request,
+    svc: Service,
+    tenant: str,
+    turn_id: str,
+    *,
+    after: int,
+    context_from: int,
+    log: AsyncGenerator[list[streaming.Frame], None] | None = None,
 ) -> Response:
     """SSE of a turn in TrueFoundry's events after `after`: `id:` is the Tether event seq (a
     delta carries the seq of the event before it, as on /v1). The turn's events from
     `context_from` to `after` are read, not sent: they give the translator its context
-    (which message made a tool call, the turn's output)."""
-    batches = await svc.follow(
+    (which message made a tool call, the turn's output). They come from the session's live
+    feed, or from `log` (a finished turn's stored events, `_replay`)."""
+    batches = log or await svc.follow(
         tenant,
         request.path_params["session_id"],
         context_from,
@@ -424,15 +434,31 @@ async def _stream(
     return sse.response(translated(), until_terminal=True, on_close=release)
 
 
+async def _replay(
+    request: Request, svc: Service, tenant: str, turn_id: str, *, after: int
+) -> Response:
+    """A finished turn's stream: its stored events, then the end. Everything it will ever
+    have is in the log, and following would wait for an end event that a fork's copied turns
+    do not have there (their history is `session.forked` and their messages)."""
+    session_id = request.path_params["session_id"]
+
+    async def stored() -> AsyncGenerator[list[streaming.Frame], None]:
+        seen = 0
+        while True:
+            page = await svc.events_after(tenant, session_id, seen, _REPLAY_PAGE)
+            yield [streaming.event_frame(e) for e in page if e.turn_id == turn_id]
+            if len(page) < _REPLAY_PAGE:
+                return
+            seen = page[-1].seq
+
+    return await _stream(request, svc, tenant, turn_id, after=after, context_from=0, log=stored())
+
+
 # --- events ----------------------------------------------------------------------------------
 
 
 def _offset(page_token: str | None) -> int:
-    if page_token is None:
-        return 0
-    if not page_token.isdigit():
-        raise errors.InvalidRequest(f"invalid page_token {page_token!r}")
-    return int(page_token)
+    return cursors.position(page_token, "page_token") or 0
 
 
 def _page(items: list[Any], offset: int, limit: int) -> tuple[list[Any], str | None]:

@@ -8,6 +8,7 @@ off (tether/gate.py) a request acts in the path's tenant.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -22,6 +23,8 @@ from tether.api import deps
 from tether.api import errors as api_errors
 from tether.api.compat import common
 from tether.auth import Principal, Role
+
+log = logging.getLogger("tether.api.compat")
 
 
 def error(
@@ -51,7 +54,8 @@ def from_exception(exc: Exception) -> JSONResponse:
             headers["WWW-Authenticate"] = "Bearer"
         elif isinstance(exc, errors.TooManyRequests):
             headers["Retry-After"] = str(exc.retry_after_s)
-        return error(status_of(exc), exc.code, exc.message, **headers)
+        param = (exc.details or {}).get("param")
+        return error(status_of(exc), exc.code, exc.message, param, **headers)
     if isinstance(exc, RequestValidationError):
         problems = exc.errors()
         first = problems[0] if problems else {}
@@ -63,12 +67,13 @@ def from_exception(exc: Exception) -> JSONResponse:
         return error(400, "invalid_request", summary or "invalid request", param)
     if isinstance(exc, HTTPException):
         return error(exc.status_code, "http_error", str(exc.detail))
-    raise exc
+    log.exception("unexpected error", exc_info=exc)
+    return error(500, "internal_error", "internal error")
 
 
 class VendorRoute(APIRoute):
     """A route whose failures answer in TrueFoundry's shape, whatever raised them: the
-    route, its dependencies (auth) or request validation."""
+    route, its dependencies (auth), request validation, or a bug (500)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -76,7 +81,7 @@ class VendorRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
-            except (errors.TetherError, RequestValidationError, HTTPException) as exc:
+            except Exception as exc:  # every failure leaves in TrueFoundry's shape
                 return from_exception(exc)
 
         return route
