@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import uvicorn
 
+from tether import startup
 from tether.api import create_app
 from tether.config import Settings
 from tether.node import Node
@@ -91,6 +92,7 @@ class Server:
                 log_level="warning",
                 lifespan="on",
                 timeout_graceful_shutdown=2,
+                timeout_keep_alive=startup.KEEP_ALIVE_S,
             )
         )
         self._task: asyncio.Task[None] | None = None

@@ -36,6 +36,10 @@ log = logging.getLogger("tether.startup")
 REFUSED = 2  # the exit status of a refusal
 INTERRUPTED = 130  # Ctrl-C, as shells report it
 _BACKLOG = 2048  # uvicorn's default
+# An idle connection is closed by the client first: longer than clients' idle pools (httpx
+# 5 s, aiohttp 15 s) and load balancers' (60 s). At uvicorn's 5 s, a request an httpx client
+# sent on a connection idle for 5 s could meet the server's close: a ReadError, not a retry.
+KEEP_ALIVE_S = 75
 
 
 class Refusal(Exception):
@@ -64,6 +68,7 @@ def serve(options: dict[str, Any]) -> int:
         log_level=logging.getLogger().level,
         access_log=False,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=KEEP_ALIVE_S,
         backlog=_BACKLOG,
     )
     server = _Server(config, announce=_serving_line(settings))
