@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tether import domain, errors, ids, sealing, storable
+from tether import domain, errors, ids, sealing, specs, storable
 from tether.config import Settings
 from tether.runtime import mcp_servers, providers, toolbox
 from tether.runtime.tools import ToolRegistry
@@ -28,7 +28,7 @@ class Agents:
         self.sealer = sealing.Sealer(settings)
         self.mcp = mcp or mcp_servers.from_settings(settings)
 
-    def _check(self, spec: domain.AgentSpec) -> None:
+    def _check(self, spec: specs.AgentSpec) -> None:
         storable.check_metadata(spec.metadata, "agent", self.settings.max_metadata_bytes)
         self.mcp.check(spec.mcp_servers)
         unknown = [t.name for t in spec.tools if not self._known(spec, t.name)]
@@ -52,7 +52,7 @@ class Agents:
             )
         providers.check(spec.model, self.settings)
 
-    def _known(self, spec: domain.AgentSpec, name: str) -> bool:
+    def _known(self, spec: specs.AgentSpec, name: str) -> bool:
         """Whether a tool entry names something. A pattern may match nothing (a server's
         tools change). An exact `<server>.<tool>` of a listed server is taken on trust: its
         tools are known only once a worker reaches it, and making an agent must not depend
@@ -63,7 +63,7 @@ class Agents:
         server, dot, tool = name.partition(".")
         return bool(dot and tool) and any(s.name == server for s in spec.mcp_servers)
 
-    def _seal(self, tenant: str, spec: domain.AgentSpec) -> domain.AgentSpec:
+    def _seal(self, tenant: str, spec: specs.AgentSpec) -> specs.AgentSpec:
         """The agent as it is stored: its own API key and its MCP servers' headers, if any,
         sealed."""
         if spec.model.api_key is not None:
@@ -75,7 +75,7 @@ class Agents:
             spec = spec.model_copy(update={"mcp_servers": servers})
         return spec
 
-    def _seal_headers(self, tenant: str, server: domain.McpServerSpec) -> domain.McpServerSpec:
+    def _seal_headers(self, tenant: str, server: specs.McpServerSpec) -> specs.McpServerSpec:
         if server.headers is None:
             return server
         plain = {k: v.get_secret_value() for k, v in server.headers.items()}
@@ -89,7 +89,7 @@ class Agents:
             ) from exc
         return server.model_copy(update={"headers": None, "headers_sealed": sealed})
 
-    def _same_headers(self, tenant: str, stored: domain.AgentSpec, given: domain.AgentSpec) -> bool:
+    def _same_headers(self, tenant: str, stored: specs.AgentSpec, given: specs.AgentSpec) -> bool:
         before = {s.name: s.headers_sealed for s in stored.mcp_servers}
         for server in given.mcp_servers:
             sealed = before.get(server.name)
@@ -106,7 +106,7 @@ class Agents:
                 return False
         return True
 
-    def _same_key(self, tenant: str, stored: domain.ModelSpec, given: domain.ModelSpec) -> bool:
+    def _same_key(self, tenant: str, stored: specs.ModelSpec, given: specs.ModelSpec) -> bool:
         if given.api_key is None or stored.api_key_sealed is None:
             return given.api_key is None and stored.api_key_sealed is None
         try:
@@ -115,11 +115,11 @@ class Agents:
             return False
         return stored_key == given.api_key.get_secret_value()
 
-    async def create(self, tenant: str, spec: domain.AgentSpec) -> domain.Agent:
+    async def create(self, tenant: str, spec: specs.AgentSpec) -> domain.Agent:
         self._check(spec)
         return await self.store.agents.create(tenant, self._seal(tenant, spec))
 
-    async def upsert(self, tenant: str, spec: domain.AgentSpec) -> domain.Agent:
+    async def upsert(self, tenant: str, spec: specs.AgentSpec) -> domain.Agent:
         """Create or replace the agent of that name (agents files, the demo agent)."""
         self._check(spec)
         try:
@@ -137,7 +137,7 @@ class Agents:
     async def find(self, tenant: str, ref: str) -> domain.Agent:
         """An agent by id or by name. A ref that is neither names nothing, and is not looked
         up (the store could not even compare some text, such as a NUL, with its names)."""
-        named = len(ref) <= 128 and re.fullmatch(domain.AGENT_NAME_PATTERN, ref)
+        named = len(ref) <= 128 and re.fullmatch(specs.AGENT_NAME_PATTERN, ref)
         if not named and not ids.valid("agt", ref):
             raise errors.NotFound(f"agent {ref!r} not found")
         return await self.store.agents.get(tenant, ref)
@@ -154,7 +154,7 @@ class Agents:
         current = await self.get(tenant, agent_id)
         merged = {**current.spec.model_dump(mode="json"), **changes}
         try:
-            spec = domain.AgentSpec.model_validate(merged)
+            spec = specs.AgentSpec.model_validate(merged)
         except ValueError as exc:
             raise errors.InvalidAgent(str(exc)) from exc
         spec = self._keep_key(current.spec.model, spec, changes.get("model"))
@@ -164,8 +164,8 @@ class Agents:
 
     @staticmethod
     def _keep_key(
-        before: domain.ModelSpec, spec: domain.AgentSpec, model_changes: dict[str, Any] | None
-    ) -> domain.AgentSpec:
+        before: specs.ModelSpec, spec: specs.AgentSpec, model_changes: dict[str, Any] | None
+    ) -> specs.AgentSpec:
         """The stored own key carried into an updated agent, where that is what the update
         means. Sent elsewhere, a key the caller cannot read must be given again: otherwise a
         change of base URL could send it to a host of anyone's choosing."""
@@ -187,15 +187,15 @@ class Agents:
 
     @staticmethod
     def _keep_headers(
-        before: domain.AgentSpec, spec: domain.AgentSpec, servers_changed: bool
-    ) -> domain.AgentSpec:
+        before: specs.AgentSpec, spec: specs.AgentSpec, servers_changed: bool
+    ) -> specs.AgentSpec:
         """The stored headers of each MCP server carried into an updated agent, unless new
         ones are given (`{}`: none). As with the model's key, headers the caller cannot read
         are not sent to another URL: a server whose URL changed must be given them again."""
         stored = {s.name: s for s in before.mcp_servers if s.headers_sealed is not None}
         if not stored:
             return spec
-        kept: list[domain.McpServerSpec] = []
+        kept: list[specs.McpServerSpec] = []
         for server in spec.mcp_servers:
             old = stored.get(server.name)
             if old is None or server.headers is not None:

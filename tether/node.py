@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tether import domain, errors, gate
+from tether import errors, gate, specs
 from tether.auth import Keys
 from tether.bus import Bus, LocalBus
 from tether.config import Settings
@@ -25,15 +25,15 @@ from tether.worker import Reaper, Worker
 
 log = logging.getLogger("tether")
 
-DEMO_AGENT = domain.AgentSpec(
+DEMO_AGENT = specs.AgentSpec(
     name="demo",
     instructions="Tether's demo agent: the scripted model, no LLM and no API key needed.",
-    model=domain.ModelSpec(
+    model=specs.ModelSpec(
         provider="scripted",
         steps=[
-            domain.ScriptedStep(
+            specs.ScriptedStep(
                 text="Let me check the clock first.",
-                tool_calls=[domain.ScriptedToolCall(name="get_time")],
+                tool_calls=[specs.ScriptedToolCall(name="get_time")],
             )
         ],
         reply=(
@@ -43,7 +43,7 @@ DEMO_AGENT = domain.AgentSpec(
         ),
         token_delay_ms=40,
     ),
-    tools=[domain.ToolSpec(name="get_time"), domain.ToolSpec(name="sleep")],
+    tools=[specs.ToolSpec(name="get_time"), specs.ToolSpec(name="sleep")],
 )
 
 
@@ -191,11 +191,11 @@ async def open_bus(settings: Settings) -> Bus:
     return bus
 
 
-def load_agents_file(path: Path) -> list[domain.AgentSpec]:
+def load_agents_file(path: Path) -> list[specs.AgentSpec]:
     """A YAML file holding one agent definition or a list of them."""
     loaded = yaml.safe_load(path.read_text())
     items = loaded if isinstance(loaded, list) else [loaded]
     try:
-        return [domain.AgentSpec.model_validate(item) for item in items]
+        return [specs.AgentSpec.model_validate(item) for item in items]
     except ValueError as exc:
         raise errors.InvalidAgent(f"{path}: {exc}") from exc

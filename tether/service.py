@@ -144,7 +144,7 @@ class Service:
         await self.stop(
             tenant, session_id, scope=domain.StopScope.ALL, reason="session_purged", wait_s=wait_s
         )
-        for turn_id in await self.store.lifecycle.purge_session(tenant, session_id):
+        for turn_id in await self.store.purges.purge(tenant, session_id):
             self.bus.signal_stop(turn_id)
 
     # --- turns ---------------------------------------------------------------------------------

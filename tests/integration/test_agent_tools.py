@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from tests.helpers import Api, Server, wait_for
-from tether import domain
+from tether import specs
 
 DUPLICATES = [{"name": "sleep", "policy": "auto"}, {"name": "sleep", "policy": "approve"}]
 
@@ -33,7 +33,7 @@ async def test_a_stored_agent_with_duplicates_asks_for_approval(
 ) -> None:
     """One stored before the rule (written here straight to the store): the strictest entry
     holds, so the approval is not skipped."""
-    spec = domain.AgentSpec.model_validate(
+    spec = specs.AgentSpec.model_validate(
         {
             "name": "legacy",
             "model": {

@@ -26,7 +26,7 @@ from truefoundry_gateway_sdk.core.api_error import ApiError
 from truefoundry_gateway_sdk.types import ApprovalAllow, UserMessage
 
 from tests.helpers import Server, running_server, scripted_agent, wait_for
-from tether import domain
+from tether import specs
 from tether.auth import Role
 from tether.runtime.tools import builtin_registry
 
@@ -377,7 +377,7 @@ async def test_previous_turn_id_must_be_the_last_turn(world: World) -> None:
 
 async def test_with_auth_off_the_path_names_the_tenant(tmp_path: Path) -> None:
     async with running_server(tmp_path) as srv, httpx.AsyncClient(timeout=30) as transport:
-        await srv.node.service.agents.upsert("initech", domain.AgentSpec.model_validate(STREAMING))
+        await srv.node.service.agents.upsert("initech", specs.AgentSpec.model_validate(STREAMING))
         client = AsyncAgentSessionClient(
             base_url=f"{srv.url}/compat/truefoundry/initech",
             api_key="unused",  # the client always sends a key: with auth off, it is none

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from tests.helpers import Api, Server, read_sse, wait_for
-from tether import domain
+from tether import specs
 
 
 def call(name: str, **arguments: Any) -> dict[str, Any]:
@@ -229,7 +229,7 @@ async def test_an_expiry_past_a_year_is_refused_and_a_year_is_kept(
     """An interrupt's expiry is a datetime: a ttl none can add to now (1e12 s, 1e308 s) was
     accepted, then failed every turn that paused with internal_error. Past a year is 422, on
     the agent and on a tool, at creation and on update; a year is kept to the second."""
-    year = domain.MAX_INTERRUPT_TTL_S
+    year = specs.MAX_INTERRUPT_TTL_S
     approve = {"name": "sleep", "policy": "approve"}
     for n, ttl in enumerate((year + 1, 1e12, 1e308, 10**30)):
         model = {"provider": "scripted"}

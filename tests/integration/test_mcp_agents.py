@@ -24,6 +24,7 @@ from cryptography.fernet import Fernet
 
 from tests import mcp_helpers
 from tests.helpers import Api, Server, running_server, store_snapshot, wait_for
+from tether import specs
 from tether.client import models as client_models
 
 SECRET = "s3cret-header-value"
@@ -301,9 +302,8 @@ async def test_offered_names_and_policies(
 ) -> None:
     """What the model is offered: provider-safe names, denied tools left out, patterns and
     exact entries applied."""
-    from tether import domain
 
-    spec = domain.AgentSpec.model_validate(
+    spec = specs.AgentSpec.model_validate(
         _agent(
             "offered",
             [],

@@ -17,7 +17,7 @@ import pytest
 from tests import mcp_helpers
 from tests.helpers import wait_for
 from tether import errors
-from tether.runtime import mcp_client
+from tether.runtime import mcp_client, toolbox
 
 # Nothing here touches the store or the bus: one pass (the embedded one) is enough.
 pytestmark = pytest.mark.embedded
@@ -98,7 +98,7 @@ async def test_elicitation_answered(hub: mcp_client.McpHub, tiny: mcp_client.Ser
 
     async def answer(request: mcp_client.Elicitation) -> dict[str, Any]:
         asked.append(request)
-        return mcp_client.answer_from({"answer": "blue"})
+        return toolbox.answer_from({"answer": "blue"})
 
     result = await hub.call(tiny, "ask", {"question": "Favourite colour?"}, on_elicit=answer)
     assert result.text == "you said: blue"

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.helpers import Api, Server, running_server, wait_for
-from tether import destinations, domain, errors
+from tether import destinations, errors, specs
 from tether.runtime import credentials
 from tether.runtime.model import ModelRequest
 from tether.runtime.openai_chat import OpenAIChatModel
@@ -207,7 +207,7 @@ async def test_bad_params_that_reach_a_turn_fail_it_as_a_provider_error(
 ) -> None:
     """Creation refuses unknown params; one stored before that rule (written here straight to
     the store) fails its turn with a provider error code, not a crash, and sends nothing."""
-    spec = domain.AgentSpec.model_validate(
+    spec = specs.AgentSpec.model_validate(
         {
             "name": "old",
             "model": {
@@ -230,7 +230,7 @@ async def test_bad_params_that_reach_a_turn_fail_it_as_a_provider_error(
 
 async def test_params_the_sdk_refuses_at_call_time_are_a_provider_error(fake: FakeOpenAI) -> None:
     access = credentials.Access(fake.url, None, destinations.Guard(trusted=(fake.url,)))
-    spec = domain.ModelSpec(provider="openai", model="fake-1", base_url=fake.url)
+    spec = specs.ModelSpec(provider="openai", model="fake-1", base_url=fake.url)
     model = OpenAIChatModel(spec, access, 2.0)
     request = ModelRequest("", [], params={"not_a_param": 1})
     try:

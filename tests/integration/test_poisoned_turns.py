@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from tests.helpers import Api, Server, running_server, wait_for
-from tether import domain
+from tether import domain, specs
 
 POISONER = "poisoner"
 # input that reads back fine but cannot start: what the claim writes to the transcript
@@ -33,7 +33,7 @@ def _time(value: str) -> datetime:
 async def _poison(server: Server, tenant: str, count: int) -> list[tuple[str, str]]:
     """`count` sessions of `tenant`, each with one queued turn that cannot start."""
     store = server.node.store
-    spec = domain.AgentSpec(name=f"poisoned-{tenant}", model=domain.ModelSpec(reply="hi"))
+    spec = specs.AgentSpec(name=f"poisoned-{tenant}", model=specs.ModelSpec(reply="hi"))
     agent = await store.agents.create(tenant, spec)
     made = []
     for i in range(count):
@@ -95,7 +95,7 @@ async def test_poisoned_turns_do_not_delay_another_tenant(server: Server, api: A
 
 async def test_failing_turns_do_not_delay_another_tenant(server: Server, api: Api) -> None:
     svc = server.node.service
-    spec = domain.AgentSpec(name="failing", model=domain.ModelSpec(fail="scripted failure"))
+    spec = specs.AgentSpec(name="failing", model=specs.ModelSpec(fail="scripted failure"))
     await svc.agents.create("failer", spec)
     failing = [await svc.create_session("failer", "failing", None, "go") for _ in range(FIFTY)]
     _assert_prompt(await _prompt_turn(api))

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from tests import helpers
 from tests.helpers import Api, Server, running_server
-from tether import destinations, domain, errors
+from tether import destinations, errors, specs
 from tether.store.schema import agents
 from tether.testing import FakeOpenAI
 
@@ -312,7 +312,7 @@ async def test_agent_file_key_is_sealed_once(tmp_path: Path) -> None:
     """Restarting with the same agents file does not rewrite an agent whose key is unchanged."""
     async with running_server(tmp_path, **_sealing()) as srv:
         service = srv.node.service
-        spec = domain.AgentSpec.model_validate(
+        spec = specs.AgentSpec.model_validate(
             _agent(base_url="https://llm.example.org/v1", api_key="sk-file") | {"name": "filed"}
         )
         first = await service.agents.upsert("default", spec)

@@ -225,7 +225,7 @@ async def _abandoned(server: Server, client: httpx.AsyncClient, sid: str, starte
 
     reader = asyncio.create_task(follow())
     await wait_for(lambda: started in frames, 20, started)
-    assert await server.node.store.lifecycle.purge_session("default", sid) != []  # it was running
+    assert await server.node.store.purges.purge("default", sid) != []  # it was running
     await asyncio.wait_for(reader, 10)
     worker = server.node.worker
     assert worker is not None

@@ -16,20 +16,20 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tests.helpers import settings_for
-from tether import domain, errors
+from tether import domain, errors, specs
 from tether.node import Node
 from tether.worker import Worker
 
 SHAPES = {
-    "short": domain.ModelSpec(reply="echo", tokens=3),
-    "stream": domain.ModelSpec(reply="echo", tokens=400, token_delay_ms=2),
-    "tools": domain.ModelSpec(
+    "short": specs.ModelSpec(reply="echo", tokens=3),
+    "stream": specs.ModelSpec(reply="echo", tokens=400, token_delay_ms=2),
+    "tools": specs.ModelSpec(
         steps=[
-            domain.ScriptedStep(
+            specs.ScriptedStep(
                 text="t",
                 tool_calls=[
-                    domain.ScriptedToolCall(name="sleep", arguments={"seconds": 0.05}),
-                    domain.ScriptedToolCall(name="get_time"),
+                    specs.ScriptedToolCall(name="sleep", arguments={"seconds": 0.05}),
+                    specs.ScriptedToolCall(name="get_time"),
                 ],
             )
         ],
@@ -56,10 +56,10 @@ class ServiceMachine(RuleBasedStateMachine):
             name: self.run(
                 self.svc.agents.create(
                     self.tenant,
-                    domain.AgentSpec(
+                    specs.AgentSpec(
                         name=name,
                         model=spec,
-                        tools=[domain.ToolSpec(name="sleep"), domain.ToolSpec(name="get_time")],
+                        tools=[specs.ToolSpec(name="sleep"), specs.ToolSpec(name="get_time")],
                     ),
                 )
             )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import settings_for, wait_for
-from tether import domain
+from tether import domain, specs
 from tether.node import Node
 
 # Each trial costs a few round trips on PostgreSQL + Redis, microseconds on SQLite.
@@ -32,7 +32,7 @@ async def test_stop_racing_completion(node: Node) -> None:
     svc = node.service
     rng = random.Random(1)
     agent = await svc.agents.create(
-        "default", domain.AgentSpec(name="racer", model=domain.ModelSpec(reply="a b c", tokens=3))
+        "default", specs.AgentSpec(name="racer", model=specs.ModelSpec(reply="a b c", tokens=3))
     )
     # How long a turn takes here (microseconds inline on SQLite, round trips on PostgreSQL):
     # half the stops land after a random share of it, half after a few loop iterations.

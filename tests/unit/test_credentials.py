@@ -11,7 +11,7 @@ import pytest
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
-from tether import domain, errors
+from tether import errors, specs
 from tether.config import Settings
 from tether.runtime import credentials, openai_chat
 from tether.sealing import Sealer
@@ -19,8 +19,8 @@ from tether.sealing import Sealer
 CLUSTER_STORE = "postgresql://tether@127.0.0.1:1/tether"  # never connected to here
 
 
-def _model(**fields: Any) -> domain.ModelSpec:
-    return domain.ModelSpec.model_validate({"provider": "openai", "model": "m", **fields})
+def _model(**fields: Any) -> specs.ModelSpec:
+    return specs.ModelSpec.model_validate({"provider": "openai", "model": "m", **fields})
 
 
 def _check(settings: Settings, **fields: Any) -> credentials.Access:
@@ -77,8 +77,8 @@ def test_resolve_reads_the_key_from_where_the_rules_say(
     assert key(api_key_env="ANTHROPIC_API_KEY") == "sk-named"
     assert key(api_key="sk-own") == "sk-own"
     sealed = sealer.seal("acme", "sk-sealed")
-    stored = domain.ModelSpec.model_validate(
-        {"provider": "openai", "model": "m", "api_key_sealed": sealed}, context=domain.STORED
+    stored = specs.ModelSpec.model_validate(
+        {"provider": "openai", "model": "m", "api_key_sealed": sealed}, context=specs.STORED
     )
     assert credentials.resolve(openai_chat.PROVIDER, stored, settings, sealer, "acme").api_key == (
         "sk-sealed"
@@ -145,22 +145,22 @@ def test_cluster_without_secret_key_refuses_to_seal(tmp_path: Path) -> None:
 
 
 def test_model_spec_keeps_api_key_write_only() -> None:
-    spec = domain.AgentSpec.model_validate(
+    spec = specs.AgentSpec.model_validate(
         {"name": "a", "model": {"provider": "openai", "model": "m", "api_key": "sk-x"}}
     )
     assert "sk-x" not in spec.model_dump_json()
     assert "api_key" not in spec.model_dump(mode="json")["model"]
     with pytest.raises(ValidationError) as info:  # an error never echoes the key
-        domain.AgentSpec.model_validate(
+        specs.AgentSpec.model_validate(
             {"name": "a", "model": {"provider": "openai", "api_key": "sk-x", "bad": 1}}
         )
     assert "sk-x" not in str(info.value)
     with pytest.raises(ValidationError, match="not a field agents may set"):
-        domain.ModelSpec.model_validate({"provider": "openai", "model": "m", "api_key_sealed": "x"})
+        specs.ModelSpec.model_validate({"provider": "openai", "model": "m", "api_key_sealed": "x"})
     with pytest.raises(ValidationError, match="not both"):
         _model(api_key="k", api_key_env="OPENAI_API_KEY")
     with pytest.raises(ValidationError, match="scripted"):
-        domain.ModelSpec.model_validate({"provider": "scripted", "api_key": "k"})
+        specs.ModelSpec.model_validate({"provider": "scripted", "api_key": "k"})
 
 
 # --- model params -----------------------------------------------------------------------------

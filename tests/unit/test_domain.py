@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tether import domain, errors, ids, machines
+from tether import domain, errors, ids, machines, specs
 from tether.domain import SessionStatus, TurnStatus
 
 
@@ -62,21 +62,21 @@ def test_ids() -> None:
 
 def test_agent_spec_validation() -> None:
     with pytest.raises(ValueError, match=r"model\.model is required"):
-        domain.AgentSpec.model_validate({"name": "x", "model": {"provider": "openai"}})
+        specs.AgentSpec.model_validate({"name": "x", "model": {"provider": "openai"}})
     with pytest.raises(ValueError, match="Extra inputs"):
-        domain.AgentSpec.model_validate({"name": "x", "modle": {}})
+        specs.AgentSpec.model_validate({"name": "x", "modle": {}})
 
 
-@pytest.mark.parametrize("ttl", [domain.MAX_INTERRUPT_TTL_S + 1, 1e12, 1e308, 10**30])
+@pytest.mark.parametrize("ttl", [specs.MAX_INTERRUPT_TTL_S + 1, 1e12, 1e308, 10**30])
 def test_an_interrupt_ttl_past_a_year_is_refused_but_a_stored_one_reads(ttl: float) -> None:
     """No datetime can add 1e12 s to now: such a ttl failed every turn that paused. A client
     cannot give one; an agent stored before the bound still reads, at the bound."""
     tool = {"name": "sleep", "interrupt_ttl_s": ttl}
     with pytest.raises(ValueError, match="at most"):
-        domain.AgentSpec.model_validate({"name": "a", "interrupt_ttl_s": ttl})
+        specs.AgentSpec.model_validate({"name": "a", "interrupt_ttl_s": ttl})
     with pytest.raises(ValueError, match="at most"):
-        domain.AgentSpec.model_validate({"name": "a", "tools": [tool]})
-    stored = domain.AgentSpec.from_stored({"name": "a", "interrupt_ttl_s": ttl, "tools": [tool]})
-    assert stored.interrupt_ttl_s == stored.tools[0].interrupt_ttl_s == domain.MAX_INTERRUPT_TTL_S
-    year = domain.AgentSpec.model_validate({"name": "a", "interrupt_ttl_s": 31_622_400})
-    assert year.interrupt_ttl_s == domain.MAX_INTERRUPT_TTL_S
+        specs.AgentSpec.model_validate({"name": "a", "tools": [tool]})
+    stored = specs.AgentSpec.from_stored({"name": "a", "interrupt_ttl_s": ttl, "tools": [tool]})
+    assert stored.interrupt_ttl_s == stored.tools[0].interrupt_ttl_s == specs.MAX_INTERRUPT_TTL_S
+    year = specs.AgentSpec.model_validate({"name": "a", "interrupt_ttl_s": 31_622_400})
+    assert year.interrupt_ttl_s == specs.MAX_INTERRUPT_TTL_S

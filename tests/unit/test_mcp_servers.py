@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tether.runtime import mcp_client, mcp_servers
+from tether.runtime import mcp_client, mcp_servers, toolbox
 
 ENV = {"TOKEN": "s3cret", "LEVEL": "warn"}
 
@@ -80,18 +80,18 @@ def test_expand_with_an_allowlist() -> None:
 
 
 def test_model_tool_names() -> None:
-    assert mcp_client.model_tool_name("gh", "create_issue") == "gh__create_issue"
-    assert mcp_client.model_tool_name("my.srv", "get/it") == "my_srv__get_it"
-    long = mcp_client.model_tool_name("s", "t" * 100)
+    assert toolbox.model_tool_name("gh", "create_issue") == "gh__create_issue"
+    assert toolbox.model_tool_name("my.srv", "get/it") == "my_srv__get_it"
+    long = toolbox.model_tool_name("s", "t" * 100)
     assert len(long) == 64
-    assert mcp_client.model_tool_name("s", "t" * 100, {long}) == long[:62] + "_2"
+    assert toolbox.model_tool_name("s", "t" * 100, {long}) == long[:62] + "_2"
 
 
 def test_answers_from_question_responses() -> None:
-    assert mcp_client.answer_from({"action": "decline"}) == {"action": "decline"}
-    assert mcp_client.answer_from({"action": "accept", "content": {"a": 1}}) == {
+    assert toolbox.answer_from({"action": "decline"}) == {"action": "decline"}
+    assert toolbox.answer_from({"action": "accept", "content": {"a": 1}}) == {
         "action": "accept",
         "content": {"a": 1},
     }
-    assert mcp_client.answer_from({"a": 1}) == {"action": "accept", "content": {"a": 1}}
-    assert mcp_client.answer_from("yes") == {"action": "accept", "content": {"value": "yes"}}
+    assert toolbox.answer_from({"a": 1}) == {"action": "accept", "content": {"a": 1}}
+    assert toolbox.answer_from("yes") == {"action": "accept", "content": {"value": "yes"}}

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tether import destinations, domain, errors
+from tether import destinations, errors, specs
 from tether.runtime import mcp_servers, toolbox
 from tether.runtime.tools import builtin_registry
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def _box(*tools: dict[str, Any]) -> toolbox.Toolbox:
-    spec = domain.AgentSpec.model_validate(
+    spec = specs.AgentSpec.model_validate(
         {"name": "a", "mcp_servers": [{"name": "gh"}], "tools": list(tools)}
     )
     return toolbox.Toolbox(spec, builtin_registry())
@@ -31,10 +31,10 @@ def test_exact_entries_win_then_the_strictest_pattern() -> None:
         {"name": "gh.get_issue"},
         {"name": "*.delete_*", "policy": "deny"},
     )
-    assert box.policy_of("gh.get_issue").policy is domain.ToolPolicy.AUTO
-    assert box.policy_of("gh.create_issue").policy is domain.ToolPolicy.APPROVE
-    assert box.policy_of("gh.delete_repo").policy is domain.ToolPolicy.DENY
-    assert box.policy_of("other.thing").policy is domain.ToolPolicy.AUTO  # no entry: auto
+    assert box.policy_of("gh.get_issue").policy is specs.ToolPolicy.AUTO
+    assert box.policy_of("gh.create_issue").policy is specs.ToolPolicy.APPROVE
+    assert box.policy_of("gh.delete_repo").policy is specs.ToolPolicy.DENY
+    assert box.policy_of("other.thing").policy is specs.ToolPolicy.AUTO  # no entry: auto
     assert toolbox.is_pattern("gh.*") and not toolbox.is_pattern("gh.get_issue")
 
 
@@ -56,19 +56,19 @@ def _servers(**declared: Any) -> mcp_servers.Servers:
 
 def test_tenant_servers_are_bound() -> None:
     servers = _servers(files={"command": "true"})
-    own = domain.McpServerSpec.model_validate(
+    own = specs.McpServerSpec.model_validate(
         {
             "name": "own",
             "url": "https://mcp.example.com/mcp",
             "headers": {"Authorization": "Bearer ${OK_TOKEN}"},
         }
     )
-    servers.check([domain.McpServerSpec(name="files"), own])
+    servers.check([specs.McpServerSpec(name="files"), own])
     resolved = servers.resolve(own, {"Authorization": "Bearer ${OK_TOKEN}"})
     assert resolved.headers == (("Authorization", "Bearer t0ken"),)  # type: ignore[union-attr]
     assert resolved.guarded  # type: ignore[union-attr]
     with pytest.raises(errors.DestinationNotAllowed):
-        servers.check([domain.McpServerSpec(name="lo", url="http://127.0.0.1:8/mcp")])
+        servers.check([specs.McpServerSpec(name="lo", url="http://127.0.0.1:8/mcp")])
     with pytest.raises(mcp_servers.McpConfigError):
         servers.resolve(own, {"X": "${HOME}"})  # only the allowed variables, at run time too
 
@@ -88,7 +88,7 @@ def test_documented_agents_pass_the_checks(doc: str) -> None:
     assert agents, f"{doc} shows an agent with MCP servers"
     registry = builtin_registry()
     for agent in agents:
-        spec = domain.AgentSpec.model_validate(agent)
+        spec = specs.AgentSpec.model_validate(agent)
         servers.check(spec.mcp_servers)
         listed = {s.name for s in spec.mcp_servers}
         for entry in spec.tools:

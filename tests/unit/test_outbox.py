@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tether import domain, ids
+from tether import domain, ids, specs
 from tether.machines import DeliveryMove, Move
 from tether.store import Store, open_store
 from tether.store import webhooks as outbox_rows
@@ -42,7 +42,7 @@ async def _setup(store: Store, sessions: int) -> tuple[str, list[str]]:
         now,
     )
     await store.webhooks.create(endpoint, "sealed")
-    agent = await store.agents.create("t", domain.AgentSpec(name="a"))
+    agent = await store.agents.create("t", specs.AgentSpec(name="a"))
     made = [
         (await store.lifecycle.create_session("t", agent.id, "z", {}, None))[0]
         for _ in range(sessions)

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from tether import domain, errors
+from tether import domain, errors, specs
 from tether.runtime import model as m
 from tether.runtime.scripted import ScriptedModel
 from tether.runtime.tools import ToolArgumentsError, ToolContext, ToolRegistry, builtin_registry
@@ -28,13 +28,13 @@ async def _collect(model: ScriptedModel, messages: list[domain.Message]) -> list
 
 
 async def test_scripted_steps_then_reply() -> None:
-    spec = domain.ModelSpec(
+    spec = specs.ModelSpec(
         steps=[
-            domain.ScriptedStep(
+            specs.ScriptedStep(
                 text="a b",
                 tool_calls=[
-                    domain.ScriptedToolCall(name="sleep", arguments={"seconds": 1}),
-                    domain.ScriptedToolCall(name="get_time"),
+                    specs.ScriptedToolCall(name="sleep", arguments={"seconds": 1}),
+                    specs.ScriptedToolCall(name="get_time"),
                 ],
             )
         ],
@@ -53,14 +53,12 @@ async def test_scripted_steps_then_reply() -> None:
 
 
 async def test_scripted_token_count_and_failure() -> None:
-    out = await _collect(
-        ScriptedModel(domain.ModelSpec(reply="x y", tokens=5)), [_msg("user", "q")]
-    )
+    out = await _collect(ScriptedModel(specs.ModelSpec(reply="x y", tokens=5)), [_msg("user", "q")])
     assert [e.text for e in out if isinstance(e, m.TextDelta)] == ["x ", "y ", "x ", "y ", "x "]
     usage = next(e for e in out if isinstance(e, m.UsageReport))
     assert usage.output_tokens == 5
     with pytest.raises(errors.ModelError, match="boom"):
-        await _collect(ScriptedModel(domain.ModelSpec(fail="boom")), [_msg("user", "q")])
+        await _collect(ScriptedModel(specs.ModelSpec(fail="boom")), [_msg("user", "q")])
 
 
 async def test_tool_schema_from_type_hints() -> None:

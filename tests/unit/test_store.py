@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, update
 
-from tether import domain, errors, versions
+from tether import domain, errors, specs, versions
 from tether.domain import EventType, ToolOutcome, TurnStatus
 from tether.store import Claim, Store, open_store
 from tether.store.schema import events, tool_runs
@@ -28,7 +28,7 @@ async def store() -> AsyncIterator[Store]:
 
 @pytest.fixture
 async def session_id(store: Store) -> str:
-    agent = await store.agents.create(TENANT, domain.AgentSpec(name="a"))
+    agent = await store.agents.create(TENANT, specs.AgentSpec(name="a"))
     session_id, _ = await store.lifecycle.create_session(TENANT, agent.id, "local", {}, None)
     return session_id
 
@@ -71,12 +71,12 @@ def _usage() -> domain.Usage:
 
 
 async def test_agent_names_are_unique_among_live_agents(store: Store) -> None:
-    agent = await store.agents.create(TENANT, domain.AgentSpec(name="a"))
+    agent = await store.agents.create(TENANT, specs.AgentSpec(name="a"))
     with pytest.raises(errors.AlreadyExists):  # the constraint, classified by the dialect
-        await store.agents.create(TENANT, domain.AgentSpec(name="a"))
-    await store.agents.create("other", domain.AgentSpec(name="a"))  # per tenant
+        await store.agents.create(TENANT, specs.AgentSpec(name="a"))
+    await store.agents.create("other", specs.AgentSpec(name="a"))  # per tenant
     await store.agents.delete(TENANT, agent.id)
-    again = await store.agents.create(TENANT, domain.AgentSpec(name="a"))
+    again = await store.agents.create(TENANT, specs.AgentSpec(name="a"))
     assert (await store.agents.get(TENANT, "a")).id == again.id
     assert (await store.agents.by_id(agent.id)).spec.name == "a", "a deleted one stays readable"
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, insert, select
 
-from tether import domain, machines
+from tether import domain, machines, specs
 from tether.domain import InterruptStatus, SteerStatus, ToolRunStatus, TurnStatus
 from tether.store import Store, guards, open_store, sqlite
 from tether.store.schema import (
@@ -351,7 +351,7 @@ async def test_the_ledger_upsert_follows_the_table(store: Store) -> None:
     other alone: a finished call is never started again."""
     from tether.store import tool_runs as ledger
 
-    agent = await store.agents.create("t", domain.AgentSpec(name="a"))
+    agent = await store.agents.create("t", specs.AgentSpec(name="a"))
     session_id, turn = await store.lifecycle.create_session("t", agent.id, "z", {}, [])
     assert turn is not None
     call = domain.ToolCall("call_1", "sleep", {})

@@ -7,7 +7,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether import domain, ids
+from tether import domain, ids, specs
 
 T = TypeVar("T")
 
@@ -74,9 +74,9 @@ class AgentPatch(_In):
 
     name: str | None = None
     instructions: str | None = None
-    model: domain.ModelSpec | None = None
-    tools: list[domain.ToolSpec] | None = None
-    mcp_servers: list[domain.McpServerSpec] | None = None
+    model: specs.ModelSpec | None = None
+    tools: list[specs.ToolSpec] | None = None
+    mcp_servers: list[specs.McpServerSpec] | None = None
     max_steps: int | None = None
     turn_timeout_s: float | None = None
     interrupt_ttl_s: float | None = None
@@ -99,7 +99,7 @@ class AgentPatch(_In):
         return changes
 
 
-class AgentOut(domain.AgentSpec):
+class AgentOut(specs.AgentSpec):
     model_config = ConfigDict(extra="forbid")
     id: str
     created_at: str

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from tether import domain, ids, views
+from tether import domain, ids, specs, views
 from tether.api import cursors, idempotency, schemas, sse
 from tether.api.deps import (
     audit,
@@ -48,7 +48,7 @@ def _input(value: schemas.Input) -> str | list[dict[str, Any]]:
     "/agents", status_code=201, response_model=schemas.AgentOut, responses=_ERRORS, tags=["agents"]
 )
 async def create_agent(
-    request: Request, body: domain.AgentSpec, svc: Svc, tenant: Admin
+    request: Request, body: specs.AgentSpec, svc: Svc, tenant: Admin
 ) -> Response:
     async def handler() -> Response:
         agent = await svc.agents.create(tenant, body)

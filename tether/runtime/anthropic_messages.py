@@ -25,7 +25,7 @@ import anthropic
 import httpx2
 from anthropic.types import message_create_params
 
-from tether import domain, errors
+from tether import domain, errors, specs
 from tether.runtime import credentials, provider_params, retry
 from tether.runtime.model import (
     Finished,
@@ -297,7 +297,7 @@ def _events(answer: _Answer, event: dict[str, Any]) -> list[ModelEvent]:
 
 
 class AnthropicModel:
-    def __init__(self, spec: domain.ModelSpec, access: credentials.Access, timeout_s: float):
+    def __init__(self, spec: specs.ModelSpec, access: credentials.Access, timeout_s: float):
         assert spec.model
         self.spec = spec
         self.client = anthropic.AsyncAnthropic(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from tether import destinations, domain, errors
+from tether import destinations, errors, specs
 from tether.config import Settings
 from tether.sealing import Sealer
 
@@ -50,11 +50,11 @@ class Access:
     guard: destinations.Guard
 
 
-def base_url_of(provider: Provider, spec: domain.ModelSpec, settings: Settings) -> str:
+def base_url_of(provider: Provider, spec: specs.ModelSpec, settings: Settings) -> str:
     return spec.base_url or provider.configured_base_url(settings) or provider.default_base_url
 
 
-def check(provider: Provider, spec: domain.ModelSpec, settings: Settings) -> Access:
+def check(provider: Provider, spec: specs.ModelSpec, settings: Settings) -> Access:
     """Is this key-and-destination pair allowed? The answer's api_key is not filled in."""
     base_url = base_url_of(provider, spec, settings)
     allowed = tuple(settings.provider_destinations)
@@ -80,7 +80,7 @@ def check(provider: Provider, spec: domain.ModelSpec, settings: Settings) -> Acc
 
 def resolve(
     provider: Provider,
-    spec: domain.ModelSpec,
+    spec: specs.ModelSpec,
     settings: Settings,
     sealer: Sealer,
     tenant: str,

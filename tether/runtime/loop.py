@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tether import domain, errors, ids
+from tether import domain, errors, ids, specs
 from tether.runtime import model as m
 from tether.runtime.toolbox import Toolbox
 from tether.runtime.tools import ToolArgumentsError, ToolContext, ToolError
@@ -45,7 +45,7 @@ class TurnIO(Protocol):
 
 @dataclass(slots=True)
 class Agent:
-    spec: domain.AgentSpec
+    spec: specs.AgentSpec
     model: m.Model
     tools: Toolbox
 
@@ -270,11 +270,11 @@ def _gate(agent: Agent, turn: domain.Turn, run: ToolRun, resume: domain.ResumeSt
         else:
             _settle(turn, run, agent.tools.missing(call.name), "error")
         return
-    if spec.policy is domain.ToolPolicy.DENY:
+    if spec.policy is specs.ToolPolicy.DENY:
         _settle(turn, run, f"Error: tool {call.name!r} is not allowed to run.", "error")
         return
     unknown = call.id in resume.started and not tool.idempotent  # it may have run: a crash
-    if spec.policy is domain.ToolPolicy.APPROVE:
+    if spec.policy is specs.ToolPolicy.APPROVE:
         _gate_approval(agent, turn, run, resume, spec, unknown=unknown)
     elif unknown:
         _settle(
@@ -292,7 +292,7 @@ def _gate_approval(
     turn: domain.Turn,
     run: ToolRun,
     resume: domain.ResumeState,
-    spec: domain.ToolSpec,
+    spec: specs.ToolSpec,
     *,
     unknown: bool,
 ) -> None:

@@ -27,7 +27,6 @@ import contextlib
 import inspect
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -128,32 +127,6 @@ OnElicit = Callable[[Elicitation], Awaitable[dict[str, Any]]]
 
 class McpUnavailable(Exception):
     """The server could not be started or reached."""
-
-
-def model_tool_name(server: str, tool: str, taken: set[str] | None = None) -> str:
-    """`<server>.<tool>` as providers accept a function name (`^[A-Za-z0-9_-]{1,64}$`): other
-    characters become `_`, the dot `__`; a clash with a name in `taken` gets a number."""
-    base = re.sub(r"[^A-Za-z0-9_-]", "_", server) + "__" + re.sub(r"[^A-Za-z0-9_-]", "_", tool)
-    name, n = base[:64], 1
-    while taken is not None and name in taken:
-        n += 1
-        suffix = f"_{n}"
-        name = base[: 64 - len(suffix)] + suffix
-    return name
-
-
-def answer_from(response: Any) -> dict[str, Any]:
-    """A question interrupt's response as an elicitation answer: `{"action", "content"?}` as
-    given, else an object is the accepted content, and anything else `{"value": it}`."""
-    if isinstance(response, dict) and response.get("action") in ("accept", "decline", "cancel"):
-        content = response.get("content")
-        out: dict[str, Any] = {"action": response["action"]}
-        if response["action"] == "accept" and isinstance(content, dict):
-            out["content"] = content
-        return out
-    if isinstance(response, dict):
-        return {"action": "accept", "content": response}
-    return {"action": "accept", "content": {"value": response}}
 
 
 def _result_text(result: mcp_types.CallToolResult) -> str:

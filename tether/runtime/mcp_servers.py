@@ -35,7 +35,7 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tether import destinations, domain, errors
+from tether import destinations, errors, specs
 from tether.config import Settings
 from tether.runtime import mcp_client
 
@@ -154,16 +154,16 @@ class Servers:
         self.header_envs = frozenset(header_envs)
         self._lookup = lookup
 
-    def check(self, specs: Sequence[domain.McpServerSpec]) -> None:
+    def check(self, servers: Sequence[specs.McpServerSpec]) -> None:
         """At agent creation: InvalidAgent (or DestinationNotAllowed) for a list this process
         could not run."""
-        names = [s.name for s in specs]
+        names = [s.name for s in servers]
         if repeated := sorted({n for n in names if names.count(n) > 1}):
             raise errors.InvalidAgent(
                 f"mcp_servers lists {', '.join(repeated)} more than once",
                 details={"duplicate_mcp_servers": repeated},
             )
-        for spec in specs:
+        for spec in servers:
             if spec.declared:
                 if spec.name not in self.declared:
                     raise errors.InvalidAgent(
@@ -193,7 +193,7 @@ class Servers:
         return name in self.header_envs
 
     def resolve(
-        self, spec: domain.McpServerSpec, headers: dict[str, str] | None = None
+        self, spec: specs.McpServerSpec, headers: dict[str, str] | None = None
     ) -> mcp_client.Server:
         """At turn start: the server an entry names, its `${NAME}` references expanded
         (`headers`: the tenant's, opened). McpConfigError (or DestinationNotAllowed) says why

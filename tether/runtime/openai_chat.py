@@ -13,7 +13,7 @@ from typing import Any
 import openai
 from openai.types.chat import completion_create_params
 
-from tether import destinations, domain, errors
+from tether import destinations, domain, errors, specs
 from tether.runtime import credentials, provider_params, retry
 from tether.runtime.model import Finished, ModelEvent, ModelRequest, TextDelta, UsageReport
 
@@ -131,7 +131,7 @@ def _http_client(guard: destinations.Guard, timeout_s: float) -> Any:
 
 
 class OpenAIChatModel:
-    def __init__(self, spec: domain.ModelSpec, access: credentials.Access, timeout_s: float):
+    def __init__(self, spec: specs.ModelSpec, access: credentials.Access, timeout_s: float):
         assert spec.model
         self.spec = spec
         self.client = openai.AsyncOpenAI(

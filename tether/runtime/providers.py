@@ -6,7 +6,7 @@ commands included, would otherwise pay at start."""
 
 from __future__ import annotations
 
-from tether import domain, errors
+from tether import errors, specs
 from tether.config import Settings
 from tether.runtime import credentials, provider_params, retry
 from tether.runtime.model import Model
@@ -27,7 +27,7 @@ def _rules(provider: str) -> tuple[credentials.Provider, provider_params.Request
     return None
 
 
-def check(spec: domain.ModelSpec, settings: Settings) -> None:
+def check(spec: specs.ModelSpec, settings: Settings) -> None:
     """At agent creation: refuse (InvalidAgent family, 422) what this model could not run
     under these settings: a key or destination the operator does not allow, params the
     provider does not take."""
@@ -37,7 +37,7 @@ def check(spec: domain.ModelSpec, settings: Settings) -> None:
         params.check(spec.params)
 
 
-def model_for(spec: domain.ModelSpec, settings: Settings, sealer: Sealer, tenant: str) -> Model:
+def model_for(spec: specs.ModelSpec, settings: Settings, sealer: Sealer, tenant: str) -> Model:
     """At turn start: the same checks (the settings may have changed since the agent was
     made), as turn failures; nothing is sent when they refuse. HTTP providers' calls are
     retried before their first token (runtime/retry.py)."""

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncGenerator, Iterator
 
-from tether import domain, errors, ids
+from tether import domain, errors, ids, specs
 from tether.runtime.model import Finished, ModelEvent, ModelRequest, TextDelta, UsageReport
 
 
@@ -43,7 +43,7 @@ def _step(messages: list[domain.Message]) -> int:
 
 
 class ScriptedModel:
-    def __init__(self, spec: domain.ModelSpec):
+    def __init__(self, spec: specs.ModelSpec):
         self.spec = spec
 
     async def aclose(self) -> None:

@@ -8,7 +8,7 @@ servers, each under the policy of the tool entry that names it.
   entry wins over patterns, so `{"name": "gh.*", "policy": "approve"}` with
   `{"name": "gh.get_issue", "policy": "auto"}` gates every tool of `gh` but one. Patterns
   apply to MCP tools only: Python tools are few and named one by one.
-- The model sees an MCP tool as `mcp_client.model_tool_name` (`gh__create_issue`: providers
+- The model sees an MCP tool as `model_tool_name` (`gh__create_issue`: providers
   accept no dot); that name is the call's name in the transcript, the ledger and the events.
 - Discovery is the hub's (per worker process, per server and tenant: kept until the server's
   connection ends or the server says its tools changed). `refresh` asks before each step, so a
@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tether import domain
+from tether import specs
 from tether.runtime import mcp_client
 from tether.runtime.tools import ToolContext, ToolError, ToolRegistry
 
 log = logging.getLogger(__name__)
 
-_STRICTNESS = [domain.ToolPolicy.AUTO, domain.ToolPolicy.APPROVE, domain.ToolPolicy.DENY]
+_STRICTNESS = [specs.ToolPolicy.AUTO, specs.ToolPolicy.APPROVE, specs.ToolPolicy.DENY]
 _WILDCARDS = frozenset("*?[")
 
 
@@ -39,7 +40,7 @@ def is_pattern(name: str) -> bool:
     return any(c in _WILDCARDS for c in name)
 
 
-def strictest(entries: Sequence[domain.ToolSpec]) -> domain.ToolSpec | None:
+def strictest(entries: Sequence[specs.ToolSpec]) -> specs.ToolSpec | None:
     """Of several entries for one tool, the strictest: an approval is never skipped."""
     return max(entries, key=lambda t: _STRICTNESS.index(t.policy), default=None)
 
@@ -95,7 +96,7 @@ class McpTool:
                     "tool": self.info.name,
                 }
             )
-            return mcp_client.answer_from(answer)
+            return answer_from(answer)
 
         result = await self.hub.call(
             self.server,
@@ -116,7 +117,7 @@ class Toolbox:
 
     def __init__(
         self,
-        spec: domain.AgentSpec,
+        spec: specs.AgentSpec,
         registry: ToolRegistry,
         *,
         servers: dict[str, mcp_client.Server | Exception] | None = None,
@@ -167,7 +168,7 @@ class Toolbox:
             resolved = self.servers[server]
             assert not isinstance(resolved, Exception)
             for info in infos:
-                name = mcp_client.model_tool_name(info.server, info.name, taken)
+                name = model_tool_name(info.server, info.name, taken)
                 taken.add(name)
                 named[name] = McpTool(name, info, resolved, self.hub, self.scope)
         return named
@@ -180,7 +181,7 @@ class Toolbox:
             return self.registry.get(name)
         return None
 
-    def entry(self, name: str) -> domain.ToolSpec | None:
+    def entry(self, name: str) -> specs.ToolSpec | None:
         """The entry whose policy applies to the tool the model calls by `name`; None: the
         agent has no such tool."""
         if (mcp := self._mcp.get(name)) is not None:
@@ -189,7 +190,7 @@ class Toolbox:
             return strictest([t for t in self.spec.tools if t.name == name])
         return None
 
-    def policy_of(self, qualified: str) -> domain.ToolSpec:
+    def policy_of(self, qualified: str) -> specs.ToolSpec:
         """The entry of the MCP tool `<server>.<tool>` (the default one if none names it)."""
         exact = [t for t in self.spec.tools if t.name == qualified]
         if exact:
@@ -197,21 +198,21 @@ class Toolbox:
         else:
             matching = [t for t in self._patterns if fnmatch.fnmatchcase(qualified, t.name)]
             chosen = strictest(matching)
-        return chosen or domain.ToolSpec(name=qualified)
+        return chosen or specs.ToolSpec(name=qualified)
 
     def offered(self) -> list[dict[str, Any]]:
         """The specs offered to the model: every tool it may call, none it may not."""
-        specs = []
+        offered: list[dict[str, Any]] = []
         for name in dict.fromkeys(t.name for t in self.spec.tools if not is_pattern(t.name)):
             entry = self.entry(name)
-            if entry is None or entry.policy is domain.ToolPolicy.DENY:
+            if entry is None or entry.policy is specs.ToolPolicy.DENY:
                 continue
             if name not in self._mcp and (tool := self.registry.get(name)) is not None:
-                specs.append(tool.spec())
+                offered.append(tool.spec())
         for mcp in self._mcp.values():
-            if self.policy_of(mcp.qualified_name).policy is not domain.ToolPolicy.DENY:
-                specs.append(mcp.spec())
-        return specs
+            if self.policy_of(mcp.qualified_name).policy is not specs.ToolPolicy.DENY:
+                offered.append(mcp.spec())
+        return offered
 
     def missing(self, name: str) -> str:
         """What the model reads when it calls a tool the agent does not have."""
@@ -219,3 +220,29 @@ class Toolbox:
         if why:
             return f"Error: no tool named {name!r} is available ({why})."
         return f"Error: no tool named {name!r} is available."
+
+
+def model_tool_name(server: str, tool: str, taken: set[str] | None = None) -> str:
+    """`<server>.<tool>` as providers accept a function name (`^[A-Za-z0-9_-]{1,64}$`): other
+    characters become `_`, the dot `__`; a clash with a name in `taken` gets a number."""
+    base = re.sub(r"[^A-Za-z0-9_-]", "_", server) + "__" + re.sub(r"[^A-Za-z0-9_-]", "_", tool)
+    name, n = base[:64], 1
+    while taken is not None and name in taken:
+        n += 1
+        suffix = f"_{n}"
+        name = base[: 64 - len(suffix)] + suffix
+    return name
+
+
+def answer_from(response: Any) -> dict[str, Any]:
+    """A question interrupt's response as an elicitation answer: `{"action", "content"?}` as
+    given, else an object is the accepted content, and anything else `{"value": it}`."""
+    if isinstance(response, dict) and response.get("action") in ("accept", "decline", "cancel"):
+        content = response.get("content")
+        out: dict[str, Any] = {"action": response["action"]}
+        if response["action"] == "accept" and isinstance(content, dict):
+            out["content"] = content
+        return out
+    if isinstance(response, dict):
+        return {"action": "accept", "content": response}
+    return {"action": "accept", "content": {"value": response}}

@@ -17,6 +17,7 @@ from tether.store import (
     leases,
     lifecycle,
     outbox,
+    purges,
     sessions,
     tool_runs,
     webhooks,
@@ -34,6 +35,7 @@ class Store:
         self.sessions = sessions.Sessions(db)  # sessions, turns, transcripts, events: reads
         self.lifecycle = lifecycle.Lifecycle(db)  # every change of a turn's status
         self.forks = forks.Forks(db)  # new sessions from another's history
+        self.purges = purges.Purges(db)  # sessions erased for good
         self.leases = leases.Leases(db)
         self.interrupts = interrupts.Interrupts(db)
         self.tool_runs = tool_runs.ToolRuns(db)

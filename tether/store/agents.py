@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from tether import domain, errors, ids
+from tether import domain, errors, ids, specs
 from tether.store import rows
 from tether.store.base import Database, Page, paged
 from tether.store.schema import agents
@@ -22,7 +22,7 @@ class Agents:
     def __init__(self, db: Database):
         self.db = db
 
-    async def create(self, tenant_id: str, spec: domain.AgentSpec) -> domain.Agent:
+    async def create(self, tenant_id: str, spec: specs.AgentSpec) -> domain.Agent:
         now = domain.utcnow()
         agent = domain.Agent(ids.new("agt"), tenant_id, spec, now, now)
         values = {**rows.AGENT.values(agent), "name": spec.name}
@@ -64,7 +64,7 @@ class Agents:
         found = await self.db.read(lambda conn: conn.execute(query).all())
         return Page.of(found, limit, rows.agent, lambda a: a.id)
 
-    async def update(self, tenant_id: str, agent_id: str, spec: domain.AgentSpec) -> domain.Agent:
+    async def update(self, tenant_id: str, agent_id: str, spec: specs.AgentSpec) -> domain.Agent:
         def tx(conn: Connection) -> Row[Any] | None:
             return conn.execute(
                 update(agents)
@@ -89,7 +89,7 @@ class Agents:
         if await self.db.write(tx) == 0:
             raise errors.NotFound(f"agent {agent_id} not found")
 
-    async def _named(self, spec: domain.AgentSpec, write: Any) -> Any:
+    async def _named(self, spec: specs.AgentSpec, write: Any) -> Any:
         """`write`'s result; AlreadyExists if it broke the uniqueness of names."""
         try:
             return await write

@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Row, Table
 
-from tether import domain, versions
+from tether import domain, specs, versions
 from tether.store import schema
 
 R = TypeVar("R")
@@ -74,8 +74,8 @@ def _last_turn(row: Mapping[str, Any]) -> domain.TurnRef | None:
 AGENT = Codec(
     domain.Agent,
     schema.agents,
-    decode={"spec": domain.AgentSpec.from_stored},
-    encode={"spec": domain.AgentSpec.stored},
+    decode={"spec": specs.AgentSpec.from_stored},
+    encode={"spec": specs.AgentSpec.stored},
 )
 SESSION = Codec(
     domain.Session,

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether import domain, errors, ids, views
+from tether import errors, ids, specs, views
 from tether.api import deps
 from tether.api.compat import truefoundry as tfy
 from tether.api.compat import truefoundry_edge as edge
@@ -50,7 +50,7 @@ class Model(_In):
 
 class McpServer(_In):
     type: Literal["inline", "truefoundry-mcp-registry"]
-    name: str = Field(pattern=domain.MCP_SERVER_NAME_PATTERN)
+    name: str = Field(pattern=specs.MCP_SERVER_NAME_PATTERN)
     url: str | None = None
     headers: dict[str, str] | None = None  # not in TrueFoundry's types: an extra field
     enable_tools: list[str] | None = None
@@ -74,12 +74,12 @@ class DraftCreate(_In):
     agent_name: str | None = None
 
 
-def _entries(server: McpServer) -> list[domain.ToolSpec]:
+def _entries(server: McpServer) -> list[specs.ToolSpec]:
     """The server's tool selectors as tool entries: exact names over `<server>.*`."""
-    chosen: dict[str, domain.ToolPolicy] = {}
-    order = [domain.ToolPolicy.AUTO, domain.ToolPolicy.APPROVE, domain.ToolPolicy.DENY]
+    chosen: dict[str, specs.ToolPolicy] = {}
+    order = [specs.ToolPolicy.AUTO, specs.ToolPolicy.APPROVE, specs.ToolPolicy.DENY]
 
-    def put(tool: str, policy: domain.ToolPolicy) -> None:
+    def put(tool: str, policy: specs.ToolPolicy) -> None:
         name = f"{server.name}.*" if tool == "@all" else f"{server.name}.{tool}"
         if name not in chosen or order.index(policy) > order.index(chosen[name]):
             chosen[name] = policy
@@ -98,18 +98,18 @@ def _entries(server: McpServer) -> list[domain.ToolSpec]:
     approve = set(server.require_approval_for_tools or [])
     approve_all = "@all" in approve
     if enable and "@all" not in enable:
-        put("@all", domain.ToolPolicy.DENY)  # only the enabled ones
+        put("@all", specs.ToolPolicy.DENY)  # only the enabled ones
     elif approve_all:
-        put("@all", domain.ToolPolicy.APPROVE)
+        put("@all", specs.ToolPolicy.APPROVE)
     for tool in enable - {"@all"}:
         gated = approve_all or tool in approve
-        put(tool, domain.ToolPolicy.APPROVE if gated else domain.ToolPolicy.AUTO)
+        put(tool, specs.ToolPolicy.APPROVE if gated else specs.ToolPolicy.AUTO)
     for tool in approve - {"@all"}:
         if not enable or "@all" in enable or tool in enable:
-            put(tool, domain.ToolPolicy.APPROVE)
+            put(tool, specs.ToolPolicy.APPROVE)
     for tool in server.disable_tools or []:
-        put(tool, domain.ToolPolicy.DENY)
-    return [domain.ToolSpec(name=name, policy=policy) for name, policy in chosen.items()]
+        put(tool, specs.ToolPolicy.DENY)
+    return [specs.ToolSpec(name=name, policy=policy) for name, policy in chosen.items()]
 
 
 def _server(server: McpServer) -> dict[str, Any]:
@@ -148,7 +148,7 @@ def _echo(spec: AgentSpec) -> dict[str, Any]:
     return echoed
 
 
-async def _definition(svc: Service, tenant: str, body: DraftCreate) -> domain.AgentSpec:
+async def _definition(svc: Service, tenant: str, body: DraftCreate) -> specs.AgentSpec:
     spec = body.agent_spec
     base: dict[str, Any] = {"model": _model(spec.model)}
     if body.agent_name is not None:
@@ -175,7 +175,7 @@ async def _definition(svc: Service, tenant: str, body: DraftCreate) -> domain.Ag
     if spec.config is not None and spec.config.iteration_limit is not None:
         definition["max_steps"] = spec.config.iteration_limit
     try:
-        return domain.AgentSpec.model_validate(definition)
+        return specs.AgentSpec.model_validate(definition)
     except ValueError as exc:
         raise errors.InvalidAgent(str(exc)) from exc
 
