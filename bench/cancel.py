@@ -496,26 +496,44 @@ def cpu_s(pid: int) -> float:
 def run_scenario(sizes: Sizes, loaded: bool, spy: Path | None, wait_s: float) -> dict[str, Any]:
     quiet = wait_for_quiet(wait_s, OTHER_LOAD_WARN) if wait_s > 0 else None
     timeout = 120 + sizes.stops * (TRIAL_TIMEOUT_S / 10)
+    background = sizes.background if loaded else 0
+    trial = (stops, sizes.stops, sizes.warmup, "stops")
+    return against_fake_provider(trial, figures, background, spy, timeout) | {
+        "machine_busy_before_percent": quiet
+    }
+
+
+def against_fake_provider(
+    trial: tuple[Any, int, int, str],
+    summarize: Any,
+    background: int,
+    spy: Path | None,
+    timeout: float,
+) -> dict[str, Any]:
+    """A server driving the fake provider (a process of its own), `trial` = (the client's
+    function, trials, warm-up ones, the key of its trials in what it answers) run in a client
+    process, with `background` other streams from a second one (0: none); answers
+    `summarize(trials)` with the server's, the fake's, the clients' and the machine's CPU."""
+    client, count, warmup, key = trial
     with (
         FakeProvider() as fake,
         # the fake is on loopback: allowed as a provider destination, as an operator would
         Server(workers=WORKERS, profile=spy, env={"TETHER_PROVIDER_BASE_URLS": fake.url}) as server,
     ):
         assert fake.proc is not None
-        args = (server.port, fake.port, sizes.stops, sizes.warmup)
+        args = (server.port, fake.port, count, warmup)
         load: Background | None = None
         fake_cpu0, began = cpu_s(fake.proc.pid), time.monotonic()
-        if loaded:
-            with Background(server.port, sizes.background) as load:
-                raw = in_client_process(stops, *args, timeout=timeout)
+        if background:
+            with Background(server.port, background) as load:
+                raw = in_client_process(client, *args, timeout=timeout)
         else:
-            raw = in_client_process(stops, *args, timeout=timeout)
+            raw = in_client_process(client, *args, timeout=timeout)
         fake_cpu = 100 * (cpu_s(fake.proc.pid) - fake_cpu0) / (time.monotonic() - began)
-        result = {**figures(raw["stops"]), **server.stats(*raw["window"])}
+        result = {**summarize(raw[key]), **server.stats(*raw["window"])}
     result |= {
         "client_cpu_percent": raw["client_cpu_percent"],
         "fake_provider_cpu_percent": round(fake_cpu, 1),
-        "machine_busy_before_percent": quiet,
     }
     mine = result["server_cpu_percent"] + result["client_cpu_percent"] + fake_cpu
     if load is not None:
@@ -523,7 +541,7 @@ def run_scenario(sizes: Sizes, loaded: bool, spy: Path | None, wait_s: float) ->
         result["background"] = load.result
         mine += load.result["client_cpu_percent"]
     result["other_cpu_percent"] = round(result["machine_cpu_percent"] - mine, 1)
-    result["raw"] = raw["stops"]
+    result["raw"] = raw[key]
     return result
 
 

@@ -34,12 +34,10 @@ import uvloop
 
 from bench import goals, profile
 from bench.__main__ import RESULTS, add_quiet_options, code_version, quiet_options
-from bench.cancel import OTHER_LOAD_WARN, Background, FakeProvider, cpu_s, ms, skewed
+from bench.cancel import OTHER_LOAD_WARN, WORKERS, against_fake_provider, ms, skewed
 from bench.client import Connection, create_session
-from bench.scenarios import in_client_process
-from bench.server import Server, raise_fd_limit, wait_for_quiet
+from bench.server import raise_fd_limit, wait_for_quiet
 
-WORKERS = 600
 ANSWER_TOKENS = 30  # the answer in flight: 30 tokens, 10 ms apart at the fake
 TOKENS_BEFORE_STEER = 5  # the steer is sent once this many tokens of the answer arrived
 TRIAL_TIMEOUT_S = 15.0
@@ -292,34 +290,11 @@ def figure_lines(report: dict[str, Any], scenarios: list[str]) -> list[goals.Fig
 def run_scenario(sizes: Sizes, loaded: bool, spy: Path | None, wait_s: float) -> dict[str, Any]:
     quiet = wait_for_quiet(wait_s, OTHER_LOAD_WARN) if wait_s > 0 else None
     timeout = 120 + sizes.steers * TRIAL_TIMEOUT_S / 5
-    with (
-        FakeProvider() as fake,
-        Server(workers=WORKERS, profile=spy, env={"TETHER_PROVIDER_BASE_URLS": fake.url}) as server,
-    ):
-        assert fake.proc is not None
-        args = (server.port, fake.port, sizes.steers, sizes.warmup)
-        load: Background | None = None
-        fake_cpu0, began = cpu_s(fake.proc.pid), time.monotonic()
-        if loaded:
-            with Background(server.port, sizes.background) as load:
-                raw = in_client_process(steers, *args, timeout=timeout)
-        else:
-            raw = in_client_process(steers, *args, timeout=timeout)
-        fake_cpu = 100 * (cpu_s(fake.proc.pid) - fake_cpu0) / (time.monotonic() - began)
-        result = {**figures(raw["trials"]), **server.stats(*raw["window"])}
-    result |= {
-        "client_cpu_percent": raw["client_cpu_percent"],
-        "fake_provider_cpu_percent": round(fake_cpu, 1),
-        "machine_busy_before_percent": quiet,
+    background = sizes.background if loaded else 0
+    trial = (steers, sizes.steers, sizes.warmup, "trials")
+    return against_fake_provider(trial, figures, background, spy, timeout) | {
+        "machine_busy_before_percent": quiet
     }
-    mine = result["server_cpu_percent"] + result["client_cpu_percent"] + fake_cpu
-    if load is not None:
-        load.result.pop("window")
-        result["background"] = load.result
-        mine += load.result["client_cpu_percent"]
-    result["other_cpu_percent"] = round(result["machine_cpu_percent"] - mine, 1)
-    result["raw"] = raw["trials"]
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
