@@ -387,6 +387,17 @@ class Checkpoint:
 
 
 @dataclass(slots=True)
+class Queued:
+    """A turn just queued: `to_wake`, the running turns its on_busy stopped (their executors
+    must be woken); `after`, the session's last event seq before it (following it from
+    there shows everything it does)."""
+
+    turn: Turn
+    to_wake: list[str]
+    after: int
+
+
+@dataclass(slots=True)
 class Steered:
     """What a steer request became: the turn it joined (or the new turn it made, `joined`
     False) and the ids its messages have (or will have) in the transcript."""

@@ -160,15 +160,24 @@ class Service:
         `steer` the input may join that turn instead: see `steer`)."""
         if on_busy is domain.OnBusy.STEER:
             return (await self.steer(tenant, session_id, input)).turn
+        return (await self._queue(tenant, session_id, input, on_busy)).turn
+
+    async def _queue(
+        self,
+        tenant: str,
+        session_id: str,
+        input: str | list[dict[str, Any]],
+        on_busy: domain.OnBusy,
+    ) -> domain.Queued:
         session_id = ids.check_session(session_id)
         await self._check_turn_limits(tenant)
-        turn, to_wake = await self.store.lifecycle.create_turn(
+        queued = await self.store.lifecycle.create_turn(
             tenant, session_id, normalize_input(input), on_busy
         )
-        for turn_id in to_wake:
+        for turn_id in queued.to_wake:
             self.bus.signal_stop(turn_id)
         self.bus.notify_work()
-        return turn
+        return queued
 
     async def stream_turn(
         self,
@@ -183,19 +192,21 @@ class Service:
         its frames from there. The live feed is subscribed before the turn is written, so
         however fast a worker runs it, every delta it streams is heard (in cluster mode a
         worker may finish a short turn before a subscription made afterwards is confirmed).
-        Unavailable with the bus down, before anything is written."""
+        Unavailable with the bus down, before anything is written. Not for a steer (it may
+        join a turn under way: follow the session instead)."""
+        if on_busy is domain.OnBusy.STEER:
+            raise ValueError("a steer is followed from the session, not queued and followed")
         session_id = ids.check_session(session_id)
         if not self.live:
             raise errors.Unavailable("live streams are unavailable (the bus is down), retry")
         feed = await streaming.Feed.open(self.store, self.bus, session_id)
         try:
-            before = (await self.store.sessions.get(tenant, session_id)).last_event_seq
-            turn = await self.start_turn(tenant, session_id, input, on_busy)
+            queued = await self._queue(tenant, session_id, input, on_busy)
         except BaseException:
             feed.close()
             raise
-        frames = feed.frames(before, turn_id=turn.id, idle_s=idle_s, live_from=True)
-        return turn, before, streaming.Following(feed, frames)
+        frames = feed.frames(queued.after, turn_id=queued.turn.id, idle_s=idle_s, live_from=True)
+        return queued.turn, queued.after, streaming.Following(feed, frames)
 
     async def steer(
         self, tenant: str, session_id: str, input: str | list[dict[str, Any]]

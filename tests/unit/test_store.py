@@ -34,10 +34,10 @@ async def session_id(store: Store) -> str:
 
 
 async def _queued(store: Store, session_id: str, text: str = "hi") -> domain.Turn:
-    turn, _ = await store.lifecycle.create_turn(
+    queued = await store.lifecycle.create_turn(
         TENANT, session_id, [{"role": "user", "content": text}], domain.OnBusy.ENQUEUE
     )
-    return turn
+    return queued.turn
 
 
 async def _claimed(store: Store, session_id: str) -> Claim:

@@ -68,6 +68,7 @@ def _step(move: machines.Move[TurnStatus]) -> Any:
 
 
 # One statement per move a checkpoint may make, built once (the hot path: one per step).
+_INSERT_TURN = insert(turns)
 _CHECKPOINT = _step(TurnMove.CHECKPOINT)  # no RETURNING: the row count says enough
 _PAUSE = _step(TurnMove.PAUSE).values(**RELEASED).returning(*turns.c)
 _END = {
@@ -116,9 +117,10 @@ class Lifecycle:
         )
         turn = None
         if first_input is not None:
-            turn, _ = await self.create_turn(
+            queued = await self.create_turn(
                 tenant_id, session_id, first_input, domain.OnBusy.ENQUEUE
             )
+            turn = queued.turn
         return session_id, turn
 
     async def close_session(self, tenant_id: str, session_id: str) -> None:
@@ -143,12 +145,12 @@ class Lifecycle:
         session_id: str,
         input: list[dict[str, Any]],
         on_busy: domain.OnBusy,
-    ) -> tuple[domain.Turn, list[str]]:
+    ) -> domain.Queued:
         """Queue a turn. With on_busy interrupt/rollback, the turns ahead of it are stopped in
-        the same transaction; answers the new turn and the running turns whose executors
-        must be woken to stop."""
+        the same transaction."""
 
-        def body(sw: SessionWrite) -> tuple[domain.Turn, list[str]]:
+        def body(sw: SessionWrite) -> domain.Queued:
+            after = sw.event_seq
             if sw.closed:
                 raise errors.SessionClosed(f"session {session_id} is closed")
             to_wake: list[str] = []
@@ -157,7 +159,7 @@ class Lifecycle:
             if on_busy in (domain.OnBusy.INTERRUPT, domain.OnBusy.ROLLBACK):
                 mode = domain.StopMode(on_busy.value)
                 to_wake = stop_all(sw, mode, "superseded_by_new_turn")
-            return queue_turn(sw, input, on_busy), to_wake
+            return domain.Queued(queue_turn(sw, input, on_busy), to_wake, after)
 
         return await self.db.session_write(session_id, body, tenant_id)
 
@@ -518,7 +520,7 @@ def queue_turn(
         started_at=None,
         finished_at=None,
     )
-    sw.conn.execute(insert(turns), rows.TURN.values(turn))
+    sw.conn.execute(_INSERT_TURN, rows.TURN.values(turn))
     sw.event(EventType.TURN_QUEUED, turn.id, {"turn": views.turn(turn), **(origin or {})})
     return turn
 

@@ -24,6 +24,11 @@ _EVENTS_AFTER = (
     .limit(bindparam("limit"))
 )
 _VISIBLE = messages.c.hidden.is_(False)
+_TRANSCRIPT = (
+    select(messages)
+    .where(messages.c.session_id == bindparam("sid"), _VISIBLE)
+    .order_by(messages.c.seq)
+)
 
 
 def _session_row(conn: Connection, tenant_id: str, session_id: str) -> Row[Any]:
@@ -105,11 +110,7 @@ class Sessions:
     async def transcript(self, session_id: str) -> list[domain.Message]:
         """The whole visible transcript, for the model."""
         found = await self.db.read(
-            lambda conn: conn.execute(
-                select(messages)
-                .where(messages.c.session_id == session_id, _VISIBLE)
-                .order_by(messages.c.seq)
-            ).all()
+            lambda conn: conn.execute(_TRANSCRIPT, {"sid": session_id}).all()
         )
         return [rows.message(r) for r in found]
 

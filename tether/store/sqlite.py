@@ -38,6 +38,7 @@ from sqlalchemy.pool import StaticPool
 
 from tether import errors, storable
 from tether.store import migrations, schema
+from tether.store.sqlite_direct import DirectConnection
 
 T = TypeVar("T")
 # "UNIQUE constraint failed: agents.tenant_id, agents.name" (SQLite names columns, not the
@@ -117,7 +118,7 @@ class SQLite:
 
     def __init__(self, engine: Engine, lock: IO[Any] | None = None):
         self.engine = engine
-        self._conn = engine.connect()
+        self._conn = DirectConnection(engine)  # the store's statements skip SQLAlchemy's layer
         self._lock = lock
 
     @classmethod
