@@ -13,12 +13,12 @@ commit arrived out of order, the bus is down) it catches up from the store.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol
 
 from tether import domain, errors
 from tether.bus import Bus, Committed, Delta, Subscription
+from tether.bus.base import compact_json
 from tether.store import Store
 
 _PAGE = 500
@@ -87,7 +87,7 @@ class Frame:
         cache = self._cache
         if cache is not None and (cached := cache.get(self.seq)) is not None:
             return cached
-        data = json.dumps(self.payload, separators=(",", ":"))
+        data = compact_json(self.payload)
         encoded = f"id: {self.seq}\nevent: {self.type}\ndata: {data}\n\n".encode()
         if cache is not None:
             cache[self.seq] = encoded
@@ -198,7 +198,7 @@ class Feed:
                     return
                 yield batch
                 continue
-            received = await self._sub.get_all(idle_s)
+            received = await self._sub.get_all(idle_s, hold=text)
             idle = not received.items and not received.lagged
             batch = []
             if received.lagged or idle:

@@ -18,3 +18,16 @@ def test_migrations_match_schema(tmp_path: Path) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
     engine.dispose()
     assert diff == []
+
+
+def test_head_is_the_newest_revision(tmp_path: Path) -> None:
+    """`migrations.HEAD` (a store there skips alembic at start) is alembic's head."""
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory.from_config(migrations.config()).get_current_head() == migrations.HEAD
+    engine = sqlite.engine_for(f"sqlite:///{tmp_path}/h.db")
+    with engine.begin() as conn:
+        assert migrations.current(conn) is None
+        migrations.upgrade(conn)
+        assert migrations.current(conn) == migrations.HEAD
+    engine.dispose()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections import deque
 from collections.abc import Callable
@@ -11,6 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tether import domain
+
+# Live text goes out to a reader at most this often (Subscription.get_all's `hold`), and a
+# cluster worker publishes a session's text at most this often (bus/redis.py): with tokens
+# every 20 ms, 2-3 of them per frame, far fewer writes for the same text.
+DELTA_FLUSH_S = 0.05
+
+# JSON as frames carry it; one encoder for all (json.dumps with options builds one per call)
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Delta:
@@ -77,7 +84,7 @@ class Delta:
                 "turn_id": self.turn_id,
                 "data": data,
             }
-            self._wire = json.dumps(body, separators=(",", ":")).encode()[1:]
+            self._wire = compact_json(body).encode()[1:]
         return self._wire
 
     def sse(self, seq: int) -> bytes:
@@ -149,37 +156,73 @@ class Subscription:
         self.max_pending = max_pending
         self.lagged = False
         self._items: deque[Item] = deque()
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        self._committed = False  # an event is queued: no holding back
+        self._wake_on_delta = True
+        self._last_text_at = -DELTA_FLUSH_S  # when text last went out (loop time)
 
     def put(self, item: Item) -> None:
         if len(self._items) >= self.max_pending:
             self._items.clear()
             self.lagged = True
-        else:
-            self._items.append(item)
-        self._ready.set()
+            self._wake()
+            return
+        self._items.append(item)
+        if isinstance(item, Committed):
+            self._committed = True
+            self._wake()
+        elif self._wake_on_delta:
+            self._wake()
 
     def lag(self) -> None:
         """This reader may have missed items: it must catch up from the store."""
         self._items.clear()
         self.lagged = True
-        self._ready.set()
+        self._wake()
 
-    async def get_all(self, idle_s: float | None = None) -> Received:
+    async def get_all(self, idle_s: float | None = None, *, hold: bool = False) -> Received:
         """Everything published since the last call; waits for at least one item (or lag),
-        or answers nothing after `idle_s`."""
+        or answers nothing after `idle_s`. `hold`: text (deltas alone) goes out at most every
+        DELTA_FLUSH_S, gathered meanwhile (a reader writing every token as a frame of its own
+        spends most of its time on the writes); an event goes out at once, with the text
+        before it."""
+        loop = asyncio.get_running_loop()
         if not self._items and not self.lagged:
-            self._ready.clear()
-            if idle_s is None:
-                await self._ready.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(idle_s):
-                        await self._ready.wait()
+            await self._wait(loop, idle_s)
+        if hold and self._items and not (self._committed or self.lagged):
+            due = self._last_text_at + DELTA_FLUSH_S - loop.time()
+            if due > 0:
+                self._wake_on_delta = False  # only an event or lag cuts the wait short
+                try:
+                    await self._wait(loop, due)
+                finally:
+                    self._wake_on_delta = True
         received = Received(list(self._items), self.lagged)
+        if any(isinstance(item, Delta) for item in received.items):
+            self._last_text_at = loop.time()  # the first text after a pause goes at once
         self._items.clear()
-        self.lagged = False
+        self.lagged = self._committed = False
         return received
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop, at_most_s: float | None) -> None:
+        # a timer resolving the waiter, not asyncio.timeout: one of these per frame sent
+        self._waiter = waiter = loop.create_future()
+        timer = None if at_most_s is None else loop.call_later(at_most_s, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _resolve(self._waiter)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class EndWatch:

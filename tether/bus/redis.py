@@ -39,14 +39,20 @@ from redis.retry import Retry
 
 from tether import domain, errors, versions
 from tether.bus import keys
-from tether.bus.base import Committed, Delta, EndWatch, Item, Subscription
+from tether.bus.base import (
+    DELTA_FLUSH_S,
+    Committed,
+    Delta,
+    EndWatch,
+    Item,
+    Subscription,
+    compact_json,
+)
 from tether.bus.local import ENDS_MESSAGE, TURN_ENDS
 
 log = logging.getLogger("tether.bus")
 
 PARTIAL_TTL_S = 3600  # a message in flight longer than this loses its catch-up text
-DELTA_FLUSH_S = 0.05  # a session's deltas gather this long at most before they go out: with
-# tokens every 20 ms, 2-3 of them per message (far fewer messages for API nodes to relay)
 WORK_TOKENS_MAX = 100_000  # wake-ups kept while no worker takes them
 _RENEW_PARTIAL_S = PARTIAL_TTL_S / 4  # how often the catch-up text's TTL is pushed back
 SUBSCRIPTION_LINGER_S = 2.0  # a session nobody follows stays subscribed this long
@@ -59,7 +65,7 @@ _CANCELLED = domain.EventType.TURN_CANCELLED.value
 
 def _encode_events(events: list[domain.Event]) -> bytes:
     body = {"k": "e", "v": versions.EVENT_VERSION, "events": [e.as_dict() for e in events]}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return compact_json(body).encode()
 
 
 def _decode_event(raw: dict[str, Any], version: int) -> domain.Event:
