@@ -78,8 +78,11 @@ def tenant_for(
     return dependency
 
 
-async def audit(request: Request, action: str, target: str | None, **details: Any) -> None:
-    """Append a record of a mutation to the audit log."""
+async def audit(
+    request: Request, action: str, target: str | None, *, urgent: bool = False, **details: Any
+) -> None:
+    """Append a record of a mutation to the audit log; `urgent`: a stop's, written at once
+    (its answer waits for it)."""
     who: Principal = request.state.principal
     await (await service(request)).record(
         who.tenant_id,
@@ -89,6 +92,7 @@ async def audit(request: Request, action: str, target: str | None, **details: An
         key_prefix=who.key_prefix,
         request_id=request.headers.get("x-request-id"),
         details=details or None,
+        urgent=urgent,
     )
 
 

@@ -370,6 +370,7 @@ async def interrupt_session(
         mode=body.mode.value,
         scope=body.scope.value,
         reason=body.reason,
+        urgent=True,
     )
     return _stop_answer(result)
 
@@ -394,7 +395,9 @@ async def cancel_turn(
     result = await svc.stop(
         tenant, session_id, turn_id=turn_id, mode=body.mode, reason=body.reason, wait_s=body.wait
     )
-    await audit(request, "turn.stop", turn_id, mode=body.mode.value, reason=body.reason)
+    await audit(
+        request, "turn.stop", turn_id, mode=body.mode.value, reason=body.reason, urgent=True
+    )
     return _stop_answer(result)
 
 

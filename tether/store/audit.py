@@ -27,6 +27,7 @@ class AuditLog:
         key_prefix: str | None,
         request_id: str | None,
         details: dict[str, Any] | None = None,
+        urgent: bool = False,
     ) -> None:
         values = {
             "id": ids.new("aud"),
@@ -39,7 +40,7 @@ class AuditLog:
             "details": details,
             "created_at": domain.utcnow(),
         }
-        await self.db.write(lambda conn: conn.execute(_INSERT, values))
+        await self.db.write(lambda conn: conn.execute(_INSERT, values), urgent=urgent)
 
     async def page(self, tenant_id: str, limit: int, cursor: str | None) -> Page:
         """The tenant's records, newest first, as their public JSON."""

@@ -139,17 +139,18 @@ class SQLite:
         return cls(engine, lock)
 
     async def run(self, body: Callable[[Connection], T], *, write: bool, urgent: bool = False) -> T:
-        """A read runs at once. A write joins the writes queued in the same turn of the event
-        loop: one transaction, one commit for all (`_commit_writes`). A commit is most of a
-        short write's cost, and a burst of turns (500 starting at once, a claim of many)
-        writes many at a time. `urgent` needs nothing: nothing waits long before a group.
+        """A read, or an `urgent` write (a stop's), runs at once. Another write joins the
+        writes queued in the same turn of the event loop: one transaction, one commit for all
+        (`_commit_writes`). A commit is most of a short write's cost, and a burst of turns
+        (500 starting at once, a claim of many) writes many at a time; but under load a turn
+        of the loop is long, and a stop must not wait for it.
 
         A cancellation arriving meanwhile waits for the group's commit, then lands at the
         caller's next await: the caller never sees CancelledError for a write that committed
         (as on PostgreSQL)."""
         conn = self._conn
-        if not write:
-            conn.info["tether_write"] = False
+        if urgent or not write:
+            conn.info["tether_write"] = write
             with conn.begin():
                 return body(conn)
         loop = asyncio.get_running_loop()

@@ -173,6 +173,7 @@ async def interrupt_session(
         result.turn.id if result.turn else sessionId,
         surface="factory",
         mode="interrupt",
+        urgent=True,
     )
     return {"status": "pending" if not result.confirmed else status(result.session)}
 

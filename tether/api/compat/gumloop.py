@@ -340,6 +340,7 @@ async def cancel_session(request: Request, session_id: str, svc: Svc, tenant: Wr
         result.turn.id if result.turn else session_id,
         surface="gumloop",
         scope="all",
+        urgent=True,
     )
     return {"session": gumloop_views.minimal(result.session), "queue_position": None}
 

@@ -228,7 +228,9 @@ async def cancel(
     except (errors.Unavailable, sqlalchemy.exc.OperationalError) as exc:
         # the contract's 400 "store unavailable": the store is locked, down or unreachable
         return edge.error(400, "store_unavailable", f"the store is unavailable: {exc}"[:500])
-    await deps.audit(request, "turn.stop", result.turn.id if result.turn else session_id)
+    await deps.audit(
+        request, "turn.stop", result.turn.id if result.turn else session_id, urgent=True
+    )
     if not result.confirmed:
         return edge.error(
             424,
