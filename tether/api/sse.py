@@ -7,6 +7,7 @@ largest single cost with a thousand live streams.)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -35,8 +36,29 @@ class Stream(StreamingResponse):
     _direct: Send | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream in this task; a task of its own listens for the client leaving and then
+        cancels it. (Starlette's runs both in an anyio task group: a second task, a cancel
+        scope and their bookkeeping per stream, for the same outcome.)"""
         self._direct = scope.get(DIRECT_SEND)
-        await super().__call__(scope, receive, send)
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        left = False
+
+        async def listen() -> None:
+            nonlocal left
+            await self.listen_for_disconnect(receive)
+            left = True
+            streaming.cancel("the client left")
+
+        listener = asyncio.create_task(listen())
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            streaming.uncancel()  # the client left: the stream just ends
+        finally:
+            listener.cancel()
 
     async def stream_response(self, send: Send) -> None:
         start = {"type": "http.response.start", "status": self.status_code}
