@@ -41,7 +41,7 @@ class _Result(IteratorResult[Any]):
 class _Plan:
     """One statement compiled for one set of parameter names."""
 
-    __slots__ = ("bind", "fixed", "metadata", "names", "results", "returns", "sql")
+    __slots__ = ("bind", "convert", "fixed", "metadata", "names", "returns", "sql")
 
     def __init__(self, compiled: Any) -> None:
         self.sql: str = compiled.string
@@ -55,9 +55,8 @@ class _Plan:
         self.returns = bool(columns)
         self.metadata = SimpleResultMetaData([c.keyname for c in columns])
         dialect = compiled.dialect
-        self.results: tuple[Processor, ...] = tuple(
-            c.type._cached_result_processor(dialect, None) for c in columns
-        )
+        processors = [c.type._cached_result_processor(dialect, None) for c in columns]
+        self.convert = tuple((i, p) for i, p in enumerate(processors) if p is not None)
 
     def values(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         """The statement's positional parameters; KeyError if one is missing."""
@@ -68,14 +67,19 @@ class _Plan:
             out.append(value if process is None else process(value))
         return tuple(out)
 
-    def rows(self, found: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        results = self.results
-        if not any(results):
+    def rows(self, found: list[Any]) -> list[Any]:
+        """The rows with their columns' result processors applied (only the columns that
+        have one: a message row has 3 of 13)."""
+        convert = self.convert
+        if not convert:
             return found
-        return [
-            tuple(p(v) if p is not None else v for p, v in zip(results, row, strict=True))
-            for row in found
-        ]
+        out = []
+        for row in found:
+            values = list(row)
+            for i, process in convert:
+                values[i] = process(values[i])
+            out.append(tuple(values))
+        return out
 
 
 def plannable(compiled: Any) -> bool:
