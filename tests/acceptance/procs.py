@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,10 @@ class ServerProcess:
         self.log = data_dir.parent / f"server-{self.port}.log"
 
     def start(self, timeout: float = 30) -> ServerProcess:
+        database = self.data_dir / "tether.db"  # embedded: start from the migrated copy
+        if helpers.SQLITE_TEMPLATE and "store_url" not in helpers.BACKEND and not database.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(helpers.SQLITE_TEMPLATE, database)
         cmd = [
             sys.executable,
             "-m",
