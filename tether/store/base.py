@@ -8,6 +8,7 @@ awaits, so it cannot be interrupted half way by a cancellation.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,25 @@ from tether.store.schema import sessions
 from tether.store.session_write import SESSION_BY_ID, SessionWrite
 
 T = TypeVar("T")
+
+
+async def outlive_cancellation(work: asyncio.Future[T]) -> T:
+    """`work`'s result, even if the caller is cancelled meanwhile: the cancellation then waits
+    for `work` to end and lands at the caller's next await. A dialect's write answers through
+    this, so a caller (a stop cancels a worker's task wherever it is) never sees
+    CancelledError for a write that committed, and never loses track of what it wrote."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        me = asyncio.current_task()
+        try:
+            return await work  # its result, or its error
+        finally:
+            if me is not None:  # re-armed: delivered at the caller's next await
+                me.uncancel()
+                me.cancel()
+
+
 P = TypeVar("P")
 CommitHook = Callable[[str, list[domain.Event]], None]
 OutboxHook = Callable[[], None]  # webhook deliveries were committed: wake the dispatchers

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tether import errors, storable
 from tether.store import migrations
+from tether.store.base import outlive_cancellation
 
 T = TypeVar("T")
 
@@ -79,21 +80,11 @@ class Postgres:
         self.reader = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def run(self, body: Callable[[Connection], T], *, write: bool, urgent: bool = False) -> T:
-        """Run `body` in a transaction. A cancellation arriving meanwhile (a stop cancels a
-        worker's task wherever it is) waits for the transaction to end, then lands at the
-        caller's next await: the caller never sees CancelledError for a write that committed,
-        so it never loses track of what it wrote."""
-        inner = asyncio.ensure_future(self._run(body, write=write, urgent=urgent))
-        try:
-            return await asyncio.shield(inner)
-        except asyncio.CancelledError:
-            me = asyncio.current_task()
-            try:
-                return await inner  # its result, or its error
-            finally:
-                if me is not None:  # re-armed: delivered at the caller's next await
-                    me.uncancel()
-                    me.cancel()
+        """Run `body` in a transaction; a cancellation arriving meanwhile waits for it to end
+        (`outlive_cancellation`)."""
+        return await outlive_cancellation(
+            asyncio.ensure_future(self._run(body, write=write, urgent=urgent))
+        )
 
     async def _run(self, body: Callable[[Connection], T], *, write: bool, urgent: bool) -> T:
         engine = self.urgent if urgent else self.engine if write else self.reader

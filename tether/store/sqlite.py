@@ -41,6 +41,7 @@ from sqlalchemy.pool import StaticPool
 
 from tether import errors, storable
 from tether.store import migrations, schema
+from tether.store.base import outlive_cancellation
 from tether.store.sqlite_direct import DirectConnection
 
 T = TypeVar("T")
@@ -155,9 +156,8 @@ class SQLite:
         (500 starting at once, a claim of many) writes many at a time; but under load a turn
         of the loop is long, and a stop must not wait for it.
 
-        A cancellation arriving meanwhile waits for the group's commit, then lands at the
-        caller's next await: the caller never sees CancelledError for a write that committed
-        (as on PostgreSQL)."""
+        A cancellation arriving meanwhile waits for the group's commit
+        (`outlive_cancellation`, as on PostgreSQL)."""
         conn = self._conn
         if urgent or not write:
             conn.info["tether_write"] = write
@@ -168,16 +168,7 @@ class SQLite:
         self._writes.append((body, done))
         if len(self._writes) == 1:
             loop.call_soon(self._commit_writes)
-        try:
-            return await asyncio.shield(done)
-        except asyncio.CancelledError:
-            me = asyncio.current_task()
-            try:
-                return await done  # its result, or its error
-            finally:
-                if me is not None:  # re-armed: delivered at the caller's next await
-                    me.uncancel()
-                    me.cancel()
+        return await outlive_cancellation(done)
 
     def _commit_writes(self) -> None:
         """The queued writes in one transaction, each in a savepoint of its own: one that
