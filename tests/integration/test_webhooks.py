@@ -353,7 +353,13 @@ async def test_deleting_or_disabling_an_endpoint_stops_its_pending_deliveries(
             await wait_for(lambda: len(receiver.requests) >= 2, 20, "first attempts")
             await c.patch(f"/v1/webhooks/{hooks[0]['id']}", json={"status": "disabled"})
             await c.delete(f"/v1/webhooks/{hooks[1]['id']}")
-            [disabled] = await _deliveries(c, hooks[0]["id"])
+
+            async def settled() -> Any:
+                [delivery] = await _deliveries(c, hooks[0]["id"])
+                return delivery if delivery["status"] != "sending" else None
+
+            # failed at once, or, if an attempt was in flight, when it ends
+            disabled = await wait_for(settled, 10, "the disabled endpoint's delivery to settle")
             assert disabled["status"] == "failed"
             assert disabled["error"] == "the endpoint was disabled"
 

@@ -123,6 +123,10 @@ class Outbox:
     def __init__(self, db: Database):
         self.db = db
         self._due = db.dialect.lock(_DUE, skip_locked=True)  # cluster: others' claims skipped
+        # locked while a backoff is decided: a disable committing meanwhile would find the
+        # delivery in flight (not pending, so not dropped), and the backoff would then make it
+        # pending again for a disabled endpoint
+        self._endpoint_status = db.dialect.lock(_ENDPOINT_STATUS, skip_locked=False)
 
     async def claim(self, limit: int, lease_s: float) -> list[records.Claimed]:
         """Take up to `limit` due deliveries, each the head of its (endpoint, session), under
@@ -161,7 +165,8 @@ class Outbox:
             params = {"dseq": d.seq, "token": claimed.token}
             move = outcome.move
             values: dict[str, Any] = dict(RELEASED)
-            if move is DeliveryMove.BACK_OFF and not _enabled(conn, d.endpoint_id):
+            enabled = conn.execute(self._endpoint_status, {"eid": d.endpoint_id}).scalar()
+            if move is DeliveryMove.BACK_OFF and enabled != EndpointStatus.ENABLED:
                 move = DeliveryMove.GIVE_UP
                 values["error"] = "the endpoint was disabled"
             elif move is DeliveryMove.BACK_OFF:
@@ -249,11 +254,6 @@ class Outbox:
             )
         )
         return gone
-
-
-def _enabled(conn: Connection, endpoint_id: str) -> bool:
-    status = conn.execute(_ENDPOINT_STATUS, {"eid": endpoint_id}).scalar()
-    return bool(status == EndpointStatus.ENABLED)
 
 
 def _attempt(seq: int, n: int, a: records.Attempt) -> dict[str, Any]:
