@@ -57,6 +57,13 @@ InterruptTtl = Annotated[
 ]
 
 
+def sealed_from_store(value: str | None, info: ValidationInfo, field: str) -> str | None:
+    """A `<field>_sealed` value is read back from the store only: a request gives `field`."""
+    if value is not None and not (info.context or {}).get("stored"):
+        raise ValueError(f"{field}_sealed is not a field agents may set: give {field}")
+    return value
+
+
 class ModelSpec(BaseModel):
     """Which model runs the agent. `scripted` needs no LLM; `openai` is any Chat Completions API;
     `anthropic` is Anthropic's Messages API.
@@ -100,9 +107,7 @@ class ModelSpec(BaseModel):
     @field_validator("api_key_sealed")
     @classmethod
     def _stored_only(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and not (info.context or {}).get("stored"):
-            raise ValueError("api_key_sealed is not a field agents may set: give api_key")
-        return value
+        return sealed_from_store(value, info, "api_key")
 
     @model_validator(mode="after")
     def _provider_fields(self) -> ModelSpec:
@@ -163,9 +168,7 @@ class McpServerSpec(BaseModel):
     @field_validator("headers_sealed")
     @classmethod
     def _stored_only(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and not (info.context or {}).get("stored"):
-            raise ValueError("headers_sealed is not a field agents may set: give headers")
-        return value
+        return sealed_from_store(value, info, "headers")
 
     @field_validator("headers")
     @classmethod
