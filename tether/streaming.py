@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from tether import domain, errors
 from tether.bus import Bus, Committed, Delta, Subscription
-from tether.bus.base import compact_json
 from tether.store import Store
+from tether.views import compact_json
 
 _PAGE = 500
 _POLL_S = 1.0  # without a bus, how often a reader with no idle_s asks the store

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from tether import domain
+
+# JSON as frames, deliveries and messages carry it, without spaces; one encoder for all
+# (json.dumps with options builds an encoder per call)
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def iso(value: datetime | None) -> str | None:

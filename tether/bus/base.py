@@ -10,14 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tether import domain
+from tether.views import compact_json
 
 # Live text goes out to a reader at most this often (Subscription.get_all's `hold`), and a
 # cluster worker publishes a session's text at most this often (bus/redis.py): with tokens
 # every 20 ms, 2-3 of them per frame, far fewer writes for the same text.
 DELTA_FLUSH_S = 0.05
-
-# JSON as frames carry it; one encoder for all (json.dumps with options builds one per call)
-compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Delta:

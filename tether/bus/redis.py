@@ -46,9 +46,9 @@ from tether.bus.base import (
     EndWatch,
     Item,
     Subscription,
-    compact_json,
 )
 from tether.bus.local import ENDS_MESSAGE, TURN_ENDS
+from tether.views import compact_json
 
 log = logging.getLogger("tether.bus")
 

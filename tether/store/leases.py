@@ -266,7 +266,7 @@ def _claim_one(
     agent_version: datetime | None,
     worker_id: str,
     lease_ttl_s: float,
-) -> Claim | None:
+) -> Claim:
     if sw.conn.execute(SESSION_BUSY, {"sid": sw.id}).first() is not None:
         raise _Taken  # nothing written: no flush, no commit
     token = secrets.token_hex(16)

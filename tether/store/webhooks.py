@@ -4,7 +4,6 @@ dispatchers claim and send deliveries is outbox.py's."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -41,7 +40,7 @@ def enqueue(sw: SessionWrite, event: WebhookEvent, data: dict[str, Any]) -> None
     if not wanted:
         return
     body = {"type": event.value, "timestamp": views.iso(sw.now), "data": data}
-    text = json.dumps(body, separators=(",", ":"))  # ASCII: any store keeps it as it is
+    text = views.compact_json(body)  # ASCII: any store keeps it as it is
     sw.conn.execute(
         _ENQUEUE,
         [

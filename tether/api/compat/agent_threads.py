@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from tether import errors, ids, storable
+from tether import errors, ids, storable, views
 from tether.api import cursors, deps
 from tether.api import errors as api_errors
 from tether.api.compat import agent_threads_wire as wire
@@ -229,4 +228,4 @@ class _Connection:
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self.writing:
-            await self.ws.send_text(json.dumps(message, separators=(",", ":")))
+            await self.ws.send_text(views.compact_json(message))

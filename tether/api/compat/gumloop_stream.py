@@ -10,7 +10,6 @@ sees no text twice and misses none, even if the message completed in between.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
-from tether import domain, errors
+from tether import domain, errors, views
 from tether.api import cursors, sse
 from tether.service import Service
 
@@ -153,7 +152,7 @@ class Translator:
 
 
 def _encode(part: dict[str, Any]) -> bytes:
-    data = json.dumps(part, separators=(",", ":"))
+    data = views.compact_json(part)
     return f"id: {part['stream_cursor']}\ndata: {data}\n\n".encode()
 
 
